@@ -1,0 +1,175 @@
+"""One frozen RouterConfig: built-in defaults < TOML file < LLM_ROUTER_* env < command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "LLM_ROUTER_"
+BALANCERS = ("round_robin", "least_loaded", "latency")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A setting has an invalid value; the message names the setting."""
+
+
+def default_db_path() -> str:
+    """A file in the user's data directory (XDG on Linux, %LOCALAPPDATA% on Windows)."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+    return str(base / "llm-router" / "router.db")
+
+
+def _opt(default: Any, help: str, *, minimum: float | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "minimum": minimum})
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Every router setting. Field names are the TOML keys; env is LLM_ROUTER_<NAME>."""
+
+    host: str = _opt("0.0.0.0", "listen address")
+    port: int = _opt(8080, "listen port", minimum=0)
+    db: str = _opt("", "SQLite database path (':memory:' allowed); default: user data dir")
+    log_level: str = _opt("info", "debug, info, warning or error")
+    access_log: bool = _opt(True, "one log line per request")
+    heartbeat_interval: float = _opt(10.0, "seconds between agent heartbeats", minimum=0.1)
+    heartbeat_timeout: float = _opt(30.0, "no heartbeat this long: node offline", minimum=0.2)
+    balancer: str = _opt("least_loaded", "round_robin, least_loaded or latency")
+    admin_token: str = _opt("", "bearer token for management calls; generated when empty")
+    registration_token: str = _opt("", "when set, register needs it as bearer token")
+    api_keys: tuple[str, ...] = _opt((), "comma list; when set, proxy APIs need one")
+    open_reads: bool = _opt(True, "read-only management/dashboard calls need no token")
+    allowed_node_addresses: tuple[str, ...] = _opt(
+        (), "addresses a node may claim as ip_address besides its peer address"
+    )
+    max_body_bytes: int = _opt(32 * 1024 * 1024, "larger request bodies get 413", minimum=1)
+    max_header_bytes: int = _opt(64 * 1024, "larger request heads get 431", minimum=1024)
+    header_timeout: float = _opt(10.0, "seconds to receive a request head", minimum=0.1)
+    body_timeout: float = _opt(60.0, "seconds between request body reads", minimum=0.1)
+    idle_timeout: float = _opt(75.0, "idle keep-alive connections close after this", minimum=0.1)
+    max_connections: int = _opt(10000, "client connections at once; more are refused", minimum=1)
+    queue_max: int = _opt(1024, "requests waiting for a free node", minimum=0)
+    queue_timeout: float = _opt(30.0, "seconds a request may wait for a free node", minimum=0.0)
+    connect_timeout: float = _opt(5.0, "seconds to connect to a node", minimum=0.1)
+    read_timeout: float = _opt(300.0, "max seconds between bytes from a node", minimum=0.1)
+    request_timeout: float = _opt(3600.0, "max seconds for a whole proxied request", minimum=1)
+    pool_max_idle: int = _opt(32, "idle keep-alive connections kept per node", minimum=0)
+    max_retries: int = _opt(2, "other nodes tried after a failure before the first byte", minimum=0)
+    probe_interval: float = _opt(5.0, "first re-probe delay of an unreachable node", minimum=0.1)
+    probe_max_interval: float = _opt(60.0, "longest re-probe backoff", minimum=0.1)
+    shutdown_grace: float = _opt(10.0, "seconds in-flight requests get at shutdown", minimum=0)
+    history_max_rows: int = _opt(100_000, "request history rows kept", minimum=1)
+    samples_max_rows: int = _opt(200_000, "health samples kept", minimum=1)
+    write_high_water: int = _opt(256 * 1024, "client write buffer high-water mark", minimum=1024)
+
+    def db_path(self) -> str:
+        return self.db or default_db_path()
+
+
+def settings() -> list[dataclasses.Field[Any]]:
+    return list(dataclasses.fields(RouterConfig))
+
+
+def _coerce(f: dataclasses.Field[Any], raw: Any) -> Any:
+    """Turn a TOML/env/CLI value into the field's type, or raise ConfigError naming it."""
+    name = f.name
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if kind == "int":
+            if isinstance(raw, bool) or isinstance(raw, float):
+                raise ValueError("expected an integer")
+            value: Any = int(str(raw).strip())
+        elif kind == "float":
+            if isinstance(raw, bool):
+                raise ValueError("expected a number")
+            value = float(str(raw).strip())
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError("expected a finite number")
+        elif kind.startswith("tuple"):
+            items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
+            value = tuple(str(i).strip() for i in items if str(i).strip())
+        else:
+            if not isinstance(raw, str):
+                raise ValueError("expected a string")
+            value = raw
+    except ValueError as exc:
+        raise ConfigError(f"invalid value for {name}: {raw!r} ({exc})") from None
+    minimum = f.metadata.get("minimum")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"invalid value for {name}: {raw!r} (must be >= {minimum})")
+    return value
+
+
+def _validate(cfg: RouterConfig) -> None:
+    if cfg.balancer not in BALANCERS:
+        raise ConfigError(f"invalid value for balancer: {cfg.balancer!r} (one of {BALANCERS})")
+    if cfg.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"invalid value for log_level: {cfg.log_level!r} (one of {LOG_LEVELS})")
+    if cfg.port > 65535:
+        raise ConfigError(f"invalid value for port: {cfg.port} (must be <= 65535)")
+    if cfg.heartbeat_timeout <= cfg.heartbeat_interval:
+        raise ConfigError(
+            "invalid value for heartbeat_timeout: must be greater than heartbeat_interval "
+            f"({cfg.heartbeat_timeout} <= {cfg.heartbeat_interval})"
+        )
+
+
+def load_config(
+    *,
+    config_file: str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> RouterConfig:
+    """Build the config from every layer. `overrides` are CLI flags already parsed (None = unset)."""
+    env = os.environ if env is None else env
+    fields = {f.name: f for f in settings()}
+    values: dict[str, Any] = {}
+
+    path = config_file or env.get(ENV_PREFIX + "CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        data = data.get("router", data)
+        for key, raw in data.items():
+            if key not in fields:
+                raise ConfigError(f"unknown setting {key!r} in {path}")
+            values[key] = _coerce(fields[key], raw)
+
+    for name, f in fields.items():
+        raw_env = env.get(ENV_PREFIX + name.upper())
+        if raw_env is not None and raw_env != "":
+            values[name] = _coerce(f, raw_env)
+
+    for name, raw in (overrides or {}).items():
+        if raw is not None:
+            values[name] = _coerce(fields[name], raw)
+
+    cfg = RouterConfig(**values)
+    _validate(cfg)
+    return cfg

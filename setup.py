@@ -1,0 +1,49 @@
+"""Builds the optional Cython hot path (ext/*.pyx -> routercore._*).
+
+A missing compiler must not break the install: the pure-Python twins take over. Set
+LLM_ROUTER_REQUIRE_EXTENSIONS=1 to turn a failed build into an error (CI does).
+"""
+
+import os
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+REQUIRE = os.environ.get("LLM_ROUTER_REQUIRE_EXTENSIONS") == "1"
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that warns instead of failing unless extensions are required."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - any build failure means: use the twins
+            self._skip(exc)
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            self._skip(exc)
+
+    def _skip(self, exc: Exception) -> None:
+        if REQUIRE:
+            raise exc
+        sys.stderr.write(f"warning: C extension not built ({exc}); pure-Python twins will be used\n")
+
+
+def extensions() -> list[Extension]:
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        if REQUIRE:
+            raise
+        sys.stderr.write("warning: Cython missing; pure-Python twins will be used\n")
+        return []
+    exts = [Extension("routercore._balancer", ["ext/balancer.pyx"])]
+    return cythonize(exts, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False})
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
