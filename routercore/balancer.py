@@ -1,0 +1,88 @@
+"""Node-selection balancer facade: the compiled routercore._balancer, or its pure-Python twin.
+
+The switch mirrors aiohttp's: the compiled module is used when it imports, unless
+LLM_ROUTER_NO_EXTENSIONS=1 (then it is not even loaded); LLM_ROUTER_REQUIRE_EXTENSIONS=1 turns a
+missing build into an ImportError so CI cannot silently test only the twin.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from routercore import _balancer_py
+from routercore._balancer_py import ALGORITHMS, LATENCY, LEAST_LOADED, ROUND_ROBIN
+
+__all__ = [
+    "ALGORITHMS",
+    "COMPILED_AVAILABLE",
+    "COMPILED_UNAVAILABLE_REASON",
+    "IMPLEMENTATION",
+    "LATENCY",
+    "LEAST_LOADED",
+    "ROUND_ROBIN",
+    "Balancer",
+    "make_balancer",
+]
+
+log = logging.getLogger("routercore.balancer")
+
+_NO_EXTENSIONS = os.environ.get("LLM_ROUTER_NO_EXTENSIONS") == "1"
+_REQUIRE_EXTENSIONS = os.environ.get("LLM_ROUTER_REQUIRE_EXTENSIONS") == "1"
+
+_compiled: Any = None
+COMPILED_UNAVAILABLE_REASON: str | None = None
+if _NO_EXTENSIONS:
+    COMPILED_UNAVAILABLE_REASON = "LLM_ROUTER_NO_EXTENSIONS=1"
+else:
+    try:
+        _compiled = importlib.import_module("routercore._balancer")
+    except ImportError as exc:
+        if _REQUIRE_EXTENSIONS:
+            raise ImportError(
+                "LLM_ROUTER_REQUIRE_EXTENSIONS=1 but routercore._balancer is not built "
+                "(run `python setup.py build_ext --inplace`)"
+            ) from exc
+        COMPILED_UNAVAILABLE_REASON = f"routercore._balancer not built ({exc})"
+
+COMPILED_AVAILABLE: bool = _compiled is not None
+IMPLEMENTATION: str = "cython" if COMPILED_AVAILABLE else "python"
+
+if TYPE_CHECKING:
+    # Both classes share one API; the twin is the one mypy can read.
+    _Selected = _balancer_py.Balancer
+else:
+    _Selected = _compiled.Balancer if COMPILED_AVAILABLE else _balancer_py.Balancer
+
+_logged = False
+
+
+class Balancer(_Selected):
+    """The balancer the router uses; says once at INFO which implementation that is."""
+
+    __slots__ = ()
+
+    def __init__(self, algorithm: str = LEAST_LOADED) -> None:
+        global _logged
+        super().__init__(algorithm)
+        if not _logged:
+            _logged = True
+            log.info("balancer implementation=%s algorithm=%s", IMPLEMENTATION, algorithm)
+
+
+def make_balancer(
+    algorithm: str = LEAST_LOADED, implementation: str | None = None
+) -> _balancer_py.Balancer:
+    """A balancer of the selected implementation, or of an explicit one ("cython"/"python")."""
+    if implementation is None:
+        return Balancer(algorithm)
+    if implementation == "python":
+        return _balancer_py.Balancer(algorithm)
+    if implementation == "cython":
+        if _compiled is None:
+            raise ImportError(f"cython balancer unavailable: {COMPILED_UNAVAILABLE_REASON}")
+        compiled: _balancer_py.Balancer = _compiled.Balancer(algorithm)
+        return compiled
+    raise ValueError(f"unknown implementation {implementation!r}; valid choices: cython, python")
