@@ -1,0 +1,379 @@
+"""Store tests against real SQLite files: migrations, round-trips, retention, failure recovery."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+
+from routercore import store as store_mod
+from routercore.node import Node, NodeMetrics, NodeStats
+from routercore.store import MIGRATIONS, Store, migrate
+
+FAST = {"busy_timeout_ms": 20, "retry_min_s": 0.01, "retry_max_s": 0.05}
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached before deadline")
+        time.sleep(0.005)
+
+
+def count(path: Path, table: str) -> int:
+    conn = apsw.Connection(str(path))
+    try:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
+    finally:
+        conn.close()
+
+
+def req(i: int, **kw: Any) -> dict[str, Any]:
+    rec = {
+        "id": f"00000000-0000-4000-8000-{i:012d}",
+        "ts": f"2026-01-01T00:00:{i // 100:02d}.{i % 100:02d}0000Z",
+        "node_id": "n1",
+        "model": "llama3",
+        "endpoint": "/v1/chat/completions",
+        "method": "POST",
+        "status_code": 200,
+        "outcome": "ok",
+        "duration_ms": 12.5,
+        "ttfb_ms": 3.25,
+        "prompt_tokens": 10,
+        "completion_tokens": 20,
+        "stream": True,
+        "client": "127.0.0.1",
+        "error": None,
+    }
+    rec.update(kw)
+    return rec
+
+
+def full_node(node_id: str = "n1") -> Node:
+    return Node(
+        id=node_id,
+        machine_name="box",
+        ip_address="10.0.0.5",
+        runtime_port=11435,
+        custom_name="Big box",
+        runtime_version="0.5.1",
+        agent_version="1.2.3",
+        status="online",
+        registered_at="2026-01-01T00:00:00Z",
+        last_seen="2026-01-01T00:01:00Z",
+        online_since="2026-01-01T00:00:01Z",
+        gpu_devices=[{"model": "RTX 4090", "count": 2, "memory_bytes": 25769803776}],
+        system={"os": "linux", "cpu_model": "x", "cpu_count": 16, "memory_bytes": 1 << 36},
+        models=["llama3", "qwen2:7b"],
+        tags=["gpu", "fast"],
+        notes="rack 3",
+        enabled=False,
+        max_concurrency=4,
+        runtime_up=False,
+        token_hash="sha256:abc",
+        metrics=NodeMetrics(12.5, 40.0, None, 77.25, 3),
+        stats=NodeStats(100, 7, 12345.5),
+    )
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "sub" / "router.db"
+
+
+@pytest.fixture
+def opened(db: Path) -> Iterator[Callable[..., Store]]:
+    stores: list[Store] = []
+
+    def make(path: str | Path = db, **kw: Any) -> Store:
+        s = Store(str(path), **kw)
+        s.open()
+        stores.append(s)
+        return s
+
+    yield make
+    for s in stores:
+        s.close(timeout=5)
+
+
+def test_migrates_from_empty_and_reopens_idempotently(db: Path, opened: Any) -> None:
+    s = opened()
+    assert s.integrity_check() == "ok"
+    s.close()
+    conn = apsw.Connection(str(db))
+    assert conn.pragma("user_version") == len(MIGRATIONS)
+    assert conn.pragma("journal_mode") == "wal"
+    conn.close()
+    s2 = opened()  # a second open applies nothing and keeps the version
+    s2.close()
+    conn = apsw.Connection(str(db))
+    assert conn.pragma("user_version") == len(MIGRATIONS)
+    conn.close()
+
+
+def test_db_at_version_n_gets_only_newer_steps(tmp_path: Path) -> None:
+    conn = apsw.Connection(str(tmp_path / "m.db"))
+    assert migrate(conn, MIGRATIONS) == len(MIGRATIONS)
+    steps = (*MIGRATIONS, "CREATE TABLE extra (x INTEGER)")
+    assert migrate(conn, steps) == len(steps)  # would fail if step 1 re-ran (tables exist)
+    assert conn.pragma("user_version") == len(steps)
+    assert migrate(conn, steps) == len(steps)
+    with pytest.raises(RuntimeError, match="newer"):
+        migrate(conn, MIGRATIONS)
+    conn.close()
+
+
+def test_nodes_round_trip_all_fields_and_copy_at_enqueue(db: Path, opened: Any) -> None:
+    s = opened()
+    node = full_node()
+    bare = Node(
+        id="n2", machine_name="small", ip_address="::1", registered_at="2026-01-02T00:00:00Z"
+    )
+    s.save_node(node)
+    s.save_node(bare)
+    expected = full_node()
+    node.models.append("mutated-after-save")  # the caller keeps mutating its Node
+    node.stats.total_requests += 1
+    s.close()
+    loaded = {n.id: n for n in opened().load_nodes()}
+    assert loaded == {"n1": expected, "n2": bare}
+
+
+def test_save_node_upserts_and_delete_removes_samples(db: Path, opened: Any) -> None:
+    s = opened()
+    node = full_node()
+    s.save_node(node)
+    for i in range(3):
+        s.add_health_sample("n1", f"2026-01-01T00:00:0{i}Z", 1.0, 2.0, None, None, i)
+        s.add_health_sample("n2", f"2026-01-01T00:00:0{i}Z", 1.0, 2.0, 3.0, 4.0, i)
+    node.status = "offline"
+    s.save_node(node)
+    assert s.flush()
+    assert [n.status for n in s.load_nodes()] == ["offline"]
+    s.delete_node("n1")
+    assert s.flush()
+    assert s.load_nodes() == []
+    assert count(db, "health_samples") == 3
+
+
+async def test_node_samples_newest_window_oldest_first(opened: Any) -> None:
+    s = opened()
+    for i in range(10):
+        s.add_health_sample("n1", f"2026-01-01T00:00:{i:02d}Z", float(i), 50.0, None, 1.5, i)
+    assert s.flush()
+    rows = await s.node_samples("n1", limit=3)
+    assert [r["active_requests"] for r in rows] == [7, 8, 9]
+    assert rows[0] == {
+        "node_id": "n1",
+        "ts": "2026-01-01T00:00:07Z",
+        "cpu": 7.0,
+        "memory": 50.0,
+        "gpu": None,
+        "gpu_memory": 1.5,
+        "active_requests": 7,
+    }
+    rows = await s.node_samples("n1", since="2026-01-01T00:00:05Z")
+    assert [r["active_requests"] for r in rows] == [5, 6, 7, 8, 9]
+    assert await s.node_samples("nope") == []
+
+
+async def test_query_requests_filters_paging_total(opened: Any) -> None:
+    s = opened()
+    for i in range(30):
+        s.add_request(
+            req(
+                i,
+                node_id="n1" if i % 2 else "n2",
+                model="a" if i % 3 else "b",
+                outcome="error" if i % 5 == 0 else "ok",
+                status_code=502 if i % 5 == 0 else 200,
+            )
+        )
+    assert s.flush()
+    page, total = await s.query_requests(limit=5)
+    assert total == 30
+    assert [r["id"][-2:] for r in page] == ["29", "28", "27", "26", "25"]
+    assert page[0]["stream"] is True and page[0]["duration_ms"] == 12.5
+    page2, _ = await s.query_requests(limit=5, offset=5)
+    assert [r["id"][-2:] for r in page2] == ["24", "23", "22", "21", "20"]
+    page, total = await s.query_requests(node_id="n1", model="a", limit=100)
+    want = [i for i in range(30) if i % 2 and i % 3]
+    assert total == len(want)
+    assert [int(r["id"][-2:]) for r in page] == sorted(want, reverse=True)
+    _, total = await s.query_requests(outcome="error")
+    assert total == 6
+    page, total = await s.query_requests(status_code=502, node_id="n2", limit=2)
+    assert total == 3 and len(page) == 2  # i in {0, 10, 20}
+    assert await s.query_requests(model="missing") == ([], 0)
+    one = await s.request_by_id(req(7)["id"])
+    assert one is not None and one == {**req(7, node_id="n1", model="a"), "stream": True}
+    assert await s.request_by_id("nope") is None
+
+
+def test_add_request_fills_id_and_ts(opened: Any, db: Path) -> None:
+    s = opened()
+    s.add_request({"model": "m", "outcome": "rejected", "status_code": 503, "extra": "ignored"})
+    assert s.flush()
+    conn = apsw.Connection(str(db))
+    rid, ts = conn.execute("SELECT id, ts FROM requests").fetchone()  # type: ignore[misc]
+    conn.close()
+    assert len(rid) == 36 and ts.endswith("Z")
+
+
+def test_retention_trims_oldest(db: Path, opened: Any) -> None:
+    s = opened(history_max_rows=10, samples_max_rows=5, trim_every=1, batch_max=7)
+    for i in range(25):
+        s.add_request(req(i))
+        s.add_health_sample("n1", f"2026-01-01T00:00:{i:02d}Z", None, None, None, None, i)
+    assert s.flush()
+    assert s.stats["trimmed"] > 0
+    s.close()
+    conn = apsw.Connection(str(db))
+    ids = [r[0] for r in conn.execute("SELECT id FROM requests ORDER BY seq")]
+    samples = [
+        r[0] for r in conn.execute("SELECT active_requests FROM health_samples ORDER BY seq")
+    ]
+    conn.close()
+    assert ids == [req(i)["id"] for i in range(15, 25)]
+    assert samples == list(range(20, 25))
+
+
+def test_flush_and_close_are_durable(db: Path, opened: Any) -> None:
+    s = opened()
+    for i in range(1200):  # more than two batches
+        s.add_request(req(i))
+    s.set_meta("admin_token_hash", "h1")
+    s.set_meta("admin_token_hash", "h2")
+    s.save_api_key({"id": "k1", "name": "ci", "key_hash": "kh", "prefix": "sk-ab",
+                    "created_at": "2026-01-01T00:00:00Z"})  # fmt: skip
+    s.close()
+    assert s.stats["written"] == 1203 and s.stats["backlog"] == 0
+    s2 = opened()
+    assert s2.get_meta("admin_token_hash") == "h2"
+    assert s2.get_meta("missing") is None
+    assert s2.load_api_keys()[0]["key_hash"] == "kh"
+    s2.close()
+    assert count(db, "requests") == 1200
+
+
+def test_memory_database_works(opened: Any) -> None:
+    s = opened(":memory:")
+    s.save_node(full_node())
+    s.add_request(req(1))
+    s.set_meta("k", "v")
+    assert s.flush()
+    assert s.load_nodes() == [full_node()]
+    assert s.get_meta("k") == "v"
+    assert s.integrity_check() == "ok"
+
+    import asyncio
+
+    page, total = asyncio.run(s.query_requests())
+    assert total == 1 and page[0]["id"] == req(1)["id"]
+
+
+def test_enqueue_never_blocks_on_locked_db_and_nothing_is_lost(
+    db: Path, opened: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="routercore.store")
+    s = opened(**FAST)
+    locker = apsw.Connection(str(db))
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        for i in range(100):  # would hang here (pytest timeout) if enqueue waited on SQLite
+            s.add_request(req(i))
+        wait_for(lambda: s.stats["write_errors"] >= 2)  # it keeps retrying
+        assert not s.flush(timeout=0.05)
+        s.add_health_sample("n1", "2026-01-01T00:00:00Z", 1.0, 1.0, None, None, 0)
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+    assert s.flush()
+    assert count(db, "requests") == 100 and count(db, "health_samples") == 1
+    assert s.stats["dropped"] == 0
+    assert "store write failed error=BusyError" in caplog.text
+    assert "store write recovered" in caplog.text
+
+
+def test_disk_full_logs_keeps_accepting_and_recovers(
+    db: Path, opened: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="routercore.store")
+    opened().close()  # schema in place
+    conn = apsw.Connection(str(db))
+    conn.execute("CREATE TABLE ballast (b BLOB)")
+    conn.executemany("INSERT INTO ballast VALUES (zeroblob(4000))", [()] * 200)
+    conn.close()
+
+    def no_growth(c: apsw.Connection) -> None:  # the file may not grow past its size now
+        c.pragma("max_page_count", c.pragma("page_count"))
+
+    s = opened(on_connect=no_growth, **FAST)
+    for i in range(40):
+        s.add_request(req(i, error="x" * 3000))
+    wait_for(lambda: s.stats["write_errors"] >= 2)
+    s.add_request(req(99))  # still accepted while failing
+    assert not s.flush(timeout=0.05)
+    assert "error=FullError" in caplog.text
+    freer = apsw.Connection(str(db))  # frees pages the writer can reuse: the "disk" has room
+    freer.set_busy_timeout(5000)
+    freer.execute("DELETE FROM ballast")
+    freer.close()
+    assert s.flush()
+    assert count(db, "requests") == 41
+    assert s.integrity_check() == "ok"
+
+
+def test_backlog_cap_drops_oldest_samples_first(
+    db: Path, opened: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="routercore.store")
+    s = opened(backlog_max=50, **FAST)
+    locker = apsw.Connection(str(db))
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        for i in range(40):
+            s.add_health_sample("n1", f"2026-01-01T00:00:{i:02d}Z", None, None, None, None, i)
+        for i in range(40):
+            s.add_request(req(i))
+        wait_for(lambda: s.stats["dropped"] >= 30)
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+    assert s.flush()
+    assert s.stats["dropped"] == 30
+    assert count(db, "requests") == 40
+    s.close()
+    conn = apsw.Connection(str(db))
+    kept = [r[0] for r in conn.execute("SELECT active_requests FROM health_samples ORDER BY seq")]
+    conn.close()
+    assert kept == list(range(30, 40))
+    assert "dropped_samples=30" in caplog.text
+
+
+def test_invalid_item_is_dropped_not_the_batch(db: Path, opened: Any) -> None:
+    s = opened()
+    s.add_request(req(1))
+    s.add_request(req(2, model={"not": "bindable"}))
+    s.add_request(req(3))
+    assert s.flush()
+    assert count(db, "requests") == 2
+    assert s.stats["dropped"] == 1
+
+
+def test_open_fails_loudly_on_unusable_path(tmp_path: Path) -> None:
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(apsw.Error):
+        Store(str(tmp_path / "adir")).open()
+
+
+def test_module_uses_bound_parameters_only() -> None:
+    # the only SQL built with f-strings uses our own column-name constants
+    assert "?" in store_mod._SQL_REQUEST and "?" in store_mod._SQL_SAMPLE
