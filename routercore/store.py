@@ -36,75 +36,37 @@ Op = tuple[str, tuple[Any, ...]]
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE nodes (
-        id TEXT PRIMARY KEY,
-        machine_name TEXT NOT NULL,
-        ip_address TEXT NOT NULL,
-        runtime_port INTEGER NOT NULL,
-        custom_name TEXT,
-        runtime_version TEXT,
-        agent_version TEXT,
-        status TEXT NOT NULL,
-        registered_at TEXT NOT NULL,
-        last_seen TEXT,
-        online_since TEXT,
-        gpu_devices TEXT NOT NULL DEFAULT '[]',
-        system TEXT NOT NULL DEFAULT '{}',
-        models TEXT NOT NULL DEFAULT '[]',
-        tags TEXT NOT NULL DEFAULT '[]',
-        notes TEXT NOT NULL DEFAULT '',
-        enabled INTEGER NOT NULL DEFAULT 1,
-        max_concurrency INTEGER,
-        runtime_up INTEGER NOT NULL DEFAULT 1,
+        id TEXT PRIMARY KEY, machine_name TEXT NOT NULL, ip_address TEXT NOT NULL,
+        runtime_port INTEGER NOT NULL, custom_name TEXT, runtime_version TEXT, agent_version TEXT,
+        status TEXT NOT NULL, registered_at TEXT NOT NULL, last_seen TEXT, online_since TEXT,
+        gpu_devices TEXT NOT NULL DEFAULT '[]', system TEXT NOT NULL DEFAULT '{}',
+        models TEXT NOT NULL DEFAULT '[]', tags TEXT NOT NULL DEFAULT '[]',
+        notes TEXT NOT NULL DEFAULT '', enabled INTEGER NOT NULL DEFAULT 1,
+        max_concurrency INTEGER, runtime_up INTEGER NOT NULL DEFAULT 1,
         token_hash TEXT NOT NULL DEFAULT '',
-        cpu_usage REAL,
-        memory_usage REAL,
-        gpu_usage REAL,
-        gpu_memory_usage REAL,
-        active_requests INTEGER NOT NULL DEFAULT 0,
-        total_requests INTEGER NOT NULL DEFAULT 0,
-        failed_requests INTEGER NOT NULL DEFAULT 0,
-        total_latency_ms REAL NOT NULL DEFAULT 0
+        cpu_usage REAL, memory_usage REAL, gpu_usage REAL, gpu_memory_usage REAL,
+        active_requests INTEGER NOT NULL DEFAULT 0, total_requests INTEGER NOT NULL DEFAULT 0,
+        failed_requests INTEGER NOT NULL DEFAULT 0, total_latency_ms REAL NOT NULL DEFAULT 0
     );
     CREATE TABLE health_samples (
-        seq INTEGER PRIMARY KEY,
-        node_id TEXT NOT NULL,
-        ts TEXT NOT NULL,
-        cpu REAL,
-        memory REAL,
-        gpu REAL,
-        gpu_memory REAL,
+        seq INTEGER PRIMARY KEY, node_id TEXT NOT NULL, ts TEXT NOT NULL,
+        cpu REAL, memory REAL, gpu REAL, gpu_memory REAL,
         active_requests INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX health_samples_node_ts ON health_samples(node_id, ts);
     CREATE TABLE requests (
-        seq INTEGER PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        ts TEXT NOT NULL,
-        node_id TEXT,
-        model TEXT,
-        endpoint TEXT,
-        method TEXT,
-        status_code INTEGER,
-        outcome TEXT,
-        duration_ms REAL,
-        ttfb_ms REAL,
-        prompt_tokens INTEGER,
-        completion_tokens INTEGER,
-        stream INTEGER,
-        client TEXT,
-        error TEXT
+        seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, ts TEXT NOT NULL,
+        node_id TEXT, model TEXT, endpoint TEXT, method TEXT, status_code INTEGER, outcome TEXT,
+        duration_ms REAL, ttfb_ms REAL, prompt_tokens INTEGER, completion_tokens INTEGER,
+        stream INTEGER, client TEXT, error TEXT
     );
     CREATE INDEX requests_ts ON requests(ts);
     CREATE INDEX requests_node_ts ON requests(node_id, ts);
     CREATE INDEX requests_model_ts ON requests(model, ts);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE api_keys (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL DEFAULT '',
-        key_hash TEXT NOT NULL UNIQUE,
-        prefix TEXT NOT NULL DEFAULT '',
-        created_at TEXT NOT NULL,
-        last_used_at TEXT,
+        id TEXT PRIMARY KEY, name TEXT NOT NULL DEFAULT '', key_hash TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL DEFAULT '', created_at TEXT NOT NULL, last_used_at TEXT,
         revoked_at TEXT
     );
     """,
@@ -158,15 +120,9 @@ _SQL_TRIM_SAMPLES = (
 
 # Errors that say "the database cannot take this write right now", not "this write is bad".
 _TRANSIENT = (
-    apsw.BusyError,
-    apsw.LockedError,
-    apsw.FullError,
-    apsw.IOError,
-    apsw.CantOpenError,
-    apsw.ReadOnlyError,
-    apsw.ProtocolError,
-    apsw.NoMemError,
-)
+    apsw.BusyError, apsw.LockedError, apsw.FullError, apsw.IOError, apsw.CantOpenError,
+    apsw.ReadOnlyError, apsw.ProtocolError, apsw.NoMemError,
+)  # fmt: skip
 _STOP = object()
 
 
@@ -189,23 +145,29 @@ def connect(path: str, busy_timeout_ms: int = 5000) -> apsw.Connection:
     return conn
 
 
-def migrate(conn: apsw.Connection, steps: Sequence[str] = MIGRATIONS) -> int:
-    """Apply the steps newer than `user_version` in one transaction; return the new version."""
+@contextlib.contextmanager
+def _transaction(conn: apsw.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE takes the write lock up front, so the busy timeout covers the wait."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        version = int(conn.pragma("user_version"))
-        if version > len(steps):
-            raise RuntimeError(
-                f"database schema v{version} is newer than this code (v{len(steps)})"
-            )
-        for number, sql in enumerate(steps[version:], start=version + 1):
-            conn.execute(sql)
-            conn.pragma("user_version", number)
+        yield
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
-            conn.execute("ROLLBACK")
+            with contextlib.suppress(apsw.Error):
+                conn.execute("ROLLBACK")
         raise
+
+
+def migrate(conn: apsw.Connection, steps: Sequence[str] = MIGRATIONS) -> int:
+    """Apply the steps newer than `user_version` in one transaction; return the new version."""
+    with _transaction(conn):
+        version = int(conn.pragma("user_version"))
+        if version > len(steps):
+            raise RuntimeError(f"database schema v{version} is newer than this code")
+        for number, sql in enumerate(steps[version:], start=version + 1):
+            conn.execute(sql)
+            conn.pragma("user_version", number)
     return len(steps)
 
 
@@ -292,7 +254,7 @@ class Store:
             self._shared = self._connect()
             migrate(self._shared, MIGRATIONS)
         else:
-            Path(self.path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         ready: Future[None] = Future()
         self._writer = threading.Thread(
             target=self._writer_main, args=(ready,), name="store-writer", daemon=True
@@ -339,13 +301,8 @@ class Store:
             self._on_connect(conn)
         return conn
 
-    @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
-        if self._shared is None:
-            yield
-        else:
-            with self._shared_lock:
-                yield
+    def _guard(self) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext() if self._shared is None else self._shared_lock
 
     # ---- enqueue (non-blocking, safe on the event loop) -------------------------------------
 
@@ -504,14 +461,8 @@ class Store:
 
     @property
     def stats(self) -> dict[str, int]:
-        return {
-            "written": self.written,
-            "dropped": self.dropped,
-            "write_errors": self.write_errors,
-            "backlog": self.backlog,
-            "batches": self.batches,
-            "trimmed": self.trimmed,
-        }
+        names = ("written", "dropped", "write_errors", "backlog", "batches", "trimmed")
+        return {name: getattr(self, name) for name in names}
 
     # ---- writer thread ------------------------------------------------------------------------
 
@@ -622,21 +573,8 @@ class Store:
     def _commit(self, conn: apsw.Connection, batch: list[Op], isolate: bool) -> int:
         """Write `batch` in one transaction; return how many items were dropped as invalid."""
         bad = 0
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if isolate:
-                for sql, params in batch:
-                    conn.execute("SAVEPOINT item")
-                    try:
-                        conn.execute(sql, params)
-                    except Exception as e:
-                        if isinstance(e, _TRANSIENT):
-                            raise
-                        conn.execute("ROLLBACK TO item")
-                        bad += 1
-                        log.warning("store dropped invalid item sql=%r %s", sql[:40], _err(e))
-                    conn.execute("RELEASE item")
-            else:
+        with _transaction(conn):
+            if not isolate:
                 i = 0
                 while i < len(batch):  # runs of the same statement go through executemany
                     j = i
@@ -644,30 +582,28 @@ class Store:
                         j += 1
                     conn.executemany(batch[i][0], [p for _, p in batch[i:j]])
                     i = j
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(apsw.Error):
-                    conn.execute("ROLLBACK")
-            raise
+                return 0
+            for sql, params in batch:
+                conn.execute("SAVEPOINT item")
+                try:
+                    conn.execute(sql, params)
+                except Exception as e:
+                    if isinstance(e, _TRANSIENT):
+                        raise
+                    conn.execute("ROLLBACK TO item")
+                    bad += 1
+                    log.warning("store dropped invalid item sql=%r %s", sql[:40], _err(e))
+                conn.execute("RELEASE item")
         return bad
 
     def _trim(self, conn: apsw.Connection) -> None:
         """Retention: keep the newest N requests and samples; a failure waits for next time."""
         try:
-            with self._guard():
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.execute(_SQL_TRIM_REQUESTS, (self.history_max_rows,))
-                    removed = conn.changes()
-                    conn.execute(_SQL_TRIM_SAMPLES, (self.samples_max_rows,))
-                    removed += conn.changes()
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        with contextlib.suppress(apsw.Error):
-                            conn.execute("ROLLBACK")
-                    raise
+            with self._guard(), _transaction(conn):
+                conn.execute(_SQL_TRIM_REQUESTS, (self.history_max_rows,))
+                removed = conn.changes()
+                conn.execute(_SQL_TRIM_SAMPLES, (self.samples_max_rows,))
+                removed += conn.changes()
             self.trimmed += removed
             if removed:
                 log.debug("store trimmed rows=%d", removed)

@@ -1,0 +1,5 @@
+import sys
+
+from routercore.cli import main
+
+sys.exit(main())

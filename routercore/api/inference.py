@@ -1,0 +1,66 @@
+"""What the proxy handlers share: reading `model`/`stream` and fanning out to online nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+
+from routercore.errors import ClientError
+from routercore.http.messages import Request
+from routercore.http.upstream import UpstreamPool
+from routercore.node import Node
+
+log = logging.getLogger("routercore.api")
+
+
+def routing_fields(request: Request, *, stream_default: bool) -> tuple[str, bool]:
+    """Only what routing needs: `model` (required string) and `stream` (bool)."""
+    data = request.json_object()
+    model = data.get("model")
+    if model is None:
+        raise ClientError("field 'model' is required", code="missing_model")
+    if not isinstance(model, str) or not model.strip():
+        raise ClientError("field 'model' must be a non-empty string")
+    stream = data.get("stream", stream_default)
+    if stream is None:
+        stream = stream_default
+    if not isinstance(stream, bool):
+        raise ClientError("field 'stream' must be true or false")
+    return model, stream
+
+
+async def fetch_json(pool: UpstreamPool, node: Node, path: str, timeout: float) -> Any:
+    """GET a small JSON document from a node, or None when it fails (logged)."""
+    try:
+        conn = await pool.acquire(node.ip_address, node.runtime_port)
+    except ConnectionError as exc:
+        log.info("event=fanout_failed node=%s path=%s reason=%r", node.id, path, str(exc))
+        return None
+    try:
+        host = f"{node.ip_address}:{node.runtime_port}".encode()
+        conn.send_request("GET", path, [(b"host", host), (b"accept", b"application/json")], b"")
+        head = await conn.read_head(timeout)
+        body = b""
+        while True:
+            piece = await conn.read_body(timeout)
+            if piece is None:
+                break
+            body += piece
+            if len(body) > 16 * 1024 * 1024:
+                raise ConnectionError("response too large")
+        pool.release(conn)
+        if head.status_code != 200:
+            return None
+        return orjson.loads(body)
+    except (ConnectionError, TimeoutError, orjson.JSONDecodeError) as exc:
+        conn.abort()
+        log.info("event=fanout_failed node=%s path=%s reason=%r", node.id, path, str(exc))
+        return None
+
+
+async def fan_out(pool: UpstreamPool, nodes: list[Node], path: str, timeout: float) -> list[Any]:
+    """The same GET on every node at once; answers in node order (None for failures)."""
+    return list(await asyncio.gather(*(fetch_json(pool, n, path, timeout) for n in nodes)))

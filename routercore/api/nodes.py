@@ -1,0 +1,139 @@
+"""Node management API: register, heartbeat, list, get, patch, delete, disconnect."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import TYPE_CHECKING, Any
+
+from routercore import validate as v
+from routercore.auth import bearer
+from routercore.errors import ClientError
+from routercore.http.messages import Request, Response
+from routercore.node import NodeMetrics
+
+if TYPE_CHECKING:
+    from routercore.app import App
+    from routercore.service import RouterService
+
+log = logging.getLogger("routercore.api.nodes")
+
+
+def _normalise_ip(text: str, field: str) -> str:
+    try:
+        addr = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise ClientError(f"field '{field}' must be an IP address") from None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return str(addr)
+
+
+class NodesAPI:
+    def __init__(self, svc: RouterService) -> None:
+        self.svc = svc
+        self.registry = svc.registry
+
+    def install(self, app: App) -> None:
+        app.add("POST", "/api/agents/register", self.register, auth="register")
+        app.add("POST", "/api/health", self.heartbeat, auth="agent")
+        app.add("GET", "/api/agents", self.list_nodes, auth="read")
+        app.add("GET", "/api/agents/{id}", self.get_node, auth="read")
+        app.add("PATCH", "/api/agents/{id}", self.patch_node, auth="admin")
+        app.add("DELETE", "/api/agents/{id}", self.delete_node, auth="admin")
+        app.add("POST", "/api/agents/{id}/disconnect", self.disconnect_node, auth="admin")
+        app.add("GET", "/healthz", self.healthz)
+
+    async def healthz(self, request: Request) -> Response:
+        return Response.json({"status": "ok"})
+
+    async def register(self, request: Request) -> Response:
+        data = request.json_object()
+        machine_name = v.get_str(data, "machine_name", required=True, max_len=255)
+        assert machine_name is not None
+        peer = _normalise_ip(request.peer or "127.0.0.1", "peer")
+        claimed = v.get_str(data, "ip_address", max_len=64)
+        ip = peer
+        if claimed:
+            claimed_ip = _normalise_ip(claimed, "ip_address")
+            allowed = self.svc.config.allowed_node_addresses
+            if claimed_ip != peer and claimed_ip not in allowed:
+                log.warning("event=register_refused machine=%s peer=%s claimed=%s",
+                            machine_name, peer, claimed_ip)
+                raise ClientError(
+                    f"field 'ip_address' ({claimed_ip}) must equal the address this request "
+                    f"comes from ({peer}) unless an admin allow-listed it", status=403,
+                    code="address_not_allowed")
+            ip = claimed_ip
+        port = v.get_int(data, "runtime_port", default=11434, minimum=1, maximum=65535)
+        assert port is not None
+        details: dict[str, Any] = {
+            "runtime_version": v.get_str(data, "runtime_version", max_len=128),
+            "agent_version": v.get_str(data, "agent_version", max_len=128),
+            "gpu_devices": v.get_dict_list(data, "gpu_devices"),
+            "models": v.get_str_list(data, "models"),
+            "max_concurrency": v.get_int(data, "max_concurrency", minimum=0),
+            "system": v.get_dict(data, "system"),
+        }
+        node, created, token = self.registry.register(
+            machine_name=machine_name, ip_address=ip, runtime_port=port, details=details)
+        body = {
+            "agent_id": node.id,
+            "status": "registered" if created else "updated",
+            "agent_token": token,
+            "heartbeat_interval_secs": self.svc.config.heartbeat_interval,
+        }
+        return Response.json(body, 201 if created else 200)
+
+    async def heartbeat(self, request: Request) -> Response:
+        data = request.json_object()
+        agent_id = v.get_str(data, "agent_id", required=True, max_len=64)
+        assert agent_id is not None
+        node = self.registry.check_token(agent_id, bearer(request))
+        metrics = NodeMetrics(
+            cpu_usage=v.get_percent(data, "cpu_usage"),
+            memory_usage=v.get_percent(data, "memory_usage"),
+            gpu_usage=v.get_percent(data, "gpu_usage"),
+            gpu_memory_usage=v.get_percent(data, "gpu_memory_usage"),
+            active_requests=v.get_int(data, "active_requests", default=0, minimum=0) or 0,
+        )
+        runtime_up = v.get_bool(data, "runtime_up", default=True)
+        models = v.get_str_list(data, "models")
+        status = self.registry.heartbeat(node, metrics, models, bool(runtime_up))
+        return Response.json({"status": status})
+
+    async def list_nodes(self, request: Request) -> Response:
+        return Response.json([n.to_public() for n in self.registry.nodes.values()])
+
+    async def get_node(self, request: Request) -> Response:
+        return Response.json(self.registry.get(request.params["id"]).to_public())
+
+    async def patch_node(self, request: Request) -> Response:
+        node = self.registry.get(request.params["id"])
+        data = request.json_object()
+        known = {"custom_name", "enabled", "max_concurrency", "tags", "notes"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ClientError(f"unknown field '{unknown[0]}'; allowed: {', '.join(sorted(known))}")
+        changes: dict[str, Any] = {}
+        if "custom_name" in data:
+            changes["custom_name"] = v.get_str(data, "custom_name", max_len=255) or None
+        if "enabled" in data:
+            enabled = v.get_bool(data, "enabled")
+            if enabled is None:
+                raise ClientError("field 'enabled' must be true or false")
+            changes["enabled"] = enabled
+        if "max_concurrency" in data:
+            changes["max_concurrency"] = v.get_int(data, "max_concurrency", minimum=0) or None
+        if "tags" in data:
+            changes["tags"] = v.get_str_list(data, "tags", max_items=64, max_len=64) or []
+        if "notes" in data:
+            changes["notes"] = v.get_str(data, "notes", max_len=10_000) or ""
+        return Response.json(self.registry.update(node, changes).to_public())
+
+    async def delete_node(self, request: Request) -> Response:
+        self.registry.delete(request.params["id"])
+        return Response(204, b"")
+
+    async def disconnect_node(self, request: Request) -> Response:
+        return Response.json(self.registry.disconnect(request.params["id"]).to_public())

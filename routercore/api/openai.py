@@ -1,0 +1,73 @@
+"""OpenAI-compatible surface: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models."""
+
+from __future__ import annotations
+
+import calendar
+import time
+from typing import TYPE_CHECKING, Any
+
+from routercore.api.inference import routing_fields
+from routercore.errors import ModelNotFound
+from routercore.http.messages import Request, Response
+
+if TYPE_CHECKING:
+    from routercore.app import App
+    from routercore.service import RouterService
+
+
+def _created(iso: str | None) -> int:
+    if not iso:
+        return int(time.time())
+    try:
+        return calendar.timegm(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return int(time.time())
+
+
+class OpenAIAPI:
+    def __init__(self, svc: RouterService) -> None:
+        self.svc = svc
+
+    def install(self, app: App) -> None:
+        app.add("POST", "/v1/chat/completions", self.chat, auth="api")
+        app.add("POST", "/v1/completions", self.completions, auth="api")
+        app.add("POST", "/v1/embeddings", self.embeddings, auth="api")
+        app.add("GET", "/v1/models", self.models, auth="api")
+        app.add("GET", "/v1/models/{id}", self.model, auth="api")
+
+    async def _forward(self, request: Request, endpoint: str) -> Response | None:
+        model, stream = routing_fields(request, stream_default=False)
+        return await self.svc.proxy.forward(request, api="openai", endpoint=endpoint,
+                                            model=model, streaming=stream)
+
+    async def chat(self, request: Request) -> Response | None:
+        return await self._forward(request, "chat.completions")
+
+    async def completions(self, request: Request) -> Response | None:
+        return await self._forward(request, "completions")
+
+    async def embeddings(self, request: Request) -> Response | None:
+        return await self._forward(request, "embeddings")
+
+    def _model_entries(self) -> dict[str, dict[str, Any]]:
+        entries: dict[str, dict[str, Any]] = {}
+        for node in self.svc.registry.online():
+            for name in node.models:
+                entry = entries.get(name)
+                if entry is None:
+                    entries[name] = {"id": name, "object": "model",
+                                     "created": _created(node.registered_at),
+                                     "owned_by": "llm-router", "nodes": [node.id]}
+                else:
+                    entry["nodes"].append(node.id)
+        return entries
+
+    async def models(self, request: Request) -> Response:
+        data = sorted(self._model_entries().values(), key=lambda e: e["id"])
+        return Response.json({"object": "list", "data": data})
+
+    async def model(self, request: Request) -> Response:
+        entry = self._model_entries().get(request.params["id"])
+        if entry is None:
+            raise ModelNotFound(f"model '{request.params['id']}' is not served by any online node")
+        return Response.json(entry)

@@ -1,0 +1,123 @@
+"""WebSocket over a connection h11 has parsed the upgrade request of (wsproto framing)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    RejectConnection,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from routercore.http.messages import Request
+
+if TYPE_CHECKING:
+    from routercore.http.server import HTTPConnection
+
+log = logging.getLogger("routercore.http.websocket")
+
+_MAX_MESSAGE = 1024 * 1024
+_MAX_QUEUED = 64
+
+
+def is_upgrade(request: Request) -> bool:
+    upgrade = (request.header(b"upgrade") or "").lower()
+    return request.method == "GET" and upgrade == "websocket"
+
+
+class WebSocket:
+    """A server-side WebSocket: `send_text`, `receive` (None once closed), `close`."""
+
+    def __init__(self, conn: HTTPConnection, request: Request) -> None:
+        self.conn = conn
+        self.request = request
+        self.ws = WSConnection(ConnectionType.SERVER)
+        self.inbox: asyncio.Queue[str | None] = asyncio.Queue(maxsize=_MAX_QUEUED)
+        self.closed = False
+        self._text_parts: list[str] = []
+        self._size = 0
+
+    async def accept(self, trailing: bytes) -> None:
+        self.ws.initiate_upgrade_connection(self.request.headers, self.request.target)
+        self._write(self.ws.send(AcceptConnection()))
+        if trailing:
+            self.feed(trailing)
+
+    def feed(self, data: bytes) -> None:
+        """Bytes from the transport (b"" = EOF)."""
+        try:
+            self.ws.receive_data(data if data else None)
+            for event in self.ws.events():
+                self._on_event(event)
+        except RemoteProtocolError as exc:
+            log.info("event=ws_protocol_error peer=%s reason=%r", self.conn.peer, str(exc))
+            self._finish()
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, Ping):
+            self._write(self.ws.send(event.response()))
+        elif isinstance(event, CloseConnection):
+            try:
+                self._write(self.ws.send(event.response()))
+            except LocalProtocolError:
+                pass
+            self._finish()
+        elif isinstance(event, TextMessage | BytesMessage) and isinstance(event, Message):
+            data = event.data if isinstance(event.data, str) else event.data.decode("utf-8", "replace")
+            self._size += len(data)
+            if self._size > _MAX_MESSAGE:
+                self.close(1009)
+                return
+            self._text_parts.append(data)
+            if event.message_finished:
+                text = "".join(self._text_parts)
+                self._text_parts, self._size = [], 0
+                if self.inbox.full():
+                    log.info("event=ws_inbox_full peer=%s", self.conn.peer)
+                    return
+                self.inbox.put_nowait(text)
+        elif isinstance(event, RejectConnection):
+            self._finish()
+
+    async def send_text(self, text: str) -> None:
+        if self.closed or self.conn.closed:
+            raise ConnectionResetError("websocket closed")
+        self._write(self.ws.send(TextMessage(data=text)))
+        if not self.conn.writable.is_set():
+            await self.conn.writable.wait()
+
+    async def receive(self) -> str | None:
+        if self.closed and self.inbox.empty():
+            return None
+        return await self.inbox.get()
+
+    def close(self, code: int = 1000) -> None:
+        if self.closed:
+            return
+        try:
+            self._write(self.ws.send(CloseConnection(code=code)))
+        except LocalProtocolError:
+            pass
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self.inbox.put_nowait(None)
+            except asyncio.QueueFull:
+                pass
+            self.conn._close()
+
+    def _write(self, data: bytes) -> None:
+        if data and self.conn.transport is not None and not self.conn.closed:
+            self.conn.transport.write(data)

@@ -1,0 +1,355 @@
+"""The request path: pick a node -> forward -> relay the body as it arrives -> account.
+
+Failover happens only before the first byte reached the client; afterwards a failure ends the
+client's stream with an error event. When every candidate is full the request waits in a
+bounded FIFO queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import h11
+
+from routercore.errors import (
+    ModelNotFound,
+    NoCapacity,
+    RouterError,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from routercore.http.messages import Request, Response, ResponseStream
+from routercore.http.upstream import (
+    HOP_BY_HOP,
+    UpstreamBrokenError,
+    UpstreamConnectError,
+    UpstreamConnection,
+    UpstreamPool,
+)
+from routercore.registry import NodeRegistry, now_rfc3339
+from routercore.stats import LiveStats, Outcome
+from routercore.usage import TailScanner, error_event
+
+if TYPE_CHECKING:
+    from routercore.balancer import Balancer
+    from routercore.config import RouterConfig
+    from routercore.store import Store
+
+log = logging.getLogger("routercore.proxy")
+
+_FORWARDED_HEADERS = (b"content-type", b"accept", b"user-agent", b"x-request-id")
+_DROP_RESPONSE_HEADERS = HOP_BY_HOP | {b"server"}
+
+
+class _Retry(Exception):
+    """This node failed before any byte reached the client: try another one."""
+
+    def __init__(self, reason: str, *, mark: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.mark = mark
+
+
+@dataclass(eq=False)
+class _Waiter:
+    model: str
+    exclude: tuple[str, ...]
+    future: asyncio.Future[str]
+
+
+@dataclass
+class _Attempt:
+    """What one forwarded request measured."""
+
+    node_id: str | None = None
+    status: int = 0
+    ttfb_ms: float | None = None
+    outcome: str = "error"
+    error: str | None = None
+    scanner: TailScanner | None = None
+    sent_to_client: bool = False
+    tried: list[str] = field(default_factory=list)
+
+
+class Proxy:
+    def __init__(self, cfg: RouterConfig, registry: NodeRegistry, balancer: Balancer,
+                 pool: UpstreamPool, store: Store, stats: LiveStats) -> None:
+        self.cfg = cfg
+        self.registry = registry
+        self.balancer = balancer
+        self.pool = pool
+        self.store = store
+        self.stats = stats
+        self.waiters: deque[_Waiter] = deque()
+        registry.listeners.append(lambda _id, _node: self._drain())
+
+    # -- entry point -------------------------------------------------------------------------
+
+    async def forward(self, request: Request, *, api: str, endpoint: str, model: str,
+                      streaming: bool) -> Response | None:
+        """Forward `request` (body untouched) to a node serving `model` and relay the answer."""
+        started = time.perf_counter()
+        ts = now_rfc3339()
+        att = _Attempt(scanner=TailScanner(api))
+        self.stats.in_flight += 1
+        try:
+            await self._forward(request, att, api, model, started)
+            return None
+        except _StreamFailed:
+            return None
+        except ConnectionError:
+            att.outcome = "cancelled"
+            att.error = "client disconnected"
+            return None
+        except RouterError as exc:
+            att.status = exc.status
+            att.outcome = "rejected" if exc.status in (404, 503) else "error"
+            att.error = exc.message
+            raise
+        except asyncio.CancelledError:
+            att.outcome = "cancelled"
+            att.error = "client disconnected"
+            if att.status == 0:
+                att.status = 499
+            raise
+        finally:
+            self.stats.in_flight -= 1
+            self._account(request, att, ts, started, api, endpoint, model, streaming)
+
+    async def _forward(self, request: Request, att: _Attempt, api: str, model: str,
+                       started: float) -> None:
+        if not self.balancer.serves(model):
+            raise ModelNotFound(f"model '{model}' is not served by any online node")
+        deadline = started + self.cfg.request_timeout
+        while True:
+            node_id = await self._acquire_slot(model, tuple(att.tried), deadline)
+            att.node_id = node_id
+            ttfb: float | None = None
+            try:
+                ttfb = await self._try_node(request, att, node_id, api, started, deadline)
+                return
+            except _Retry as retry:
+                att.tried.append(node_id)
+                log.warning("event=node_failed id=%s model=%s reason=%r", node_id, model,
+                            retry.reason)
+                if retry.mark:
+                    self.registry.mark_unreachable(node_id, retry.reason)
+                if len(att.tried) > self.cfg.max_retries or not self._has_other(model, att.tried):
+                    raise UpstreamError(
+                        f"no node could serve model '{model}': {retry.reason}") from None
+            finally:
+                self.balancer.request_finished(node_id, ttfb)
+                self._drain()
+
+    def _has_other(self, model: str, tried: list[str]) -> bool:
+        """Some available node serving `model` was not tried yet (busy ones count)."""
+        for node in self.registry.online():
+            if node.id not in tried and model in node.models and node.runtime_up:
+                return True
+        return False
+
+    # -- one node ----------------------------------------------------------------------------
+
+    async def _try_node(self, request: Request, att: _Attempt, node_id: str, api: str,
+                        started: float, deadline: float) -> float | None:
+        node = self.registry.nodes.get(node_id)
+        if node is None:
+            raise _Retry("node was removed", mark=False)
+        host, port = node.ip_address, node.runtime_port
+        conn, head = await self._send(request, host, port, deadline)
+        stream = request.stream
+        assert stream is not None
+        try:
+            if head.status_code >= 500:
+                detail = await self._read_some(conn, deadline)
+                conn.close()
+                raise _Retry(f"node answered {head.status_code}: {detail}")
+            att.status = head.status_code
+            headers = [(k, v) for k, v in head.headers if k not in _DROP_RESPONSE_HEADERS]
+            headers.append((b"x-router-node", node_id.encode()))
+            chunked = not any(k == b"content-length" for k, _ in head.headers)
+            ttfb = await self._relay(conn, stream, att, headers, api, chunked, started, deadline)
+        except BaseException:
+            conn.abort()
+            raise
+        self.pool.release(conn)
+        att.outcome = "ok" if att.status < 400 else "error"
+        return ttfb
+
+    async def _send(self, request: Request, host: str, port: int,
+                    deadline: float) -> tuple[UpstreamConnection, h11.Response]:
+        """Connect (pooled), send, read the head; one silent retry on a stale pooled socket."""
+        headers = [(b"host", f"{host}:{port}".encode())]
+        headers += [(k, v) for k, v in request.headers if k in _FORWARDED_HEADERS]
+        headers.append((b"content-length", str(len(request.body)).encode()))
+        headers.append((b"x-forwarded-for", request.peer.encode()))
+        fresh = False
+        while True:
+            try:
+                conn = await self.pool.acquire(host, port, fresh=fresh)
+            except UpstreamConnectError as exc:
+                raise _Retry(str(exc)) from None
+            try:
+                conn.send_request(request.method, request.target, headers, request.body)
+                head = await conn.read_head(self._timeout(deadline))
+                return conn, head
+            except UpstreamBrokenError as exc:
+                conn.abort()
+                if conn.reused and not conn.got_bytes and not fresh:
+                    fresh = True  # the node closed an idle keep-alive socket: not a failure
+                    continue
+                raise _Retry(str(exc)) from None
+            except TimeoutError:
+                conn.abort()
+                raise UpstreamTimeout("the node did not answer in time") from None
+            except BaseException:
+                conn.abort()
+                raise
+
+    async def _read_some(self, conn: UpstreamConnection, deadline: float) -> str:
+        out = b""
+        try:
+            while len(out) < 512:
+                piece = await conn.read_body(min(2.0, self._timeout(deadline)))
+                if piece is None:
+                    break
+                out += piece
+        except (TimeoutError, ConnectionError):
+            pass
+        return out[:512].decode("utf-8", "replace").strip() or "no body"
+
+    async def _relay(self, conn: UpstreamConnection, stream: ResponseStream, att: _Attempt,
+                     headers: list[tuple[bytes, bytes]], api: str, chunked: bool,
+                     started: float, deadline: float) -> float | None:
+        """Copy body pieces to the client as they arrive; the client's drain paces the node."""
+        await stream.start(att.status, headers)
+        att.sent_to_client = True
+        scanner = att.scanner
+        assert scanner is not None
+        ttfb: float | None = None
+        read_timeout = self.cfg.read_timeout
+        while True:
+            try:
+                piece = await conn.read_body(min(read_timeout, self._timeout(deadline)))
+            except (TimeoutError, UpstreamBrokenError) as exc:
+                reason = ("node stopped sending (read timeout)" if isinstance(exc, TimeoutError)
+                          else str(exc))
+                att.outcome = "error"
+                att.error = reason
+                log.warning("event=stream_failed node=%s reason=%r", att.node_id, reason)
+                if isinstance(exc, UpstreamBrokenError) and att.node_id:
+                    self.registry.mark_unreachable(att.node_id, reason)
+                if chunked:
+                    await stream.write(error_event(api, f"upstream node failed: {reason}"))
+                    await stream.end()
+                else:
+                    stream.abort()
+                raise _StreamFailed(reason) from None
+            if piece is None:
+                break
+            if ttfb is None:
+                ttfb = (time.perf_counter() - started) * 1000.0
+                att.ttfb_ms = ttfb
+            scanner.feed(piece)
+            await stream.write(piece)
+        await stream.end()
+        return ttfb
+
+    def _timeout(self, deadline: float) -> float:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            raise UpstreamTimeout("the request took longer than request_timeout")
+        return left
+
+    # -- capacity queue ----------------------------------------------------------------------
+
+    async def _acquire_slot(self, model: str, exclude: tuple[str, ...], deadline: float) -> str:
+        node_id = self.balancer.pick(model, exclude)
+        if node_id is not None:
+            self.balancer.request_started(node_id)
+            return node_id
+        if not self.balancer.serves(model):
+            raise ModelNotFound(f"model '{model}' is not served by any online node")
+        retry_after = max(1, int(self.cfg.queue_timeout / 4) or 1)
+        if len(self.waiters) >= self.cfg.queue_max:
+            log.warning("event=queue_full model=%s length=%d", model, len(self.waiters))
+            raise NoCapacity(f"all nodes serving '{model}' are busy and the queue is full",
+                             retry_after=retry_after)
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(model, exclude, loop.create_future())
+        self.waiters.append(waiter)
+        self.stats.queued += 1
+        timeout = min(self.cfg.queue_timeout, max(0.0, deadline - time.perf_counter()))
+        try:
+            await asyncio.wait({waiter.future}, timeout=timeout)
+        except asyncio.CancelledError:
+            self._abandon(waiter)
+            raise
+        finally:
+            self.stats.queued -= 1
+        if waiter.future.done():
+            return waiter.future.result()
+        self._abandon(waiter)
+        log.warning("event=queue_timeout model=%s waited=%.1fs", model, timeout)
+        raise NoCapacity(f"all nodes serving '{model}' are busy; waited {timeout:g}s in the queue",
+                         retry_after=retry_after)
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            pass
+        if waiter.future.done() and not waiter.future.cancelled():
+            self.balancer.request_finished(waiter.future.result(), None)
+            self._drain()
+        else:
+            waiter.future.cancel()
+
+    def _drain(self) -> None:
+        """Give freed slots to waiting requests, oldest first."""
+        if not self.waiters:
+            return
+        for waiter in list(self.waiters):
+            if waiter.future.done():
+                self.waiters.remove(waiter)
+                continue
+            node_id = self.balancer.pick(waiter.model, waiter.exclude)
+            if node_id is not None:
+                self.balancer.request_started(node_id)
+                self.waiters.remove(waiter)
+                waiter.future.set_result(node_id)
+
+    # -- accounting --------------------------------------------------------------------------
+
+    def _account(self, request: Request, att: _Attempt, ts: str, started: float, api: str,
+                 endpoint: str, model: str, streaming: bool) -> None:
+        duration = (time.perf_counter() - started) * 1000.0
+        usage = att.scanner.usage() if att.scanner is not None and att.outcome != "rejected" else None
+        outcome = Outcome(
+            request_id=str(uuid.uuid4()), node_id=att.node_id, model=model, endpoint=endpoint,
+            status_code=att.status, outcome=att.outcome, duration_ms=duration,
+            ttfb_ms=att.ttfb_ms,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+        )
+        self.stats.record(outcome)
+        if att.node_id is not None and att.sent_to_client:
+            self.registry.record_result(att.node_id, att.outcome == "ok", duration)
+        self.store.add_request({
+            "id": outcome.request_id, "ts": ts, "node_id": att.node_id, "model": model,
+            "endpoint": endpoint, "method": request.method, "status_code": att.status,
+            "outcome": att.outcome, "duration_ms": round(duration, 3),
+            "ttfb_ms": round(att.ttfb_ms, 3) if att.ttfb_ms is not None else None,
+            "prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
+            "stream": int(streaming), "client": request.peer, "error": att.error,
+        })
+
+
+class _StreamFailed(Exception):
+    """The node failed after the client got the head; the client stream was ended."""

@@ -1,0 +1,133 @@
+"""Assembles the router (store, registry, balancer, health, proxy, HTTP server) and runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from routercore import __version__
+from routercore.api.nodes import NodesAPI
+from routercore.api.ollama import OllamaAPI
+from routercore.api.openai import OpenAIAPI
+from routercore.app import App, AuthPolicy, error_response
+from routercore.auth import hash_token, new_token
+from routercore.balancer import IMPLEMENTATION, Balancer
+from routercore.config import RouterConfig
+from routercore.health import HealthMonitor
+from routercore.http.server import HTTPServer, ServerLimits
+from routercore.http.upstream import UpstreamPool
+from routercore.proxy import Proxy
+from routercore.registry import NodeRegistry
+from routercore.stats import LiveStats
+from routercore.store import Store
+
+log = logging.getLogger("routercore.service")
+
+ADMIN_TOKEN_KEY = "admin_token_hash"
+
+
+class RouterService:
+    """One router: built from a RouterConfig, started and stopped as a unit."""
+
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        self.store = Store(config.db_path(), history_max_rows=config.history_max_rows,
+                           samples_max_rows=config.samples_max_rows)
+        self.balancer = Balancer(config.balancer)
+        self.registry = NodeRegistry(self.store, self.balancer)
+        self.stats = LiveStats()
+        self.pool = UpstreamPool(connect_timeout=config.connect_timeout,
+                                 max_idle=config.pool_max_idle)
+        self.proxy = Proxy(config, self.registry, self.balancer, self.pool, self.store, self.stats)
+        self.health = HealthMonitor(
+            self.registry, heartbeat_timeout=config.heartbeat_timeout,
+            probe_interval=config.probe_interval, probe_max_interval=config.probe_max_interval,
+            connect_timeout=config.connect_timeout)
+        self.auth = AuthPolicy(admin_token_hash="", registration_token=config.registration_token,
+                               api_keys=config.api_keys, open_reads=config.open_reads)
+        self.app = App(self.auth)
+        for api in (NodesAPI(self), OpenAIAPI(self), OllamaAPI(self)):
+            api.install(self.app)
+        self._install_optional_apis()
+        limits = ServerLimits(
+            max_header_bytes=config.max_header_bytes, max_body_bytes=config.max_body_bytes,
+            header_timeout=config.header_timeout, body_timeout=config.body_timeout,
+            idle_timeout=config.idle_timeout, max_connections=config.max_connections,
+            write_high_water=config.write_high_water, access_log=config.access_log)
+        self.server = HTTPServer(self.app.dispatch, limits, error_response)
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.address: tuple[str, int] | None = None
+        self.admin_token_generated: str | None = None
+
+    def _install_optional_apis(self) -> None:
+        """Surfaces that live in their own modules (dashboard, metrics, admin keys)."""
+        import importlib
+
+        for module, cls in (("routercore.api.dashboard", "DashboardAPI"),
+                            ("routercore.api.metrics", "MetricsAPI"),
+                            ("routercore.api.keys", "KeysAPI")):
+            try:
+                mod = importlib.import_module(module)
+            except ModuleNotFoundError as exc:
+                if exc.name != module:
+                    raise
+                continue
+            getattr(mod, cls)(self).install(self.app)
+
+    def _admin_token(self) -> None:
+        """Configured token, else the stored hash, else a new token printed once."""
+        if self.config.admin_token:
+            self.auth.admin_token_hash = hash_token(self.config.admin_token)
+            return
+        stored = self.store.get_meta(ADMIN_TOKEN_KEY)
+        if stored:
+            self.auth.admin_token_hash = stored
+            return
+        token = new_token("adm_")
+        self.admin_token_generated = token
+        self.auth.admin_token_hash = hash_token(token)
+        self.store.set_meta(ADMIN_TOKEN_KEY, self.auth.admin_token_hash)
+        log.warning("event=admin_token_generated token=%s (shown once; set "
+                    "LLM_ROUTER_ADMIN_TOKEN to choose your own)", token)
+
+    async def start(self) -> tuple[str, int]:
+        self.store.open()
+        self._admin_token()
+        count = self.registry.load()
+        self.address = await self.server.start(self.config.host, self.config.port)
+        self.tasks.append(asyncio.get_running_loop().create_task(self.health.run()))
+        host, port = self.address
+        log.info("event=ready version=%s nodes_loaded=%d balancer=%s/%s db=%s",
+                 __version__, count, self.config.balancer, IMPLEMENTATION, self.config.db_path())
+        log.info("listening on http://%s:%d", host, port)
+        return self.address
+
+    async def stop(self) -> None:
+        log.info("event=shutdown_started grace=%ss", self.config.shutdown_grace)
+        await self.server.shutdown(self.config.shutdown_grace)
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.pool.close()
+        await asyncio.to_thread(self.store.close)
+        log.info("event=shutdown_done")
+
+
+async def serve(config: RouterConfig) -> None:
+    """Run until SIGINT/SIGTERM, then shut down gracefully."""
+    service = RouterService(config)
+    await service.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()

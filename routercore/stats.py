@@ -1,0 +1,130 @@
+"""Live request statistics kept in memory: counters, latency histograms, per-second series.
+
+Cheap to update on the hot path (a few dict increments); the dashboard and /metrics read them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+# Histogram buckets in seconds (Prometheus style upper bounds).
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+SERIES_SECONDS = 3600
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One finished proxied request, as accounted."""
+
+    request_id: str
+    node_id: str | None
+    model: str | None
+    endpoint: str
+    status_code: int
+    outcome: str  # ok | error | cancelled | rejected
+    duration_ms: float
+    ttfb_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class Histogram:
+    __slots__ = ("counts", "sum", "count")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+
+@dataclass
+class SecondBucket:
+    second: int
+    requests: int = 0
+    errors: int = 0
+    tokens: int = 0
+    latency_ms_sum: float = 0.0
+    by_node: Counter[str] = field(default_factory=Counter)
+
+
+class LiveStats:
+    """Everything the router counts about proxied requests since start."""
+
+    def __init__(self, clock: callable = time.time) -> None:  # type: ignore[valid-type]
+        self.clock = clock
+        self.started = clock()
+        self.requests: Counter[tuple[str, str, str, str]] = Counter()  # endpoint, model, node, status
+        self.outcomes: Counter[str] = Counter()
+        self.latency: dict[tuple[str, str], Histogram] = {}  # endpoint, model
+        self.ttfb: dict[tuple[str, str], Histogram] = {}
+        self.tokens: Counter[tuple[str, str]] = Counter()  # model, kind
+        self.series: deque[SecondBucket] = deque(maxlen=SERIES_SECONDS)
+        self.recent_latencies: deque[float] = deque(maxlen=2000)
+        self.in_flight = 0
+        self.queued = 0
+
+    def record(self, o: Outcome) -> None:
+        model = o.model or ""
+        node = o.node_id or ""
+        self.requests[(o.endpoint, model, node, str(o.status_code))] += 1
+        self.outcomes[o.outcome] += 1
+        key = (o.endpoint, model)
+        hist = self.latency.get(key)
+        if hist is None:
+            hist = self.latency[key] = Histogram()
+        hist.observe(o.duration_ms / 1000.0)
+        if o.ttfb_ms is not None:
+            th = self.ttfb.get(key)
+            if th is None:
+                th = self.ttfb[key] = Histogram()
+            th.observe(o.ttfb_ms / 1000.0)
+        tokens = 0
+        if o.prompt_tokens:
+            self.tokens[(model, "prompt")] += o.prompt_tokens
+        if o.completion_tokens:
+            self.tokens[(model, "completion")] += o.completion_tokens
+            tokens = o.completion_tokens
+        if o.outcome == "ok":
+            self.recent_latencies.append(o.duration_ms)
+        bucket = self._bucket()
+        bucket.requests += 1
+        bucket.errors += o.outcome == "error" or o.outcome == "rejected"
+        bucket.tokens += tokens
+        bucket.latency_ms_sum += o.duration_ms
+        if node:
+            bucket.by_node[node] += 1
+
+    def _bucket(self) -> SecondBucket:
+        now = int(self.clock())
+        if not self.series or self.series[-1].second != now:
+            self.series.append(SecondBucket(now))
+        return self.series[-1]
+
+    def total(self) -> int:
+        return sum(self.outcomes.values())
+
+    def window(self, seconds: int) -> tuple[int, int, int]:
+        """(requests, errors, completion tokens) over the last `seconds` whole seconds."""
+        cutoff = int(self.clock()) - seconds
+        req = err = tok = 0
+        for b in reversed(self.series):
+            if b.second <= cutoff:
+                break
+            req += b.requests
+            err += b.errors
+            tok += b.tokens
+        return req, err, tok
+
+    def percentile(self, q: float) -> float | None:
+        if not self.recent_latencies:
+            return None
+        data = sorted(self.recent_latencies)
+        return round(data[min(len(data) - 1, int(q * len(data)))], 2)

@@ -1,0 +1,493 @@
+"""A fake LLM runtime speaking the Ollama and OpenAI protocols, for tests, demos and benchmarks.
+
+`FakeNode` runs inside the caller's event loop; `run_in_thread` gives it a loop of its own for
+sync code. Settings and faults change at run time from Python or over `POST /_fake/config`.
+The pieces: fake_state (settings/faults/stats), fake_api (sans-IO handlers), fake_server
+(asyncio + h11 transport), fake_register (router registration and heartbeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import orjson
+
+from routercore.testing.fake_api import FakeAPI, Reply, error_reply, json_reply
+from routercore.testing.fake_register import RouterRegistration
+from routercore.testing.fake_server import FakeHTTPProtocol
+from routercore.testing.fake_state import FAULTS, ConfigError, Faults, Settings, Stats
+
+__all__ = ["ConfigError", "FakeNode", "ThreadedFakeNode", "main", "run_in_thread"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_WILDCARDS = ("", "0.0.0.0", "::")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed: the fake node is the baseline in benchmarks."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class FakeNode:
+    """One fake runtime on one port. Sync methods are safe to call from any thread."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        models: Sequence[str] | str | None = None,
+        api: str = "both",
+        tokens: int = 8,
+        token_delay: float = 0.0,
+        first_token_delay: float = 0.0,
+        embedding_dim: int = 8,
+        faults: Mapping[str, Any] | Iterable[str] | None = None,
+        register: str | None = None,
+        name: str | None = None,
+        registration_token: str | None = None,
+        max_concurrency: int | None = None,
+        register_retry_base: float = 0.5,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.settings = Settings()
+        changes: dict[str, Any] = {
+            "api": api,
+            "tokens": tokens,
+            "token_delay": token_delay,
+            "first_token_delay": first_token_delay,
+            "embedding_dim": embedding_dim,
+        }
+        if models is not None:
+            changes["models"] = models
+        self.settings.update(changes)
+        self.faults = Faults()
+        if faults is not None:
+            items = faults.items() if isinstance(faults, Mapping) else ((f, True) for f in faults)
+            for fault, value in items:
+                self.faults.set(fault, value)
+        self.stats = Stats()
+        self.api = FakeAPI(self.settings, self._models_changed)
+        self.connections: set[FakeHTTPProtocol] = set()
+        self.register_url = register
+        self.name = name
+        self.registration_token = registration_token
+        self.max_concurrency = max_concurrency
+        self.register_retry_base = register_retry_base
+        self.registration: RouterRegistration | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Where clients connect (wildcard hosts map to loopback)."""
+        host = "127.0.0.1" if self.host in _WILDCARDS else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> FakeNode:
+        """Bind and serve; with `register`, start the registration/heartbeat loop."""
+        self._loop = asyncio.get_running_loop()
+        if self.faults.refuse:
+            self.port = self._bind().getsockname()[1]  # reserve the port number only
+        else:
+            await self._listen(self._bind())
+        if self.register_url:
+            self.registration = RouterRegistration(
+                self.register_url,
+                machine_name=self.name or f"fake-{self.port}",
+                runtime_port=self.port,
+                describe=self._describe,
+                registration_token=self.registration_token,
+                max_concurrency=self.max_concurrency,
+                retry_base=self.register_retry_base,
+            )
+            self._spawn(self.registration.run())
+        log.info("fakenode started url=%s models=%s", self.url, ",".join(self.settings.models))
+        return self
+
+    async def stop(self) -> None:
+        """Stop listening, cut open connections, stop heartbeats."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if server is not None:
+            await server.wait_closed()
+
+    async def __aenter__(self) -> FakeNode:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _bind(self) -> socket.socket:
+        """Bind synchronously so clearing `refuse` accepts connections at once."""
+        info = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
+        sock = socket.create_server(info[4][:2], family=info[0], backlog=1024)
+        self.port = sock.getsockname()[1]
+        return sock
+
+    async def _listen(self, sock: socket.socket) -> None:
+        assert self._loop is not None
+        self._server = await self._loop.create_server(lambda: FakeHTTPProtocol(self), sock=sock)
+
+    def _spawn(self, coro: Any) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the node's loop: directly when already there, else hop and wait."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return fn()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            return fn()
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        loop.call_soon_threadsafe(run)
+        return done.result(timeout=30)
+
+    # -- runtime control --------------------------------------------------------------------
+
+    def configure(self, **changes: Any) -> None:
+        """Change settings (models, api, tokens, token_delay, first_token_delay, ...)."""
+        self._call(lambda: self._configure(changes))
+
+    def set_fault(
+        self, name: str, value: Any = True, *, times: int | None = None, seconds: float | None = None
+    ) -> None:
+        """Switch a fault on: `times` limits it to N requests, `seconds` to a duration."""
+        self._call(lambda: self._set_fault(name, value, times, seconds))
+
+    def clear_faults(self) -> None:
+        self._call(self._clear_faults)
+
+    def reset_stats(self) -> None:
+        self._call(self.stats.reset)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters plus current settings, faults and registration state (GET /_fake/stats)."""
+        return self._call(self._snapshot)
+
+    def _configure(self, changes: Mapping[str, Any]) -> None:
+        old = (list(self.settings.models), self.settings.api)
+        self.settings.update(dict(changes))
+        if (self.settings.models, self.settings.api) != old:
+            self._models_changed()
+
+    def _set_fault(
+        self,
+        name: str,
+        value: Any,
+        times: int | None,
+        seconds: float | None,
+        keep: FakeHTTPProtocol | None = None,
+    ) -> None:
+        self.faults.set(name, value, times)
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        if name == "refuse":
+            self._apply_refuse(keep)
+        if seconds is not None and self._loop is not None:
+            if seconds < 0:
+                raise ConfigError("seconds must be >= 0")
+            off = None if name == "drop_after" else False
+            self._timers[name] = self._loop.call_later(
+                seconds, lambda: self._set_fault(name, off, None, None)
+            )
+
+    def _clear_faults(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self.faults.clear()
+        self._apply_refuse(None)
+
+    def _apply_refuse(self, keep: FakeHTTPProtocol | None) -> None:
+        """Refuse: close the listener and cut connections (except the one asking)."""
+        if self._loop is None:
+            return  # not started: start() honours the flag
+        if self.faults.refuse and self._server is not None:
+            self._server.close()
+            self._server = None
+            for conn in list(self.connections):
+                if conn is not keep and conn.transport is not None:
+                    conn.transport.abort()
+        elif not self.faults.refuse and self._server is None:
+            sock = self._bind()  # listening now; accept() starts a moment later
+            self._spawn(self._listen(sock))
+
+    def _models_changed(self) -> None:
+        self.api.invalidate()
+        if self.registration is not None:
+            self.registration.wakeup.set()  # tell the router about the new list at once
+
+    def _describe(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "models": list(s.models),
+            "active_requests": self.stats.in_flight,
+            "cpu_usage": s.cpu_usage,
+            "memory_usage": s.memory_usage,
+        }
+
+    def has_stream_delay(self) -> bool:
+        s = self.settings
+        return s.token_delay > 0 or s.first_token_delay > 0
+
+    def _snapshot(self) -> dict[str, Any]:
+        out = self.stats.snapshot()
+        out["settings"] = self.settings.snapshot()
+        out["faults"] = self.faults.snapshot()
+        reg = self.registration
+        out["registration"] = reg.status.snapshot() if reg is not None else None
+        return out
+
+    def control(self, method: str, path: str, body: bytes, conn: FakeHTTPProtocol) -> Reply:
+        """The /_fake/* endpoints other processes use to steer and observe the node."""
+        if path == "/_fake/stats" and method == "GET":
+            return json_reply(200, self._snapshot())
+        if path == "/_fake/config" and method == "GET":
+            return json_reply(200, self._config_view())
+        if path == "/_fake/reset" and method == "POST":
+            self.stats.reset()
+            return json_reply(200, self._snapshot())
+        if path == "/_fake/config" and method == "POST":
+            try:
+                req = orjson.loads(body) if body else {}
+                if not isinstance(req, dict):
+                    raise ConfigError("body must be a JSON object")
+                self._apply_http_config(req, conn)
+            except (orjson.JSONDecodeError, ConfigError) as exc:
+                return json_reply(400, {"error": str(exc)})
+            return json_reply(200, self._config_view())
+        return error_reply(path, 404, f"unknown control endpoint {method} {path}")
+
+    def _config_view(self) -> dict[str, Any]:
+        return {"settings": self.settings.snapshot(), "faults": self.faults.snapshot()}
+
+    def _apply_http_config(self, req: dict[str, Any], conn: FakeHTTPProtocol) -> None:
+        """{"clear_faults": bool, "faults": {name: value | {value, times, seconds}}, **settings}"""
+        faults = req.pop("faults", None) or {}
+        clear = req.pop("clear_faults", False)
+        if not isinstance(faults, dict):
+            raise ConfigError('"faults" must be an object')
+        plan: list[tuple[str, Any, int | None, float | None]] = []
+        for name, spec in faults.items():
+            if name not in FAULTS:
+                raise ConfigError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}")
+            if isinstance(spec, dict):
+                plan.append((name, spec.get("value", True), spec.get("times"), spec.get("seconds")))
+            else:
+                plan.append((name, spec, None, None))
+        Settings(**self.settings.snapshot()).update(req)  # validate before changing anything
+        probe = Faults()
+        for name, value, times, _ in plan:
+            probe.set(name, value, times)
+        if clear:
+            self._clear_faults()
+        self._configure(req)
+        for name, value, times, seconds in plan:
+            self._set_fault(name, value, times, seconds, keep=conn)
+
+
+class ThreadedFakeNode:
+    """A FakeNode on its own event loop in a daemon thread; a context manager."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.node = FakeNode(**kwargs)
+        self._loop = new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="fakenode", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self.node.start())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    @property
+    def url(self) -> str:
+        return self.node.url
+
+    @property
+    def port(self) -> int:
+        return self.node.port
+
+    def close(self) -> None:
+        """Stop the node and its loop; waits for the thread to end."""
+        if not self._thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self.node.stop(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+
+    def __enter__(self) -> FakeNode:
+        return self.node
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_in_thread(**kwargs: Any) -> ThreadedFakeNode:
+    """Start a FakeNode (same keyword arguments) in a background thread; call `.close()`."""
+    return ThreadedFakeNode(**kwargs)
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def parse_fault(text: str) -> tuple[str, Any]:
+    """`status500`, `hang`, `drop_after=3`, `refuse` -> (name, value)."""
+    name, sep, raw = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if name not in FAULTS:
+        raise argparse.ArgumentTypeError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}")
+    if name == "drop_after":
+        if not sep or not raw.strip().isdigit():
+            raise argparse.ArgumentTypeError("drop_after needs a count: drop_after=N")
+        return name, int(raw)
+    if sep and raw.strip().lower() not in ("1", "true", "yes", "on"):
+        return name, False
+    return name, True
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llm-router-fakenode",
+        description="A fake LLM runtime speaking the Ollama and OpenAI protocols.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=11434, help="0 picks a free port")
+    p.add_argument("--models", default=None, help="comma-separated model names")
+    p.add_argument("--api", choices=("both", "ollama", "openai"), default="both")
+    p.add_argument("--tokens", type=int, default=8, help="tokens per reply")
+    p.add_argument("--token-delay", type=float, default=0.0, help="seconds between chunks")
+    p.add_argument("--first-token-delay", type=float, default=0.0)
+    p.add_argument("--embedding-dim", type=int, default=8)
+    p.add_argument("--register", metavar="ROUTER_URL", default=None)
+    p.add_argument("--name", default=None, help="machine_name when registering")
+    p.add_argument("--registration-token", default=None)
+    p.add_argument("--max-concurrency", type=int, default=None)
+    p.add_argument(
+        "--fault",
+        action="append",
+        type=parse_fault,
+        default=[],
+        help="refuse | status500 | drop_after=N | hang | garbage (repeatable)",
+    )
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    node = FakeNode(
+        host=args.host,
+        port=args.port,
+        models=args.models,
+        api=args.api,
+        tokens=args.tokens,
+        token_delay=args.token_delay,
+        first_token_delay=args.first_token_delay,
+        embedding_dim=args.embedding_dim,
+        faults=dict(args.fault),
+        register=args.register,
+        name=args.name,
+        registration_token=args.registration_token,
+        max_concurrency=args.max_concurrency,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"fakenode listening on http://{host}:{node.port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await node.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script entry point; SIGINT/SIGTERM exit 0."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(_serve(args))
+    except KeyboardInterrupt:
+        pass
+    except ConfigError as exc:
+        print(f"llm-router-fakenode: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
