@@ -546,7 +546,9 @@ class Store:
 
     def _shed(self) -> None:
         """Over the backlog cap: drop the oldest samples first, request history last."""
-        excess = len(self._pending) - self.backlog_max
+        if len(self._pending) <= self.backlog_max:
+            return
+        excess = sum(isinstance(i, tuple) for i in self._pending) - self.backlog_max  # not markers
         if excess <= 0:
             return
         counts = {}
