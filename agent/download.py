@@ -1,0 +1,286 @@
+"""Download a file robustly: proxies, retries with backoff, resume of a partial file, SHA-256.
+
+Runs blocking (urllib) in a worker thread. The bytes land in `<dest>.part` and are renamed to
+`dest` only after the checksum matched, so `dest` existing always means a verified file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from agent.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int | None], None]  # (bytes done, total bytes or None)
+CHUNK = 64 * 1024
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class DownloadError(Exception):
+    """The download failed for good (after retries, or on an error retrying cannot fix)."""
+
+
+class ChecksumMismatch(DownloadError):
+    """The file's SHA-256 differs from the expected one; the file has been deleted."""
+
+
+class DownloadCancelled(DownloadError):
+    pass
+
+
+class _Retryable(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """Proxies for downloads: the agent's config wins over the standard environment variables."""
+
+    http: str | None = None
+    https: str | None = None
+    no_proxy: str | None = None
+
+    @classmethod
+    def resolve(
+        cls,
+        http: str | None,
+        https: str | None,
+        no_proxy: str | None,
+        env: Mapping[str, str],
+    ) -> ProxySettings:
+        def pick(name: str) -> str | None:
+            return env.get(name.lower()) or env.get(name.upper()) or None
+
+        return cls(
+            http=http or pick("http_proxy"),
+            https=https or pick("https_proxy"),
+            no_proxy=no_proxy or pick("no_proxy"),
+        )
+
+    def for_url(self, url: str) -> dict[str, str]:
+        """The proxy map urllib should use for `url` ({} = connect directly)."""
+        host = urlsplit(url).hostname or ""
+        if self.no_proxy and bypass_proxy(host, self.no_proxy):
+            return {}
+        proxies = {}
+        if self.http:
+            proxies["http"] = self.http
+        if self.https:
+            proxies["https"] = self.https
+        return proxies
+
+
+def bypass_proxy(host: str, no_proxy: str) -> bool:
+    """NO_PROXY as curl reads it: `*`, exact hosts, and domain suffixes (`.corp`, `corp`)."""
+    host = host.lower().strip("[]")
+    for entry in no_proxy.replace(" ", "").lower().split(","):
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        entry = entry.split(":", 1)[0] if entry.count(":") == 1 else entry
+        entry = entry.lstrip("*").lstrip(".")
+        if host == entry or host.endswith("." + entry):
+            return True
+    return False
+
+
+def build_opener(proxies: Mapping[str, str]) -> urllib.request.OpenerDirector:
+    # An explicit ProxyHandler, even empty, stops urllib from reading the environment again.
+    return urllib.request.build_opener(urllib.request.ProxyHandler(dict(proxies)))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_HEX64 = re.compile(r"\b([0-9a-fA-F]{64})\b")
+
+
+def parse_checksum_file(text: str, filename: str) -> str:
+    """The hash for `filename` from a `sha256sum`-style file (or a file holding just one hash)."""
+    candidates = []
+    for line in text.splitlines():
+        match = _HEX64.search(line)
+        if not match:
+            continue
+        rest = line[match.end() :].strip().lstrip("*").strip()
+        if rest and os.path.basename(rest) == filename:
+            return match.group(1).lower()
+        candidates.append((match.group(1).lower(), rest))
+    if len(candidates) == 1:
+        return candidates[0][0]
+    if not candidates:
+        raise DownloadError("the checksum file holds no SHA-256 value")
+    raise DownloadError(f"the checksum file lists no SHA-256 for {filename}")
+
+
+def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
+    """(first byte, complete length) from `bytes 100-199/1000` or `bytes */1000`."""
+    if not value:
+        return None, None
+    match = re.match(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)", value.strip())
+    if not match:
+        return None, None
+    start = int(match.group(1)) if match.group(1) else None
+    total = int(match.group(2)) if match.group(2) != "*" else None
+    return start, total
+
+
+@dataclass
+class Downloader:
+    """One configured downloader; `fetch` is the entry point."""
+
+    proxies: ProxySettings = ProxySettings()
+    retries: int = 5
+    timeout: float = 30.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 30.0
+    sleep: Callable[[float], None] = time.sleep
+    cancel: threading.Event | None = None
+
+    def _opener(self, url: str) -> urllib.request.OpenerDirector:
+        return build_opener(self.proxies.for_url(url))
+
+    def _with_retries(self, what: str, attempt_fn: Callable[[], object]) -> object:
+        backoff = Backoff(self.backoff_initial, self.backoff_max)
+        attempt = 0
+        while True:
+            if self.cancel is not None and self.cancel.is_set():
+                raise DownloadCancelled(f"{what}: cancelled")
+            try:
+                return attempt_fn()
+            except _Retryable as exc:
+                attempt += 1
+                if attempt > self.retries:
+                    raise DownloadError(f"{what}: failed after {attempt} attempts: {exc}") from None
+                delay = backoff.next_delay()
+                log.warning(
+                    "download_retry what=%s attempt=%d delay=%.1fs error=%s",
+                    what,
+                    attempt,
+                    delay,
+                    exc,
+                )
+                self.sleep(delay)
+
+    def fetch_text(self, url: str, limit: int = 1024 * 1024) -> str:
+        """A small text resource (a checksum file), with the same proxy and retry rules."""
+
+        def attempt() -> str:
+            try:
+                with self._opener(url).open(url, timeout=self.timeout) as resp:
+                    return bytes(resp.read(limit)).decode("utf-8", errors="replace")
+            except urllib.error.HTTPError as exc:
+                exc.close()
+                if exc.code in RETRY_STATUSES:
+                    raise _Retryable(f"HTTP {exc.code}") from None
+                raise DownloadError(f"GET {url}: HTTP {exc.code}") from None
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                raise _Retryable(str(getattr(exc, "reason", exc))) from None
+
+        return str(self._with_retries(url, attempt))
+
+    def fetch(
+        self,
+        url: str,
+        dest: Path,
+        *,
+        sha256: str | None = None,
+        sha256_url: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Path:
+        """Download `url` to `dest`, resuming a `.part` file left by an earlier attempt."""
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + ".part")
+        expected = sha256.lower() if sha256 else None
+        if expected is None and sha256_url:
+            expected = parse_checksum_file(self.fetch_text(sha256_url), dest.name)
+        self._with_retries(url, lambda: self._attempt(url, part, progress))
+        if expected is not None:
+            actual = sha256_file(part)
+            if actual != expected:
+                part.unlink(missing_ok=True)
+                raise ChecksumMismatch(
+                    f"SHA-256 mismatch for {url}: expected {expected}, got {actual}; "
+                    "the downloaded file was deleted"
+                )
+        os.replace(part, dest)
+        log.info("download_done url=%s path=%s verified=%s", url, dest, expected is not None)
+        return dest
+
+    def _attempt(self, url: str, part: Path, progress: ProgressCallback | None) -> None:
+        offset = part.stat().st_size if part.exists() else 0
+        req = urllib.request.Request(url)
+        if offset:
+            req.add_header("Range", f"bytes={offset}-")
+        try:
+            resp = self._opener(url).open(req, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code == 416 and offset:
+                _, total = _parse_content_range(exc.headers.get("Content-Range"))
+                if total == offset:
+                    return  # the partial file is already complete
+                part.unlink(missing_ok=True)  # the partial file is not a prefix we can use
+                raise _Retryable("range not satisfiable; starting over") from None
+            if exc.code in RETRY_STATUSES:
+                raise _Retryable(f"HTTP {exc.code}") from None
+            raise DownloadError(f"GET {url}: HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise _Retryable(str(getattr(exc, "reason", exc))) from None
+
+        with resp:
+            mode = "ab"
+            if resp.status == 206:
+                start, total = _parse_content_range(resp.headers.get("Content-Range"))
+                if start != offset:
+                    part.unlink(missing_ok=True)
+                    raise _Retryable("server resumed at the wrong offset; starting over")
+            else:
+                if offset:
+                    log.info("download_restart url=%s reason=server_ignored_range", url)
+                offset, mode = 0, "wb"
+                length = resp.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+            if resp.status == 206 and total is None:
+                length = resp.headers.get("Content-Length")
+                total = offset + int(length) if length and length.isdigit() else None
+            done = offset
+            if progress:
+                progress(done, total)
+            try:
+                with part.open(mode) as fh:
+                    while True:
+                        if self.cancel is not None and self.cancel.is_set():
+                            raise DownloadCancelled(f"{url}: cancelled")
+                        chunk = resp.read(CHUNK)
+                        if not chunk:
+                            break
+                        fh.write(chunk)
+                        done += len(chunk)
+                        if progress:
+                            progress(done, total)
+            except (TimeoutError, OSError, http.client.HTTPException) as exc:
+                # What arrived stays in the .part file; the next attempt resumes from there.
+                raise _Retryable(f"transfer broke at {done} bytes: {exc}") from None
+            if total is not None and done < total:
+                raise _Retryable(f"connection closed at {done} of {total} bytes")

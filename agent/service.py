@@ -1,0 +1,393 @@
+"""The agent's main loop: watch the runtime, keep every router informed, stop cleanly.
+
+Runs on one asyncio loop (the main thread when headless, a worker thread under the tray); all
+blocking work (HTTP, nvidia-smi, downloads) goes to worker threads. Other threads talk to it only
+through the thread-safe methods `request_stop`, `set_paused` and `apply_config`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from agent import __version__
+from agent.backoff import Backoff
+from agent.config import AgentConfig
+from agent.download import Downloader, ProxySettings
+from agent.install import InstallError, find_runtime, install_runtime
+from agent.metrics import LoadSample, MetricsCollector, system_info, total_memory_bytes
+from agent.models import PullError, choose_default_model, has_model, pull_model
+from agent.progress import ConsoleProgress, fan_out, percent
+from agent.router_client import RouterClient, RouterSession
+from agent.runtime import DOWN, OLLAMA, RuntimeProbe, RuntimeStatus
+from agent.state import AgentState
+from agent.supervisor import RuntimeProcess
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _SampleCache:
+    at: float = 0.0
+    sample: LoadSample | None = None
+
+
+class AgentService:
+    """Owns the runtime watcher, one RouterClient per router, and the child runtime if any."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        env: Mapping[str, str],
+        state: AgentState | None = None,
+        collector: MetricsCollector | None = None,
+    ) -> None:
+        self.config = config
+        self.env = dict(env)
+        self.state = state or AgentState(config.router_url)
+        self.collector = collector or MetricsCollector()
+        self.process = RuntimeProcess(config.install_dir / "runtime.log")
+        self.runtime: RuntimeStatus = DOWN
+        self.clients: list[RouterClient] = []
+        self._probe = RuntimeProbe(config.runtime_url, config.runtime_kind, config.request_timeout)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._router_tasks: list[asyncio.Task[None]] = []
+        self._restart_backoff = Backoff(1.0, 60.0)
+        self._restart_at = 0.0
+        self._install_failed = False
+        self._pull_task: asyncio.Task[None] | None = None
+        self._pull_done = False
+        self._samples = _SampleCache()
+        self._gpu_devices: list[dict[str, object]] | None = None
+        # Tells worker threads (downloads, pulls) to give up when the agent stops.
+        self._cancel = threading.Event()
+
+    # --- thread-safe controls -----------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop (from a signal handler, the tray, or another thread)."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(stop.set)
+
+    def set_paused(self, paused: bool) -> None:
+        """Pause serving: heartbeats go on but report `runtime_up: false` and `paused: true`."""
+        self.state.update(paused=paused)
+        log.info("serving_%s", "paused" if paused else "resumed")
+        self._call_in_loop(self._poke_routers)
+
+    def apply_config(self, config: AgentConfig) -> None:
+        """Switch to new settings (from the settings window): routers re-register at once."""
+        self._call_in_loop(lambda: self._reconfigure(config))
+
+    def _call_in_loop(self, fn: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(fn)
+
+    # --- payloads -----------------------------------------------------------------------------
+
+    async def _sample(self) -> LoadSample:
+        # Several routers heartbeat at about the same time: share one sample between them.
+        now = time.monotonic()
+        if self._samples.sample is None or now - self._samples.at > 1.0:
+            self._samples.sample = await asyncio.to_thread(self.collector.sample)
+            self._samples.at = now
+        return self._samples.sample
+
+    async def registration_payload(self) -> dict[str, Any]:
+        if self._gpu_devices is None:
+            self._gpu_devices = await asyncio.to_thread(self.collector.gpu_devices)
+        payload: dict[str, Any] = {
+            "machine_name": self.config.node_name,
+            "runtime_port": self.config.runtime_port,
+            "agent_version": __version__,
+            "gpu_devices": self._gpu_devices,
+            "models": list(self.runtime.models),
+            "system": await asyncio.to_thread(system_info),
+        }
+        if self.runtime.version:
+            payload["runtime_version"] = self.runtime.version
+        if self.config.ip_address:
+            payload["ip_address"] = self.config.ip_address
+        if self.config.max_concurrency:
+            payload["max_concurrency"] = self.config.max_concurrency
+        return payload
+
+    async def heartbeat_payload(self) -> dict[str, Any]:
+        sample = await self._sample()
+        paused = self.state.snapshot.paused
+        return {
+            "cpu_usage": sample.cpu_usage,
+            "memory_usage": sample.memory_usage,
+            "gpu_usage": sample.gpu_usage,
+            "gpu_memory_usage": sample.gpu_memory_usage,
+            "active_requests": 0,
+            "models": list(self.runtime.models),
+            "running_models": list(self.runtime.running_models),
+            "runtime_up": self.runtime.up and not paused,
+            "paused": paused,
+        }
+
+    # --- runtime ------------------------------------------------------------------------------
+
+    def _runtime_env(self) -> dict[str, str]:
+        env = dict(self.env)
+        parts = urlsplit(self.config.runtime_url)
+        # Ollama reads its listen address from OLLAMA_HOST; others ignore it.
+        env.setdefault("OLLAMA_HOST", f"{parts.hostname}:{self.config.runtime_port}")
+        return env
+
+    def _downloader(self) -> Downloader:
+        c = self.config
+        proxies = ProxySettings.resolve(c.http_proxy, c.https_proxy, c.no_proxy, self.env)
+        return Downloader(
+            proxies=proxies,
+            retries=c.download_retries,
+            timeout=c.download_timeout,
+            cancel=self._cancel,
+        )
+
+    def _activity_progress(self, label: str) -> Any:
+        def report(done: int, total: int | None) -> None:
+            pct = percent(done, total)
+            text = f"{label} {pct}%" if pct is not None else f"{label} {done // (1024 * 1024)} MiB"
+            if self.state.snapshot.activity != text:
+                self.state.update(activity=text)
+
+        return report
+
+    def install(self) -> list[str]:
+        """Blocking: download and unpack the runtime; returns the command that starts it."""
+        c = self.config
+        if not c.install_url:
+            raise InstallError("no runtime found and no install_url configured")
+        console = ConsoleProgress("runtime")
+        try:
+            exe = install_runtime(
+                c.install_url,
+                c.install_dir,
+                c.runtime_binary,
+                self._downloader(),
+                sha256=c.install_sha256,
+                sha256_url=c.install_sha256_url,
+                progress=fan_out(console, self._activity_progress("installing runtime")),
+            )
+        finally:
+            console.finish()
+            self.state.update(activity=None)
+        return [str(exe), *c.runtime_args]
+
+    async def _runtime_command(self) -> list[str] | None:
+        c = self.config
+        if c.runtime_command:
+            return list(c.runtime_command)
+        exe = await asyncio.to_thread(find_runtime, c.install_dir, c.runtime_binary)
+        if exe is not None:
+            return [str(exe), *c.runtime_args]
+        if self._install_failed:
+            return None
+        try:
+            return await asyncio.to_thread(self.install)
+        except InstallError as exc:
+            # Not retried in a loop: a bad URL or checksum will not fix itself.
+            self._install_failed = True
+            log.error("runtime_install_failed error=%s", exc)
+            self.state.update(activity=f"runtime install failed: {exc}"[:100])
+            return None
+
+    async def _ensure_child(self) -> None:
+        """Start the runtime, or restart it with backoff after it died."""
+        if self.process.running():
+            return  # still starting up, or answering on another address: leave it
+        code = self.process.forget()
+        now = time.monotonic()
+        if code is not None:
+            delay = self._restart_backoff.next_delay()
+            self._restart_at = now + delay
+            log.warning("runtime_exited code=%s restart_in=%.1fs", code, delay)
+        if now < self._restart_at:
+            return
+        command = await self._runtime_command()
+        if command is None:
+            return
+        try:
+            self.process.start(command, self._runtime_env())
+        except OSError as exc:
+            log.error("runtime_start_failed command=%s error=%s", command, exc)
+            self._restart_at = time.monotonic() + self._restart_backoff.next_delay()
+            return
+        self.state.update(runtime_started_by_agent=True)
+
+    def _set_runtime(self, status: RuntimeStatus) -> None:
+        old, self.runtime = self.runtime, status
+        if (old.up, old.models) != (status.up, status.models):
+            log.info(
+                "runtime_%s kind=%s models=%d",
+                "up" if status.up else "down",
+                status.kind,
+                len(status.models),
+            )
+            self.state.update(runtime_up=status.up, runtime_kind=status.kind, models=status.models)
+            self._poke_routers()
+
+    async def check_runtime(self) -> RuntimeStatus:
+        """One probe, plus starting or restarting the child runtime when we manage it."""
+        status = await asyncio.to_thread(self._probe.probe)
+        if self.config.manage_runtime and not status.up:
+            await self._ensure_child()
+        elif status.up:
+            self._restart_backoff.reset()
+        self._set_runtime(status)
+        if status.up and status.kind == OLLAMA and self.config.pull_default_model:
+            self._maybe_pull_default()
+        return status
+
+    def _maybe_pull_default(self) -> None:
+        if self._pull_done or self._pull_task is not None:
+            return
+        name = self.config.default_model or choose_default_model(
+            total_memory_bytes(), self.config.model_table
+        )
+        if has_model(self.runtime.models, name):
+            self._pull_done = True
+            return
+        self._pull_task = asyncio.get_running_loop().create_task(self._pull(name))
+
+    async def _pull(self, name: str) -> None:
+        console = ConsoleProgress(f"model {name}")
+        progress = fan_out(console, self._activity_progress(f"pulling {name}"))
+        try:
+            await asyncio.to_thread(
+                pull_model,
+                self.config.runtime_url,
+                name,
+                progress=progress,
+                timeout=600.0,
+                cancel=self._cancel,
+            )
+            self._pull_done = True
+        except PullError as exc:
+            log.error("model_pull_failed model=%s error=%s", name, exc)
+        finally:
+            console.finish()
+            self.state.update(activity=None)
+            self._pull_task = None
+
+    async def _watch_runtime(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.config.runtime_poll_interval)
+            if stop.is_set():
+                break
+            try:
+                await self.check_runtime()
+            except Exception:  # one bad round must not end the watcher
+                log.exception("runtime_check_failed")
+
+    # --- routers ------------------------------------------------------------------------------
+
+    def _poke_routers(self) -> None:
+        for client in self.clients:
+            client.poke()
+
+    def _on_router_change(self, session: RouterSession) -> None:
+        self.state.update_router(
+            session.url,
+            registered=session.registered,
+            agent_id=session.agent_id,
+            error=session.last_error,
+        )
+
+    def _start_routers(self, stop: asyncio.Event) -> None:
+        c = self.config
+        self.state.set_routers(c.router_url)
+        self.clients = [
+            RouterClient(
+                RouterSession(
+                    url,
+                    registration_token=c.registration_token,
+                    default_interval=c.heartbeat_interval,
+                    backoff=Backoff(c.register_backoff_initial, c.register_backoff_max),
+                ),
+                self.registration_payload,
+                self.heartbeat_payload,
+                timeout=c.request_timeout,
+                on_change=self._on_router_change,
+            )
+            for url in c.router_url
+        ]
+        loop = asyncio.get_running_loop()
+        self._router_tasks = [loop.create_task(cl.run(stop)) for cl in self.clients]
+
+    async def _stop_routers(self) -> None:
+        for task in self._router_tasks:
+            task.cancel()
+        await asyncio.gather(*self._router_tasks, return_exceptions=True)
+        self._router_tasks = []
+
+    def _reconfigure(self, config: AgentConfig) -> None:
+        async def switch() -> None:
+            await self._stop_routers()
+            self.config = config
+            self._probe = RuntimeProbe(
+                config.runtime_url, config.runtime_kind, config.request_timeout
+            )
+            self._install_failed = False
+            self._gpu_devices = None
+            await self.check_runtime()
+            if self._stop is not None and not self._stop.is_set():
+                self._start_routers(self._stop)
+            log.info(
+                "settings_applied routers=%s runtime=%s",
+                ",".join(config.router_url),
+                config.runtime_url,
+            )
+
+        asyncio.get_running_loop().create_task(switch())
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until `request_stop()`; then stop the loops and a runtime the agent started."""
+        self._loop = asyncio.get_running_loop()
+        stop = self._stop = asyncio.Event()
+        log.info(
+            "agent_start version=%s name=%s routers=%s runtime=%s",
+            __version__,
+            self.config.node_name,
+            ",".join(self.config.router_url),
+            self.config.runtime_url,
+        )
+        watcher: asyncio.Task[None] | None = None
+        try:
+            # Probe first, so the registration already lists the runtime's models.
+            try:
+                await self.check_runtime()
+            except Exception:
+                log.exception("runtime_check_failed")
+            self._start_routers(stop)
+            watcher = self._loop.create_task(self._watch_runtime(stop))
+            await stop.wait()
+        finally:
+            stop.set()
+            self._cancel.set()
+            await self._stop_routers()
+            tasks = [t for t in (watcher, self._pull_task) if t is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.process.started:
+                await asyncio.to_thread(self.process.stop)
+            log.info("agent_stopped")
