@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs into .venv (and Debian's chromium when missing and
+# we are root), builds the Cython extension, then runs the whole suite: once with the compiled
+# balancer required, once more for the balancer suite with the pure-Python twin forced.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip setuptools wheel Cython
+LLM_ROUTER_REQUIRE_EXTENSIONS=1 .venv/bin/python -m pip install -q -e '.[dev]'
+
+# Browser tests use Debian's chromium (no browser downloads are possible here).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+fi
+
+export LLM_ROUTER_REQUIRE_EXTENSIONS=1
+.venv/bin/python -m pytest "$@"
+LLM_ROUTER_NO_EXTENSIONS=1 LLM_ROUTER_REQUIRE_EXTENSIONS=0 .venv/bin/python -m pytest -q -p no:cacheprovider tests/unit/test_balancer.py tests/unit/test_balancer_property.py
