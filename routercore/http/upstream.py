@@ -44,6 +44,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.paused = False
         self.reused = False
         self.got_bytes = False
+        self.pool: UpstreamPool | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -166,12 +167,16 @@ class UpstreamConnection(asyncio.Protocol):
         return True
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.active.discard(self)
         self.closed = True
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
         """Cut the connection at once: the node sees a reset and stops generating."""
+        if self.pool is not None:
+            self.pool.active.discard(self)
         self.closed = True
         if self.error is None:
             self.error = UpstreamBrokenError("aborted")
@@ -187,6 +192,7 @@ class UpstreamPool:
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self.idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
+        self.active: set[UpstreamConnection] = set()
         self.opened = 0
 
     async def acquire(self, host: str, port: int, *, fresh: bool = False) -> UpstreamConnection:
@@ -196,12 +202,13 @@ class UpstreamPool:
             conn = idle.pop()
             if not conn.closed and not conn.got_bytes:
                 conn.reused = True
+                self.active.add(conn)
                 return conn
             conn.close()
         loop = asyncio.get_running_loop()
         try:
             _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConnection(key), host, port),
+                loop.create_connection(lambda: self._new(key), host, port),
                 self.connect_timeout)
         except TimeoutError:
             raise UpstreamConnectError(
@@ -209,10 +216,17 @@ class UpstreamPool:
         except OSError as exc:
             raise UpstreamConnectError(f"connect to {host}:{port} failed: {exc.strerror or exc}") from None
         self.opened += 1
+        self.active.add(proto)
         return proto
+
+    def _new(self, key: tuple[str, int]) -> UpstreamConnection:
+        conn = UpstreamConnection(key)
+        conn.pool = self
+        return conn
 
     def release(self, conn: UpstreamConnection) -> None:
         """Keep the connection for the next request if its response ended cleanly."""
+        self.active.discard(conn)
         if not conn.reusable():
             conn.close()
             return
