@@ -110,7 +110,7 @@ class FakeNode:
         """Bind and serve; with `register`, start the registration/heartbeat loop."""
         self._loop = asyncio.get_running_loop()
         if self.faults.refuse:
-            self.port = self._bind().getsockname()[1]  # reserve the port number only
+            self._bind().close()  # only fixes the port number; clearing the fault listens
         else:
             await self._listen(self._bind())
         if self.register_url:
@@ -198,7 +198,12 @@ class FakeNode:
         self._call(lambda: self._configure(changes))
 
     def set_fault(
-        self, name: str, value: Any = True, *, times: int | None = None, seconds: float | None = None
+        self,
+        name: str,
+        value: Any = True,
+        *,
+        times: int | None = None,
+        seconds: float | None = None,
     ) -> None:
         """Switch a fault on: `times` limits it to N requests, `seconds` to a duration."""
         self._call(lambda: self._set_fault(name, value, times, seconds))
@@ -373,6 +378,29 @@ class ThreadedFakeNode:
     @property
     def port(self) -> int:
         return self.node.port
+
+    # The node's sync controls hop onto its loop by themselves; these save a `.node`.
+    def configure(self, **changes: Any) -> None:
+        self.node.configure(**changes)
+
+    def set_fault(
+        self,
+        name: str,
+        value: Any = True,
+        *,
+        times: int | None = None,
+        seconds: float | None = None,
+    ) -> None:
+        self.node.set_fault(name, value, times=times, seconds=seconds)
+
+    def clear_faults(self) -> None:
+        self.node.clear_faults()
+
+    def reset_stats(self) -> None:
+        self.node.reset_stats()
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.node.snapshot()
 
     def close(self) -> None:
         """Stop the node and its loop; waits for the thread to end."""

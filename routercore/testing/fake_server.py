@@ -1,0 +1,327 @@
+"""The fake node's HTTP/1.1 transport: one asyncio.Protocol + h11 state machine per client.
+
+Fast path: a reply with no delays is written in one `transport.write` from `data_received`,
+no task. Delayed or streamed-with-delay replies run in a task that the connection cancels
+when the client goes away, which is how the node "stops generating" on cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from http import HTTPStatus
+from typing import TYPE_CHECKING, cast
+
+import h11
+
+from routercore.testing.fake_api import INFERENCE_PATHS, TEXT, Reply, error_reply
+
+if TYPE_CHECKING:
+    from routercore.testing.fakenode import FakeNode
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024 * 1024
+_READ_BUFFER_LIMIT = 1024 * 1024  # pause reading while pipelined bytes pile up past this
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+GARBAGE = b"\x00\xff\xfeSPLAT not-http \x13\x37 garbage\r\n\r\n\x00"
+
+
+class FakeHTTPProtocol(asyncio.Protocol):
+    """Serves one client connection for a `FakeNode`."""
+
+    def __init__(self, node: FakeNode) -> None:
+        self.node = node
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.busy = False  # a request is being answered; further pipelined ones wait
+        self.counted = False  # the request in hand shows in the stats (not a /_fake call)
+        self.dropping = False  # we cut the connection on purpose: not a client cancel
+        self.task: asyncio.Task[None] | None = None
+        self.request: h11.Request | None = None
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.reading_paused = False
+        self.writing_paused = False
+        self.drain: asyncio.Future[None] | None = None
+
+    # -- asyncio callbacks ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, hence the cast.
+        self.transport = cast(asyncio.Transport, transport)
+        self.node.connections.add(self)
+        stats = self.node.stats
+        stats.connections_total += 1
+        stats.connections_open += 1
+
+    def data_received(self, data: bytes) -> None:
+        self.h11.receive_data(data)
+        if not self.busy:
+            self._process()
+        elif len(self.h11.trailing_data[0]) > _READ_BUFFER_LIMIT and self.transport:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        # A client that half-closes is treated as gone, like most servers do.
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.node.connections.discard(self)
+        stats = self.node.stats
+        stats.connections_open -= 1
+        if self.busy and self.counted:
+            self.busy = False
+            stats.in_flight -= 1
+            if self.dropping:
+                stats.dropped += 1
+            else:
+                stats.cancelled += 1
+        if self.task is not None:
+            self.task.cancel()
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.drain is not None and not self.drain.done():
+            self.drain.set_result(None)
+        self.drain = None
+
+    # -- request parsing --------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Pull h11 events until a request is complete (then answer it) or bytes run out."""
+        conn = self.h11
+        while not self.busy and not self.closed:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._fail(exc.error_status_hint, f"bad request: {exc}")
+                return
+            kind = type(event)
+            if kind is h11.Request:
+                assert isinstance(event, h11.Request)
+                self.request = event
+                self.body = []
+                self.body_size = 0
+                if not self._check_length(event):
+                    return
+                if conn.they_are_waiting_for_100_continue:
+                    self._write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+            elif kind is h11.Data:
+                assert isinstance(event, h11.Data)
+                self.body.append(event.data)
+                self.body_size += len(event.data)
+                if self.body_size > MAX_BODY:
+                    self._fail(413, "request body too large")
+                    return
+            elif kind is h11.EndOfMessage:
+                self._dispatch()
+            elif event is h11.NEED_DATA:
+                if self.reading_paused and self.transport is not None:
+                    self.reading_paused = False
+                    self.transport.resume_reading()
+                return
+            elif kind is h11.ConnectionClosed or event is h11.PAUSED:
+                if kind is h11.ConnectionClosed and self.transport is not None:
+                    self.transport.close()
+                return
+
+    def _check_length(self, request: h11.Request) -> bool:
+        for name, value in request.headers:
+            if name == b"content-length" and int(value) > MAX_BODY:
+                self._fail(413, "request body too large")
+                return False
+        return True
+
+    def _fail(self, status: int, message: str) -> None:
+        """Answer a protocol-level error if h11 still lets us, then close."""
+        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            try:
+                body = message.encode()
+                headers = [*TEXT, (b"connection", b"close")]
+                self._send_full(Reply(status, headers, body), head_only=False)
+            except h11.LocalProtocolError:
+                pass
+        if self.transport is not None:
+            self.transport.close()
+        self.closed = True
+
+    # -- answering --------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        request = self.request
+        assert request is not None
+        node = self.node
+        target = request.target
+        q = target.find(b"?")
+        path = (target if q < 0 else target[:q]).decode("ascii", "replace")
+        method = request.method.decode("ascii", "replace")
+        body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
+        self.body = []
+        if path.startswith("/_fake/"):
+            self._start(counted=False)  # control calls stay out of the counters
+            self._send(node.control(method, path, body, self), head_only=False)
+            return
+        stats = node.stats
+        stats.count_request(path, len(body))
+        self._start()
+        faults = node.faults
+        drop_after: int | None = None
+        if faults.any_request_fault():
+            if faults.take("hang"):
+                return  # stays busy until the client gives up (counted as cancelled)
+            if faults.take("garbage"):
+                self._drop(GARBAGE)
+                return
+            if path in INFERENCE_PATHS and faults.take("status500"):
+                stats.errors += 1
+                self._send(error_reply(path, 500, "fake fault: status500", "internal_error"))
+                return
+            if faults.drop_after is not None and path in INFERENCE_PATHS:
+                drop_after = faults.drop_after if faults.take("drop_after") else None
+        try:
+            reply = node.api.handle(method, path, body)
+        except Exception:  # a bug must not kill the connection silently
+            log.exception("fakenode handler failed path=%s", path)
+            reply = error_reply(path, 500, "fakenode internal error", "internal_error")
+        if reply.status >= 400:
+            stats.errors += 1
+        head_only = method == "HEAD"
+        if (
+            drop_after is not None
+            or reply.delay > 0
+            or (reply.chunks is not None and node.has_stream_delay())
+        ):
+            self.task = asyncio.get_running_loop().create_task(
+                self._send_slow(reply, drop_after, head_only)
+            )
+        else:
+            self._send(reply, head_only=head_only)
+
+    def _start(self, counted: bool = True) -> None:
+        self.busy = True
+        self.counted = counted
+        if counted:
+            self.node.stats.in_flight += 1
+
+    def _finish(self) -> None:
+        """The response is complete: next cycle on keep-alive, or close."""
+        self.busy = False
+        self.task = None
+        if self.counted:
+            stats = self.node.stats
+            stats.in_flight -= 1
+            stats.completed += 1
+        conn = self.h11
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+        elif self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def _head(self, reply: Reply, length: int | None) -> bytes:
+        headers = reply.headers
+        if length is not None:
+            headers = [*headers, (b"content-length", b"%d" % length)]
+        reason = _REASONS.get(reply.status, b"")
+        return self.h11.send(h11.Response(status_code=reply.status, headers=headers, reason=reason))
+
+    def _send_full(self, reply: Reply, head_only: bool) -> None:
+        conn = self.h11
+        data = self._head(reply, len(reply.body))
+        if reply.body and not head_only:
+            data += conn.send(h11.Data(data=reply.body))
+        data += conn.send(h11.EndOfMessage())
+        self._write(data)
+
+    def _send(self, reply: Reply, head_only: bool = False) -> None:
+        """Write a whole reply now (streams too: all chunks in one write)."""
+        conn = self.h11
+        if reply.chunks is None:
+            self._send_full(reply, head_only)
+        else:
+            parts = [self._head(reply, None)]
+            if not head_only:
+                parts.extend(conn.send(h11.Data(data=c)) for c in reply.chunks)
+            parts.append(conn.send(h11.EndOfMessage()))
+            self._write(b"".join(parts))
+        self._finish()
+
+    def _drop(self, data: bytes = b"") -> None:
+        """Cut the connection on purpose (a fault), after writing `data`."""
+        self.dropping = True
+        if self.transport is not None:
+            if data:
+                self.transport.write(data)
+                self.transport.close()  # flushes `data`, then closes
+            else:
+                self.transport.abort()
+
+    async def _wait_drained(self) -> None:
+        if self.writing_paused and not self.closed:
+            self.drain = asyncio.get_running_loop().create_future()
+            await self.drain
+
+    async def _send_slow(self, reply: Reply, drop_after: int | None, head_only: bool) -> None:
+        """Send with the configured delays, honouring flow control and the drop fault."""
+        try:
+            await self._send_paced(reply, drop_after, head_only)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("fakenode stream failed")
+            self._drop()
+            return
+        if not self.busy and not self.closed:
+            self._process()  # pipelined requests waiting behind this one
+
+    async def _send_paced(self, reply: Reply, drop_after: int | None, head_only: bool) -> None:
+        settings = self.node.settings
+        chunks = reply.chunks
+        if chunks is None or head_only:
+            if reply.delay > 0:
+                await asyncio.sleep(reply.delay)
+            if drop_after == 0:
+                self._drop()
+            else:
+                self._send(reply, head_only)
+            return
+        conn = self.h11
+        pending = self._head(reply, None)  # like Ollama, the head leaves with the first chunk
+        sent = 0
+        if settings.first_token_delay > 0:
+            await asyncio.sleep(settings.first_token_delay)
+        data = next(chunks, None)
+        while data is not None:
+            if drop_after is not None and sent >= drop_after:
+                break
+            self._write(pending + conn.send(h11.Data(data=data)))
+            pending = b""
+            sent += 1
+            await self._wait_drained()
+            if self.closed:
+                return
+            data = next(chunks, None)
+            if data is not None and settings.token_delay > 0:
+                await asyncio.sleep(settings.token_delay)
+        if drop_after is not None and sent >= drop_after:
+            if pending:
+                self._write(pending)
+            self._drop()
+            return
+        self._write(pending + conn.send(h11.EndOfMessage()))
+        self._finish()

@@ -1,0 +1,664 @@
+"""The fake LLM runtime, driven by the official openai and ollama clients and raw HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import h11
+import httpx
+import ollama
+import openai
+import orjson
+import pytest
+
+from routercore.testing.fake_api import embedding, token_texts
+from routercore.testing.fake_state import ConfigError, Faults, Settings
+from routercore.testing.fakenode import FakeNode, parse_fault, run_in_thread
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ["m1", "llama3:latest"]
+TEXT8 = "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7"
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[FakeNode]:
+    async with FakeNode(models=MODELS) as n:
+        yield n
+
+
+def oai(node: FakeNode, **kwargs: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=node.url + "/v1", api_key="x", max_retries=0, **kwargs)
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll `predicate` until truthy or fail after `timeout` (never a bare sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached in {timeout}s (last {value!r})")
+        await asyncio.sleep(0.01)
+
+
+async def until_async(probe: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached in {timeout}s (last {value!r})")
+        await asyncio.sleep(0.01)
+
+
+# -- sans-IO pieces ---------------------------------------------------------------------------
+
+
+def test_tokens_and_embeddings_are_deterministic() -> None:
+    assert "".join(token_texts(8)) == TEXT8
+    a, b = embedding("hello", 8), embedding("hello", 8)
+    assert a == b and len(a) == 8 and embedding("other", 8) != a
+    assert abs(sum(v * v for v in embedding("x", 300)) - 1.0) < 1e-4
+
+
+def test_settings_and_faults_validate() -> None:
+    s = Settings()
+    s.update({"models": "a, b:latest", "tokens": 3})
+    assert s.models == ["a", "b:latest"]
+    assert s.resolve("a:latest") == "a" and s.resolve("b") == "b:latest" and s.resolve("c") is None
+    for bad in (
+        {"tokens": -1},
+        {"api": "grpc"},
+        {"token_delay": "x"},
+        {"nope": 1},
+        {"models": [""]},
+    ):
+        with pytest.raises(ConfigError):
+            s.update(bad)
+    f = Faults()
+    f.set("status500", True, times=2)
+    assert f.take("status500") and f.take("status500") and not f.take("status500")
+    with pytest.raises(ConfigError):
+        f.set("explode")
+    assert parse_fault("drop_after=3") == ("drop_after", 3)
+    assert parse_fault("hang") == ("hang", True)
+
+
+# -- OpenAI protocol --------------------------------------------------------------------------
+
+
+async def test_openai_chat_plain_and_streamed(node: FakeNode) -> None:
+    client = oai(node)
+    r = await client.chat.completions.create(
+        model="m1", messages=[{"role": "user", "content": "say three words"}]
+    )
+    assert r.choices[0].message.content == TEXT8
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage is not None
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (3, 8, 11)
+
+    stream = await client.chat.completions.create(
+        model="m1",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, usage, finish = [], None, None
+    async for chunk in stream:
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert "".join(pieces) == TEXT8 and finish == "stop"
+    assert usage is not None and usage.completion_tokens == 8
+
+    short = await client.chat.completions.create(
+        model="llama3", messages=[{"role": "user", "content": "x"}], max_tokens=3
+    )
+    assert short.choices[0].message.content == "tok0 tok1 tok2"
+    assert short.choices[0].finish_reason == "length"
+    await client.close()
+
+
+async def test_openai_completions_embeddings_models(node: FakeNode) -> None:
+    client = oai(node)
+    r = await client.completions.create(model="m1", prompt="one two")
+    assert r.choices[0].text == TEXT8 and r.usage is not None and r.usage.prompt_tokens == 2
+    stream = await client.completions.create(model="m1", prompt="x", stream=True)
+    assert "".join([c.choices[0].text async for c in stream]) == TEXT8
+
+    emb = await client.embeddings.create(model="m1", input=["a", "b"])  # base64 by default
+    assert [d.index for d in emb.data] == [0, 1]
+    assert emb.data[0].embedding == pytest.approx(list(embedding("a", 8)), abs=1e-6)
+    floats = await client.embeddings.create(model="m1", input="a", encoding_format="float")
+    assert floats.data[0].embedding == pytest.approx(list(embedding("a", 8)))
+
+    models = [m.id async for m in client.models.list()]
+    assert models == MODELS
+    assert (await client.models.retrieve("m1")).id == "m1"
+    with pytest.raises(openai.NotFoundError) as exc:
+        await client.models.retrieve("gpt-9")
+    assert exc.value.code == "model_not_found"
+    await client.close()
+
+
+async def test_openai_errors(node: FakeNode) -> None:
+    client = oai(node)
+    with pytest.raises(openai.NotFoundError) as exc:
+        await client.chat.completions.create(model="nope", messages=[])
+    assert exc.value.code == "model_not_found"
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        r = await http.post("/v1/chat/completions", content=b"{not json")
+        assert r.status_code == 400
+        assert set(r.json()["error"]) == {"message", "type", "code"}
+        r = await http.post("/v1/chat/completions", json={"messages": []})
+        assert r.status_code == 400
+        assert (await http.get("/v1/nothing")).status_code == 404
+    await client.close()
+
+
+# -- Ollama protocol --------------------------------------------------------------------------
+
+
+async def test_ollama_chat_and_generate(node: FakeNode) -> None:
+    client = ollama.AsyncClient(host=node.url)
+    r = await client.chat(model="m1", messages=[{"role": "user", "content": "hi there"}])
+    assert r.message.role == "assistant" and r.message.content == TEXT8
+    assert r.done and r.done_reason == "stop" and r.eval_count == 8 and r.prompt_eval_count == 2
+    for field in ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration"):
+        assert isinstance(getattr(r, field), int)
+
+    loaded = await client.chat(model="llama3", messages=[])  # no messages: only loads
+    assert loaded.done_reason == "load" and loaded.message.content == ""
+    messages = [{"role": "user", "content": "x"}]
+    parts = [p async for p in await client.chat(model="llama3", messages=messages, stream=True)]
+    assert "".join(p.message.content or "" for p in parts) == TEXT8
+    assert [p.done for p in parts] == [False] * 8 + [True]
+    assert parts[-1].eval_count == 8 and parts[-1].total_duration is not None
+
+    g = await client.generate(model="m1", prompt="why")
+    assert g.response == TEXT8 and g.done
+    gen = [p async for p in await client.generate(model="m1", prompt="why", stream=True)]
+    assert "".join(p.response for p in gen) == TEXT8 and gen[-1].done_reason == "stop"
+    limited = await client.generate(model="m1", prompt="why", options={"num_predict": 2})
+    assert limited.response == "tok0 tok1" and limited.done_reason == "length"
+
+
+async def test_ollama_embed_list_ps_pull_show(node: FakeNode) -> None:
+    client = ollama.AsyncClient(host=node.url)
+    e = await client.embed(model="m1", input="hello")
+    assert [list(v) for v in e.embeddings] == [pytest.approx(list(embedding("hello", 8)))]
+    e2 = await client.embed(model="m1", input=["a", "b"])
+    assert len(e2.embeddings) == 2
+    legacy = await client.embeddings(model="m1", prompt="hello")
+    assert list(legacy.embedding) == list(e.embeddings[0])
+
+    listed = await client.list()
+    assert [m.model for m in listed.models] == MODELS
+    assert all(m.digest and m.size and m.details for m in listed.models)
+    assert [m.model for m in (await client.ps()).models] == ["m1"]  # only the one used so far
+
+    progress = [p async for p in await client.pull("new:1b", stream=True)]
+    assert progress[0].status == "pulling manifest" and progress[-1].status == "success"
+    steps = [p for p in progress if p.total]
+    assert steps[-1].completed == steps[-1].total and steps[0].digest.startswith("sha256:")
+    assert "new:1b" in [m.model for m in (await client.list()).models]
+    assert (await client.pull("other", stream=False)).status == "success"
+    shown = await client.show("new:1b")
+    assert shown.details is not None and shown.modelinfo
+
+    with pytest.raises(ollama.ResponseError) as exc:
+        await client.chat(model="nope", messages=[])
+    assert exc.value.status_code == 404
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        r = await http.post("/api/generate", content=b"[broken")
+        assert r.status_code == 400 and isinstance(r.json()["error"], str)
+        root = await http.get("/")
+        assert root.status_code == 200 and root.text == "Ollama is running"
+        assert (await http.get("/api/version")).json()["version"] == "0.0.0-fake"
+
+
+async def test_api_selection() -> None:
+    async with (
+        FakeNode(api="openai") as only_openai,
+        FakeNode(api="ollama") as only_ollama,
+        httpx.AsyncClient() as http,
+    ):
+        assert (await http.get(only_openai.url + "/api/tags")).status_code == 404
+        assert (await http.get(only_openai.url + "/v1/models")).status_code == 200
+        assert (await http.get(only_ollama.url + "/v1/models")).status_code == 404
+        assert (await http.get(only_ollama.url + "/api/tags")).status_code == 200
+
+
+# -- transport --------------------------------------------------------------------------------
+
+
+async def test_keep_alive_and_pipelining(node: FakeNode) -> None:
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        for _ in range(5):
+            assert (await http.get("/api/tags")).status_code == 200
+    assert node.stats.connections_total == 1
+
+    # Three requests in one write; each gets its own h11 client to frame its response.
+    body = b'{"model":"m1","prompt":"x","stream":false}'
+    clients = [h11.Connection(h11.CLIENT) for _ in range(3)]
+    wire = b""
+    for c in clients:
+        head = [("host", "x"), ("content-length", str(len(body)))]
+        wire += c.send(h11.Request(method="POST", target="/api/generate", headers=head))
+        wire += c.send(h11.Data(data=body)) + c.send(h11.EndOfMessage())
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    writer.write(wire)
+    leftover = b""
+    texts = []
+    for c in clients:
+        if leftover:
+            c.receive_data(leftover)
+        data = b""
+        while True:
+            event = c.next_event()
+            if event is h11.NEED_DATA:
+                c.receive_data(await reader.read(65536))
+            elif isinstance(event, h11.Data):
+                data += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        texts.append(orjson.loads(data)["response"])
+        leftover = c.trailing_data[0]
+    writer.close()
+    assert texts == [TEXT8] * 3
+
+
+# -- faults -----------------------------------------------------------------------------------
+
+
+async def test_fault_refuse_and_recover(node: FakeNode) -> None:
+    async with httpx.AsyncClient() as http:
+        node.set_fault("refuse")
+        with pytest.raises(httpx.ConnectError):
+            await http.get(node.url + "/api/tags")
+        node.clear_faults()
+        assert (await http.get(node.url + "/api/tags")).status_code == 200
+        # Over HTTP, with a duration so it comes back by itself.
+        r = await http.post(
+            node.url + "/_fake/config", json={"faults": {"refuse": {"seconds": 0.2}}}
+        )
+        assert r.status_code == 200
+
+    async def answers() -> bool:
+        try:
+            async with httpx.AsyncClient() as fresh:
+                return (await fresh.get(node.url + "/api/version")).status_code == 200
+        except httpx.ConnectError:
+            return False
+
+    assert not await answers()
+    await until_async(answers)
+
+
+async def test_fault_status500(node: FakeNode) -> None:
+    node.set_fault("status500", times=1)
+    with pytest.raises(openai.InternalServerError):
+        await oai(node).chat.completions.create(model="m1", messages=[])
+    r = await oai(node).chat.completions.create(model="m1", messages=[])  # only once
+    assert r.choices[0].message.content == TEXT8
+    node.set_fault("status500")
+    with pytest.raises(ollama.ResponseError) as exc:
+        await ollama.AsyncClient(host=node.url).generate(model="m1", prompt="x")
+    assert exc.value.status_code == 500
+    async with httpx.AsyncClient() as http:  # non-inference endpoints still answer
+        assert (await http.get(node.url + "/api/tags")).status_code == 200
+
+
+async def test_fault_drop_after_n_chunks(node: FakeNode) -> None:
+    node.set_fault("drop_after", 3)
+    got: list[bytes] = []
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            async with http.stream(
+                "POST", node.url + "/api/chat", json={"model": "m1", "messages": [{"content": "x"}]}
+            ) as resp:
+                assert resp.status_code == 200
+                async for line in resp.aiter_lines():
+                    got.append(line.encode())
+    assert len(got) == 3
+    assert orjson.loads(got[0])["done"] is False
+    await until(lambda: node.stats.dropped == 1 and node.stats.in_flight == 0)
+    assert node.stats.cancelled == 0
+
+    with pytest.raises(openai.APIConnectionError):  # OpenAI client, streamed
+        stream = await oai(node).chat.completions.create(model="m1", messages=[], stream=True)
+        async for _ in stream:
+            pass
+
+
+async def test_fault_hang_times_out_and_counts_cancel(node: FakeNode) -> None:
+    node.set_fault("hang")
+    client = ollama.AsyncClient(host=node.url, timeout=0.3)
+    with pytest.raises(httpx.ReadTimeout):
+        await client.generate(model="m1", prompt="x")
+    await until(lambda: node.stats.cancelled == 1 and node.stats.in_flight == 0)
+
+
+async def test_fault_garbage(node: FakeNode) -> None:
+    node.set_fault("garbage")
+    with pytest.raises(openai.APIConnectionError):
+        await oai(node).models.list()
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.get(node.url + "/api/tags")
+        # The control endpoint keeps working so other processes can clear it.
+        r = await http.post(node.url + "/_fake/config", json={"clear_faults": True})
+        assert r.json()["faults"]["garbage"] is False
+        assert (await http.get(node.url + "/api/tags")).status_code == 200
+
+
+# -- control endpoint, cancellation ------------------------------------------------------------
+
+
+async def test_runtime_config_over_http(node: FakeNode) -> None:
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        r = await http.post(
+            "/_fake/config",
+            json={"tokens": 3, "models": ["x1"], "faults": {"drop_after": 5}, "embedding_dim": 4},
+        )
+        assert r.status_code == 200
+        assert r.json()["settings"]["tokens"] == 3 and r.json()["faults"]["drop_after"] == 5
+        assert [m["id"] for m in (await http.get("/v1/models")).json()["data"]] == ["x1"]
+        assert (await http.get("/_fake/config")).json()["settings"]["models"] == ["x1"]
+        bad = await http.post("/_fake/config", json={"tokens": -3, "faults": {"status500": True}})
+        assert bad.status_code == 400
+        assert (await http.post("/_fake/config", content=b"{")).status_code == 400
+        stats = (await http.get("/_fake/stats")).json()
+        assert stats["faults"]["status500"] is False  # the bad request changed nothing
+        assert stats["settings"]["tokens"] == 3
+        await http.post("/_fake/config", json={"clear_faults": True})
+        r = await http.post(
+            "/v1/chat/completions", json={"model": "x1", "messages": [{"content": "hey you"}]}
+        )
+        assert r.json()["choices"][0]["message"]["content"] == "tok0 tok1 tok2"
+        e = await http.post("/api/embed", json={"model": "x1", "input": "a"})
+        assert len(e.json()["embeddings"][0]) == 4
+
+        stats = (await http.get("/_fake/stats")).json()
+        assert stats["requests"]["/v1/chat/completions"] == 1
+        assert stats["last_body_size"] == len(b'{"model":"x1","input":"a"}')
+        assert stats["in_flight"] == 0 and "/_fake/stats" not in stats["requests"]
+        reset = (await http.post("/_fake/reset")).json()
+        assert reset["requests_total"] == 0 and reset["requests"] == {}
+
+
+async def test_client_disconnect_stops_generation() -> None:
+    async with FakeNode(tokens=10_000, token_delay=0.01) as slow:
+        async with (
+            httpx.AsyncClient() as http,
+            http.stream(
+                "POST",
+                slow.url + "/v1/chat/completions",
+                json={"model": "fake-model", "messages": [], "stream": True},
+            ) as resp,
+        ):
+            async for _line in resp.aiter_lines():
+                if slow.stats.in_flight:
+                    break
+        await until(lambda: slow.stats.cancelled == 1 and slow.stats.in_flight == 0)
+        assert slow.stats.completed == 0
+
+
+async def test_delays_apply_to_streams_and_full_replies() -> None:
+    async with FakeNode(tokens=3, token_delay=0.001, first_token_delay=0.001) as n:
+        r = await oai(n).chat.completions.create(model="fake-model", messages=[])
+        assert r.choices[0].message.content == "tok0 tok1 tok2"
+        client = ollama.AsyncClient(host=n.url)
+        messages = [{"role": "user", "content": "x"}]
+        stream = await client.chat(model="fake-model", messages=messages, stream=True)
+        parts = [p async for p in stream]
+        assert "".join(p.message.content or "" for p in parts) == "tok0 tok1 tok2"
+        assert n.stats.completed == 2 and n.stats.in_flight == 0
+
+
+# -- registration -----------------------------------------------------------------------------
+
+
+class RecordingRouter:
+    """A minimal HTTP endpoint that records register/heartbeat calls and answers like a router."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, str], dict[str, Any]]] = []
+        self.heartbeat_status = 200
+        self.registered = 0
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def start(self, port: int = 0) -> None:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    def paths(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER)
+        request: h11.Request | None = None
+        body = b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await reader.read(65536))
+            elif isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                break
+        assert request is not None
+        headers = {k.decode(): v.decode() for k, v in request.headers}
+        path = request.target.decode()
+        self.calls.append((path, headers, orjson.loads(body)))
+        if path == "/api/agents/register":
+            self.registered += 1
+            status = 201
+            reply: dict[str, Any] = {
+                "agent_id": f"id-{self.registered}",
+                "status": "registered",
+                "agent_token": f"token-{self.registered}",
+                "heartbeat_interval_secs": 0.05,
+            }
+        else:
+            status = self.heartbeat_status
+            reply = {"status": "ok"} if status == 200 else {"error": "unknown agent"}
+        data = orjson.dumps(reply)
+        headers_out = [("content-type", "application/json"), ("content-length", str(len(data)))]
+        writer.write(conn.send(h11.Response(status_code=status, headers=headers_out)))
+        writer.write(conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage()))
+        await writer.drain()
+        writer.close()
+
+
+@pytest.fixture
+async def recorder() -> AsyncIterator[RecordingRouter]:
+    r = RecordingRouter()
+    await r.start()
+    yield r
+    await r.stop()
+
+
+async def test_registers_and_heartbeats(recorder: RecordingRouter) -> None:
+    url = f"http://127.0.0.1:{recorder.port}"
+    async with FakeNode(
+        models=["m1"], register=url, registration_token="secret", max_concurrency=4
+    ) as n:
+        await until(lambda: recorder.paths().count("/api/health") >= 2)
+        path, headers, reg = recorder.calls[0]
+        assert path == "/api/agents/register"
+        assert headers["authorization"] == "Bearer secret"
+        assert reg["machine_name"] == f"fake-{n.port}" and reg["runtime_port"] == n.port
+        assert reg["runtime_version"] == "0.0.0-fake" and reg["models"] == ["m1"]
+        assert reg["gpu_devices"] == [] and reg["max_concurrency"] == 4
+        assert set(reg["system"]) == {"os", "cpu_model", "cpu_count", "memory_bytes"}
+        _, hb_headers, hb = recorder.calls[1]
+        assert hb_headers["authorization"] == "Bearer token-1"
+        assert hb["agent_id"] == "id-1" and hb["runtime_up"] is True and hb["models"] == ["m1"]
+        assert hb["gpu_usage"] is None and hb["active_requests"] == 0
+        assert 0 <= hb["cpu_usage"] <= 100 and 0 <= hb["memory_usage"] <= 100
+
+        n.configure(models=["m1", "m2"], cpu_usage=42.0)
+        await until(lambda: recorder.calls[-1][2].get("models") == ["m1", "m2"])
+        await until(lambda: recorder.calls[-1][2].get("cpu_usage") == 42.0)
+
+        recorder.heartbeat_status = 404  # the router forgot us: register again
+        await until(lambda: recorder.registered >= 2)
+        recorder.heartbeat_status = 200
+        await until(lambda: recorder.calls[-1][1].get("authorization") == "Bearer token-2")
+        assert n.snapshot()["registration"]["agent_id"] == "id-2"
+
+
+async def test_registration_retries_until_router_appears() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    router = RecordingRouter()
+    async with FakeNode(
+        register=f"http://127.0.0.1:{port}", name="box", register_retry_base=0.01
+    ) as n:
+        assert n.registration is not None
+        status = n.registration.status
+        await until(lambda: status.failures >= 2)
+        await router.start(port)
+        try:
+            await until(lambda: "/api/health" in router.paths())
+            assert router.calls[0][2]["machine_name"] == "box"
+        finally:
+            await router.stop()
+
+
+# -- uvloop -----------------------------------------------------------------------------------
+
+
+# The async tests above run on the stock loop; these re-run the transport-heavy ones on uvloop,
+# whose transports behave differently (and which the CLI and run_in_thread use).
+UVLOOP_RERUNS: list[Callable[..., Awaitable[None]]] = [
+    test_openai_chat_plain_and_streamed,
+    test_ollama_chat_and_generate,
+    test_keep_alive_and_pipelining,
+    test_fault_refuse_and_recover,
+    test_fault_drop_after_n_chunks,
+    test_fault_hang_times_out_and_counts_cancel,
+    test_fault_garbage,
+    test_client_disconnect_stops_generation,
+    test_delays_apply_to_streams_and_full_replies,
+]
+
+
+@pytest.mark.parametrize("scenario", UVLOOP_RERUNS, ids=lambda f: f.__name__[5:])
+def test_on_uvloop(scenario: Callable[..., Awaitable[None]]) -> None:
+    import uvloop
+
+    async def run() -> None:
+        if scenario.__code__.co_argcount == 0:
+            await scenario()
+            return
+        async with FakeNode(models=MODELS) as n:
+            await scenario(n)
+
+    uvloop.run(run())
+
+
+# -- threads and the command line -------------------------------------------------------------
+
+
+def test_run_in_thread_with_sync_clients() -> None:
+    with run_in_thread(models=["m1"], tokens=2) as n:
+        client = openai.OpenAI(base_url=n.url + "/v1", api_key="x", max_retries=0)
+        r = client.chat.completions.create(model="m1", messages=[])
+        assert r.choices[0].message.content == "tok0 tok1"
+        n.set_fault("status500")  # from this thread: hops onto the node's loop
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="m1", messages=[])
+        n.clear_faults()
+        n.configure(tokens=1)
+        assert ollama.Client(host=n.url).generate(model="m1", prompt="x").response == "tok0"
+        assert n.snapshot()["requests"]["/v1/chat/completions"] == 2
+    handle = run_in_thread()
+    url = handle.url
+    handle.close()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url + "/")
+
+
+@pytest.fixture
+def cli() -> Iterator[Callable[..., tuple[subprocess.Popen[str], str]]]:
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> tuple[subprocess.Popen[str], str]:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "routercore.testing.fakenode", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        procs.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "fakenode listening on http://" in line, line
+        return proc, line.rsplit(" ", 1)[1].strip()
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_cli_serves_and_exits_cleanly(
+    cli: Callable[..., tuple[subprocess.Popen[str], str]], sig: int
+) -> None:
+    proc, url = cli("--models", "a,b", "--tokens", "2", "--fault", "status500")
+    tags = httpx.get(url + "/api/tags").json()
+    assert [m["name"] for m in tags["models"]] == ["a", "b"]
+    assert httpx.post(url + "/api/generate", json={"model": "a"}).status_code == 500
+    httpx.post(url + "/_fake/config", json={"clear_faults": True})
+    r = httpx.post(url + "/api/generate", json={"model": "a", "prompt": "x", "stream": False})
+    assert r.json()["response"] == "tok0 tok1"
+    proc.send_signal(sig)
+    assert proc.wait(timeout=20) == 0
+
+
+def test_cli_rejects_bad_fault() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "routercore.testing.fakenode", "--fault", "explode"],
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert r.returncode == 2 and b"unknown fault" in r.stderr
+
+
+def test_embedding_base64_layout() -> None:
+    vec = embedding("q", 8)
+    packed = base64.b64encode(struct.pack("<8f", *vec))
+    assert struct.unpack("<8f", base64.b64decode(packed)) == pytest.approx(vec, abs=1e-6)
