@@ -1,0 +1,315 @@
+"""Helpers for the agent's tests: a fault-injecting file server, a forward proxy, processes.
+
+Everything binds 127.0.0.1 on a free port; nothing reaches the internet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll `predicate` until truthy (returning its value) or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except (OSError, AssertionError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    try:
+        with _DIRECT.open(url, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        exc.close()
+        try:
+            return exc.code, json.loads(body or b"null")
+        except ValueError:
+            return exc.code, body
+
+
+def post_json(url: str, body: Any, timeout: float = 10.0) -> tuple[int, Any]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    req.add_header("Content-Type", "application/json")
+    try:
+        with _DIRECT.open(req, timeout=timeout) as resp:
+            raw = resp.read()
+            return resp.status, raw
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        exc.close()
+        return exc.code, raw
+
+
+# --- file server with injectable faults ---------------------------------------------------------
+
+
+class FileServer:
+    """Serves in-memory files with Range support. `faults[path]` is a list consumed one per
+    request: "503", "404", "reset" (close mid-body), "stall" (stop sending mid-body until the
+    server closes), "ignore_range" (answer 200 with the whole file)."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.faults: dict[str, list[str]] = {}
+        self.requests: list[dict[str, Any]] = []
+        self.closing = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                path = urlsplit(self.path).path
+                server.requests.append(
+                    {"path": path, "range": self.headers.get("Range"), "raw_path": self.path}
+                )
+                queue = server.faults.get(path) or []
+                fault = queue.pop(0) if queue else None
+                if fault in ("503", "500", "404"):
+                    self.send_error(int(fault))
+                    return
+                data = server.files.get(path)
+                if data is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                rng = self.headers.get("Range")
+                if rng and fault != "ignore_range" and rng.startswith("bytes="):
+                    start = int(rng[6:].split("-", 1)[0])
+                    if start >= len(data):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                if fault in ("reset", "stall"):
+                    half = len(body) // 2
+                    self.wfile.write(body[:half])
+                    self.wfile.flush()
+                    if fault == "stall":
+                        server.closing.wait(10)  # the client's read timeout fires first
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self) -> None:
+        self.closing.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class ForwardProxy:
+    """A minimal HTTP forward proxy (absolute-form GET); records each URL it forwarded."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                proxy.seen.append(self.path)
+                target = urlsplit(self.path)
+                if target.scheme != "http" or not target.hostname:
+                    self.send_error(400, "absolute http:// URL expected")
+                    return
+                conn = http.client.HTTPConnection(target.hostname, target.port or 80, timeout=10)
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in ("proxy-connection", "connection", "host")
+                }
+                path = target.path + (f"?{target.query}" if target.query else "")
+                try:
+                    conn.request("GET", path or "/", headers=headers)
+                    resp = conn.getresponse()
+                    body = resp.read()
+                except OSError as exc:
+                    self.send_error(502, str(exc))
+                    return
+                finally:
+                    conn.close()
+                self.send_response(resp.status)
+                for key, value in resp.getheaders():
+                    if key.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Via", "1.1 test-proxy")
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# --- child processes ---------------------------------------------------------------------------
+
+
+def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LLM_AGENT_", "LLM_ROUTER_"))
+        and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+class Proc:
+    """A child process with its output in a log file; `stop()` is idempotent."""
+
+    def __init__(self, cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.cmd = cmd
+        self.log_path = log_path
+        self.env = _clean_env(env)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=str(ROOT)
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def router_proc(port: int, db: Path, log_path: Path, heartbeat: float = 0.5) -> Proc:
+    """`python -m routercore serve` on `port`, heartbeats every `heartbeat` s, timeout 3 s."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "routercore",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--db",
+        str(db),
+    ]
+    env = {
+        "LLM_ROUTER_HEARTBEAT_INTERVAL": str(heartbeat),
+        "LLM_ROUTER_HEARTBEAT_TIMEOUT": "3",
+        "LLM_ROUTER_ADMIN_TOKEN": "agent-test-admin",
+    }
+    return Proc(cmd, log_path, env)
+
+
+def fakenode_cmd(port: int, models: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "routercore.testing.fakenode",
+        "--port",
+        str(port),
+        "--models",
+        models,
+    ]
+
+
+def agent_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "agent", "--no-tray", *args]
+
+
+def url_ready(url: str) -> bool:
+    try:
+        return get_json(url, timeout=1)[0] == 200
+    except OSError:
+        return False
