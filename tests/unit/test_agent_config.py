@@ -89,7 +89,7 @@ def test_toml_errors(tmp_path: Path) -> None:
         load_config({}, {}, bad)
     typo = tmp_path / "typo.toml"
     typo.write_text('routr_url = "http://x"\n')
-    with pytest.raises(ConfigError, match="unknown setting.*routr_url"):
+    with pytest.raises(ConfigError, match=r"unknown setting.*routr_url"):
         load_config({}, {}, typo)
     with pytest.raises(ConfigError, match="cannot read"):
         load_config({}, {}, tmp_path / "missing.toml")
@@ -104,7 +104,8 @@ def test_model_table_forms(tmp_path: Path) -> None:
     assert cfg.model_table == ((16.0, "big:8b"), (0.0, "tiny:1b"))
     f = tmp_path / "t.toml"
     f.write_text(
-        '[[model_table]]\nmin_memory_gb = 4\nmodel = "a"\n[[model_table]]\nmin_memory_gb = 32\nmodel = "b"\n'
+        '[[model_table]]\nmin_memory_gb = 4\nmodel = "a"\n'
+        '[[model_table]]\nmin_memory_gb = 32\nmodel = "b"\n'
     )
     assert load_config({}, {}, f).model_table == ((32.0, "b"), (4.0, "a"))
 

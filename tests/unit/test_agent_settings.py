@@ -1,4 +1,4 @@
-"""Settings: the form validates and saves the TOML the agent reads back; the window opens on Xvfb."""
+"""Settings: the form validates and saves the TOML the agent reads back; the window opens."""
 
 from __future__ import annotations
 

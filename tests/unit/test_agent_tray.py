@@ -17,7 +17,6 @@ from typing import Any
 os.environ["PYSTRAY_BACKEND"] = "dummy"  # before anything imports pystray
 
 import pytest
-from tests.agent_conftest_helpers import free_port, wait_until
 
 from agent.autostart import XdgAutostart
 from agent.cli import run_service
@@ -25,6 +24,7 @@ from agent.config import AgentConfig, load_config
 from agent.service import AgentService
 from agent.state import DEGRADED, OFFLINE, ONLINE, RouterLink, Snapshot
 from agent.tray import COLOURS, TrayApp, icon_image, settings_command, tooltip
+from tests.agent_conftest_helpers import free_port, wait_until
 
 
 def make_config(tmp_path: Path) -> AgentConfig:
