@@ -18,8 +18,9 @@ Handler = Callable[[Request], Awaitable["Response | WebSocketAccept | None"]]
 Auth = Literal["none", "read", "admin", "api", "register", "agent"]
 
 
-def error_body(path: str, status: int, message: str, *, code: str | None = None,
-               error_type: str | None = None) -> Response:
+def error_body(
+    path: str, status: int, message: str, *, code: str | None = None, error_type: str | None = None
+) -> Response:
     """CONTRACT error shapes: OpenAI style under /v1, `{"error": message}` elsewhere."""
     if path.startswith("/v1/") or path == "/v1":
         etype = error_type or ("invalid_request_error" if status < 500 else "server_error")
@@ -32,8 +33,9 @@ def error_response(request: Request | None, status: int, message: str) -> Respon
 
 
 def from_exception(request: Request, exc: RouterError) -> Response:
-    resp = error_body(request.path, exc.status, exc.message, code=exc.code,
-                      error_type=exc.error_type)
+    resp = error_body(
+        request.path, exc.status, exc.message, code=exc.code, error_type=exc.error_type
+    )
     resp.headers.extend(exc.headers)
     if exc.status == 401:
         resp.headers.append(("www-authenticate", 'Bearer realm="llm-router"'))
@@ -43,8 +45,14 @@ def from_exception(request: Request, exc: RouterError) -> Response:
 class AuthPolicy:
     """Who may call what: admin token, registration token, API keys, open reads."""
 
-    def __init__(self, *, admin_token_hash: str, registration_token: str,
-                 api_keys: tuple[str, ...], open_reads: bool) -> None:
+    def __init__(
+        self,
+        *,
+        admin_token_hash: str,
+        registration_token: str,
+        api_keys: tuple[str, ...],
+        open_reads: bool,
+    ) -> None:
         self.admin_token_hash = admin_token_hash
         self.registration_token = registration_token
         self.api_keys = api_keys
@@ -108,7 +116,8 @@ class App:
     def add(self, method: str, pattern: str, handler: Handler, auth: Auth = "none") -> None:
         if "{" in pattern:
             regex = re.compile(
-                "^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(pattern)) + "$")
+                "^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(pattern)) + "$"
+            )
             self.patterns.append(Route(method, pattern, handler, auth, regex))
         else:
             self.exact[(method, pattern)] = Route(method, pattern, handler, auth, None)
@@ -137,16 +146,21 @@ class App:
                 resp = error_body(request.path, 405, f"method {request.method} not allowed")
                 resp.headers.append(("allow", ", ".join(sorted(allowed))))
                 return resp
-            return error_body(request.path, 404, f"no such endpoint: {request.path}",
-                              code="not_found")
+            return error_body(
+                request.path, 404, f"no such endpoint: {request.path}", code="not_found"
+            )
         request.params = params
         try:
             self.auth.check(request, route.auth)
             return await route.handler(request)
         except RouterError as exc:
             if exc.status >= 500:
-                log.warning("event=request_failed path=%s status=%s reason=%r",
-                            request.path, exc.status, exc.message)
+                log.warning(
+                    "event=request_failed path=%s status=%s reason=%r",
+                    request.path,
+                    exc.status,
+                    exc.message,
+                )
             if request.stream is not None and request.stream.client_gone:
                 return None
             return from_exception(request, exc)

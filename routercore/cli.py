@@ -20,10 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"llm-router {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
-        "serve", help="run the router",
+        "serve",
+        help="run the router",
         description="Run the router. Every setting can also come from a TOML file (--config, "
-                    f"or {ENV_PREFIX}CONFIG) or the environment ({ENV_PREFIX}<NAME>); flags win.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        f"or {ENV_PREFIX}CONFIG) or the environment ({ENV_PREFIX}<NAME>); flags win.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     serve.add_argument("--config", help="TOML config file", default=None)
     for f in settings():
         flag = "--" + f.name.replace("_", "-")
@@ -31,11 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
         default = f.default if not isinstance(f.default, tuple) else ",".join(f.default)
         help_text = f"{f.metadata['help']} [env {env}; default {default!r}]"
         if f.type == "bool":
-            serve.add_argument(flag, dest=f.name, default=None,
-                               action=argparse.BooleanOptionalAction, help=help_text)
+            serve.add_argument(
+                flag,
+                dest=f.name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
         else:
-            serve.add_argument(flag, dest=f.name, default=None, help=help_text,
-                               metavar=f.name.upper())
+            serve.add_argument(
+                flag, dest=f.name, default=None, help=help_text, metavar=f.name.upper()
+            )
     return parser
 
 

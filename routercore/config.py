@@ -1,4 +1,4 @@
-"""One frozen RouterConfig: built-in defaults < TOML file < LLM_ROUTER_* env < command-line flags."""
+"""One frozen RouterConfig: defaults < TOML file < LLM_ROUTER_* env < command-line flags."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def _coerce(f: dataclasses.Field[Any], raw: Any) -> Any:
                 return False
             raise ValueError("expected true or false")
         if kind == "int":
-            if isinstance(raw, bool) or isinstance(raw, float):
+            if isinstance(raw, (bool, float)):
                 raise ValueError("expected an integer")
             value: Any = int(str(raw).strip())
         elif kind == "float":
@@ -141,7 +141,7 @@ def load_config(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> RouterConfig:
-    """Build the config from every layer. `overrides` are CLI flags already parsed (None = unset)."""
+    """Build the config from every layer; `overrides` are parsed CLI flags (None = unset)."""
     env = os.environ if env is None else env
     fields = {f.name: f for f in settings()}
     values: dict[str, Any] = {}

@@ -32,9 +32,16 @@ async def probe_runtime(host: str, port: int, timeout: float) -> bool:
 class HealthMonitor:
     """Background task: offline after `heartbeat_timeout` of silence; re-probe unreachable."""
 
-    def __init__(self, registry: NodeRegistry, *, heartbeat_timeout: float, probe_interval: float,
-                 probe_max_interval: float, connect_timeout: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        registry: NodeRegistry,
+        *,
+        heartbeat_timeout: float,
+        probe_interval: float,
+        probe_max_interval: float,
+        connect_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.registry = registry
         self.heartbeat_timeout = heartbeat_timeout
         self.probe_interval = probe_interval
@@ -57,7 +64,7 @@ class HealthMonitor:
             try:
                 self.check_heartbeats()
                 self.start_due_probes()
-            except Exception:  # noqa: BLE001 - the monitor must keep running
+            except Exception:
                 log.exception("event=health_tick_failed")
             await asyncio.sleep(self.tick)
 

@@ -78,8 +78,15 @@ class _Attempt:
 
 
 class Proxy:
-    def __init__(self, cfg: RouterConfig, registry: NodeRegistry, balancer: Balancer,
-                 pool: UpstreamPool, store: Store, stats: LiveStats) -> None:
+    def __init__(
+        self,
+        cfg: RouterConfig,
+        registry: NodeRegistry,
+        balancer: Balancer,
+        pool: UpstreamPool,
+        store: Store,
+        stats: LiveStats,
+    ) -> None:
         self.cfg = cfg
         self.registry = registry
         self.balancer = balancer
@@ -91,8 +98,9 @@ class Proxy:
 
     # -- entry point -------------------------------------------------------------------------
 
-    async def forward(self, request: Request, *, api: str, endpoint: str, model: str,
-                      streaming: bool) -> Response | None:
+    async def forward(
+        self, request: Request, *, api: str, endpoint: str, model: str, streaming: bool
+    ) -> Response | None:
         """Forward `request` (body untouched) to a node serving `model` and relay the answer."""
         started = time.perf_counter()
         ts = now_rfc3339()
@@ -122,8 +130,9 @@ class Proxy:
             self.stats.in_flight -= 1
             self._account(request, att, ts, started, api, endpoint, model, streaming)
 
-    async def _forward(self, request: Request, att: _Attempt, api: str, model: str,
-                       started: float) -> None:
+    async def _forward(
+        self, request: Request, att: _Attempt, api: str, model: str, started: float
+    ) -> None:
         if not self.balancer.serves(model):
             raise ModelNotFound(f"model '{model}' is not served by any online node")
         deadline = started + self.cfg.request_timeout
@@ -136,13 +145,15 @@ class Proxy:
                 return
             except _Retry as retry:
                 att.tried.append(node_id)
-                log.warning("event=node_failed id=%s model=%s reason=%r", node_id, model,
-                            retry.reason)
+                log.warning(
+                    "event=node_failed id=%s model=%s reason=%r", node_id, model, retry.reason
+                )
                 if retry.mark:
                     self.registry.mark_unreachable(node_id, retry.reason)
                 if len(att.tried) > self.cfg.max_retries or not self._has_other(model, att.tried):
                     raise UpstreamError(
-                        f"no node could serve model '{model}': {retry.reason}") from None
+                        f"no node could serve model '{model}': {retry.reason}"
+                    ) from None
             finally:
                 self.balancer.request_finished(node_id, ttfb)
                 self._drain()
@@ -156,8 +167,15 @@ class Proxy:
 
     # -- one node ----------------------------------------------------------------------------
 
-    async def _try_node(self, request: Request, att: _Attempt, node_id: str, api: str,
-                        started: float, deadline: float) -> float | None:
+    async def _try_node(
+        self,
+        request: Request,
+        att: _Attempt,
+        node_id: str,
+        api: str,
+        started: float,
+        deadline: float,
+    ) -> float | None:
         node = self.registry.nodes.get(node_id)
         if node is None:
             raise _Retry("node was removed", mark=False)
@@ -182,8 +200,9 @@ class Proxy:
         att.outcome = "ok" if att.status < 400 else "error"
         return ttfb
 
-    async def _send(self, request: Request, host: str, port: int,
-                    deadline: float) -> tuple[UpstreamConnection, h11.Response]:
+    async def _send(
+        self, request: Request, host: str, port: int, deadline: float
+    ) -> tuple[UpstreamConnection, h11.Response]:
         """Connect (pooled), send, read the head; one silent retry on a stale pooled socket."""
         headers = [(b"host", f"{host}:{port}".encode())]
         headers += [(k, v) for k, v in request.headers if k in _FORWARDED_HEADERS]
@@ -197,7 +216,7 @@ class Proxy:
                 raise _Retry(str(exc)) from None
             try:
                 conn.send_request(request.method, request.target, headers, request.body)
-                head = await conn.read_head(self._timeout(deadline))
+                head = await conn.read_head(min(self.cfg.read_timeout, self._timeout(deadline)))
                 return conn, head
             except UpstreamBrokenError as exc:
                 conn.abort()
@@ -224,9 +243,17 @@ class Proxy:
             pass
         return out[:512].decode("utf-8", "replace").strip() or "no body"
 
-    async def _relay(self, conn: UpstreamConnection, stream: ResponseStream, att: _Attempt,
-                     headers: list[tuple[bytes, bytes]], api: str, chunked: bool,
-                     started: float, deadline: float) -> float | None:
+    async def _relay(
+        self,
+        conn: UpstreamConnection,
+        stream: ResponseStream,
+        att: _Attempt,
+        headers: list[tuple[bytes, bytes]],
+        api: str,
+        chunked: bool,
+        started: float,
+        deadline: float,
+    ) -> float | None:
         """Copy body pieces to the client as they arrive; the client's drain paces the node."""
         await stream.start(att.status, headers)
         att.sent_to_client = True
@@ -238,8 +265,11 @@ class Proxy:
             try:
                 piece = await conn.read_body(min(read_timeout, self._timeout(deadline)))
             except (TimeoutError, UpstreamBrokenError) as exc:
-                reason = ("node stopped sending (read timeout)" if isinstance(exc, TimeoutError)
-                          else str(exc))
+                reason = (
+                    "node stopped sending (read timeout)"
+                    if isinstance(exc, TimeoutError)
+                    else str(exc)
+                )
                 att.outcome = "error"
                 att.error = reason
                 log.warning("event=stream_failed node=%s reason=%r", att.node_id, reason)
@@ -279,8 +309,10 @@ class Proxy:
         retry_after = max(1, int(self.cfg.queue_timeout / 4) or 1)
         if len(self.waiters) >= self.cfg.queue_max:
             log.warning("event=queue_full model=%s length=%d", model, len(self.waiters))
-            raise NoCapacity(f"all nodes serving '{model}' are busy and the queue is full",
-                             retry_after=retry_after)
+            raise NoCapacity(
+                f"all nodes serving '{model}' are busy and the queue is full",
+                retry_after=retry_after,
+            )
         loop = asyncio.get_running_loop()
         waiter = _Waiter(model, exclude, loop.create_future())
         self.waiters.append(waiter)
@@ -297,8 +329,10 @@ class Proxy:
             return waiter.future.result()
         self._abandon(waiter)
         log.warning("event=queue_timeout model=%s waited=%.1fs", model, timeout)
-        raise NoCapacity(f"all nodes serving '{model}' are busy; waited {timeout:g}s in the queue",
-                         retry_after=retry_after)
+        raise NoCapacity(
+            f"all nodes serving '{model}' are busy; waited {timeout:g}s in the queue",
+            retry_after=retry_after,
+        )
 
     def _abandon(self, waiter: _Waiter) -> None:
         try:
@@ -327,13 +361,29 @@ class Proxy:
 
     # -- accounting --------------------------------------------------------------------------
 
-    def _account(self, request: Request, att: _Attempt, ts: str, started: float, api: str,
-                 endpoint: str, model: str, streaming: bool) -> None:
+    def _account(
+        self,
+        request: Request,
+        att: _Attempt,
+        ts: str,
+        started: float,
+        api: str,
+        endpoint: str,
+        model: str,
+        streaming: bool,
+    ) -> None:
         duration = (time.perf_counter() - started) * 1000.0
-        usage = att.scanner.usage() if att.scanner is not None and att.outcome != "rejected" else None
+        usage = (
+            att.scanner.usage() if att.scanner is not None and att.outcome != "rejected" else None
+        )
         outcome = Outcome(
-            request_id=str(uuid.uuid4()), node_id=att.node_id, model=model, endpoint=endpoint,
-            status_code=att.status, outcome=att.outcome, duration_ms=duration,
+            request_id=str(uuid.uuid4()),
+            node_id=att.node_id,
+            model=model,
+            endpoint=endpoint,
+            status_code=att.status,
+            outcome=att.outcome,
+            duration_ms=duration,
             ttfb_ms=att.ttfb_ms,
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
@@ -341,14 +391,25 @@ class Proxy:
         self.stats.record(outcome)
         if att.node_id is not None and att.sent_to_client:
             self.registry.record_result(att.node_id, att.outcome == "ok", duration)
-        self.store.add_request({
-            "id": outcome.request_id, "ts": ts, "node_id": att.node_id, "model": model,
-            "endpoint": endpoint, "method": request.method, "status_code": att.status,
-            "outcome": att.outcome, "duration_ms": round(duration, 3),
-            "ttfb_ms": round(att.ttfb_ms, 3) if att.ttfb_ms is not None else None,
-            "prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
-            "stream": int(streaming), "client": request.peer, "error": att.error,
-        })
+        self.store.add_request(
+            {
+                "id": outcome.request_id,
+                "ts": ts,
+                "node_id": att.node_id,
+                "model": model,
+                "endpoint": endpoint,
+                "method": request.method,
+                "status_code": att.status,
+                "outcome": att.outcome,
+                "duration_ms": round(duration, 3),
+                "ttfb_ms": round(att.ttfb_ms, 3) if att.ttfb_ms is not None else None,
+                "prompt_tokens": outcome.prompt_tokens,
+                "completion_tokens": outcome.completion_tokens,
+                "stream": int(streaming),
+                "client": request.peer,
+                "error": att.error,
+            }
+        )
 
 
 class _StreamFailed(Exception):

@@ -30,8 +30,16 @@ class NodeStore(Protocol):
     def load_nodes(self) -> list[Node]: ...
     def save_node(self, node: Node) -> None: ...
     def delete_node(self, node_id: str) -> None: ...
-    def add_health_sample(self, node_id: str, ts: str, cpu: float | None, memory: float | None,
-                          gpu: float | None, gpu_memory: float | None, active_requests: int) -> None: ...
+    def add_health_sample(
+        self,
+        node_id: str,
+        ts: str,
+        cpu: float | None,
+        memory: float | None,
+        gpu: float | None,
+        gpu_memory: float | None,
+        active_requests: int,
+    ) -> None: ...
 
 
 Listener = Callable[[str, Node], None]
@@ -40,8 +48,9 @@ Listener = Callable[[str, Node], None]
 class NodeRegistry:
     """Registered nodes by id. Every status change is logged, persisted and announced."""
 
-    def __init__(self, store: NodeStore, balancer: Balancer, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, store: NodeStore, balancer: Balancer, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.store = store
         self.balancer = balancer
         self.clock = clock
@@ -73,7 +82,10 @@ class NodeRegistry:
     def find(self, machine_name: str, ip_address: str, runtime_port: int) -> Node | None:
         for node in self.nodes.values():
             if (node.machine_name, node.ip_address, node.runtime_port) == (
-                machine_name, ip_address, runtime_port):
+                machine_name,
+                ip_address,
+                runtime_port,
+            ):
                 return node
         return None
 
@@ -82,16 +94,22 @@ class NodeRegistry:
 
     # -- agent calls ---------------------------------------------------------------------------
 
-    def register(self, *, machine_name: str, ip_address: str, runtime_port: int,
-                 details: dict[str, Any]) -> tuple[Node, bool, str]:
+    def register(
+        self, *, machine_name: str, ip_address: str, runtime_port: int, details: dict[str, Any]
+    ) -> tuple[Node, bool, str]:
         """Create or refresh a node. Returns (node, created, fresh agent token)."""
         token = new_token("agt_")
         node = self.find(machine_name, ip_address, runtime_port)
         created = node is None
         now = now_rfc3339()
         if node is None:
-            node = Node(id=str(uuid.uuid4()), machine_name=machine_name, ip_address=ip_address,
-                        runtime_port=runtime_port, registered_at=now)
+            node = Node(
+                id=str(uuid.uuid4()),
+                machine_name=machine_name,
+                ip_address=ip_address,
+                runtime_port=runtime_port,
+                registered_at=now,
+            )
             self.nodes[node.id] = node
         for key, value in details.items():
             if value is not None:
@@ -101,8 +119,14 @@ class NodeRegistry:
         node.runtime_up = True
         self.disconnected.discard(node.id)
         self.last_beat[node.id] = self.clock()
-        log.info("event=node_registered id=%s machine=%s address=%s:%s created=%s",
-                 node.id, machine_name, ip_address, runtime_port, created)
+        log.info(
+            "event=node_registered id=%s machine=%s address=%s:%s created=%s",
+            node.id,
+            machine_name,
+            ip_address,
+            runtime_port,
+            created,
+        )
         self._set_status(node, ONLINE, "registered")
         self.store.save_node(node)
         self._sync_balancer(node)
@@ -114,8 +138,9 @@ class NodeRegistry:
             raise Unauthorized("invalid agent token")
         return node
 
-    def heartbeat(self, node: Node, metrics: NodeMetrics, models: list[str] | None,
-                  runtime_up: bool) -> str:
+    def heartbeat(
+        self, node: Node, metrics: NodeMetrics, models: list[str] | None, runtime_up: bool
+    ) -> str:
         """Apply a heartbeat; returns the status string to tell the agent."""
         now = now_rfc3339()
         node.metrics = metrics
@@ -130,9 +155,15 @@ class NodeRegistry:
             self._set_status(node, ONLINE, "heartbeat")
             status = "ok"
         self.store.save_node(node)
-        self.store.add_health_sample(node.id, now, metrics.cpu_usage, metrics.memory_usage,
-                                     metrics.gpu_usage, metrics.gpu_memory_usage,
-                                     metrics.active_requests)
+        self.store.add_health_sample(
+            node.id,
+            now,
+            metrics.cpu_usage,
+            metrics.memory_usage,
+            metrics.gpu_usage,
+            metrics.gpu_memory_usage,
+            metrics.active_requests,
+        )
         self._sync_balancer(node)
         return status
 
@@ -206,15 +237,21 @@ class NodeRegistry:
         old = node.status
         node.status = status
         node.online_since = now_rfc3339() if status == ONLINE else None
-        log.info("event=node_status id=%s machine=%s from=%s to=%s reason=%r",
-                 node.id, node.machine_name, old, status, reason)
+        log.info(
+            "event=node_status id=%s machine=%s from=%s to=%s reason=%r",
+            node.id,
+            node.machine_name,
+            old,
+            status,
+            reason,
+        )
         self._announce(node)
 
     def _announce(self, node: Node) -> None:
         for listener in list(self.listeners):
             try:
                 listener(node.id, node)
-            except Exception:  # noqa: BLE001 - a listener must not break the registry
+            except Exception:
                 log.exception("event=listener_failed")
 
     def _sync_balancer(self, node: Node) -> None:

@@ -34,29 +34,45 @@ class RouterService:
 
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
-        self.store = Store(config.db_path(), history_max_rows=config.history_max_rows,
-                           samples_max_rows=config.samples_max_rows)
+        self.store = Store(
+            config.db_path(),
+            history_max_rows=config.history_max_rows,
+            samples_max_rows=config.samples_max_rows,
+        )
         self.balancer = Balancer(config.balancer)
         self.registry = NodeRegistry(self.store, self.balancer)
         self.stats = LiveStats()
-        self.pool = UpstreamPool(connect_timeout=config.connect_timeout,
-                                 max_idle=config.pool_max_idle)
+        self.pool = UpstreamPool(
+            connect_timeout=config.connect_timeout, max_idle=config.pool_max_idle
+        )
         self.proxy = Proxy(config, self.registry, self.balancer, self.pool, self.store, self.stats)
         self.health = HealthMonitor(
-            self.registry, heartbeat_timeout=config.heartbeat_timeout,
-            probe_interval=config.probe_interval, probe_max_interval=config.probe_max_interval,
-            connect_timeout=config.connect_timeout)
-        self.auth = AuthPolicy(admin_token_hash="", registration_token=config.registration_token,
-                               api_keys=config.api_keys, open_reads=config.open_reads)
+            self.registry,
+            heartbeat_timeout=config.heartbeat_timeout,
+            probe_interval=config.probe_interval,
+            probe_max_interval=config.probe_max_interval,
+            connect_timeout=config.connect_timeout,
+        )
+        self.auth = AuthPolicy(
+            admin_token_hash="",
+            registration_token=config.registration_token,
+            api_keys=config.api_keys,
+            open_reads=config.open_reads,
+        )
         self.app = App(self.auth)
         for api in (NodesAPI(self), OpenAIAPI(self), OllamaAPI(self)):
             api.install(self.app)
         self._install_optional_apis()
         limits = ServerLimits(
-            max_header_bytes=config.max_header_bytes, max_body_bytes=config.max_body_bytes,
-            header_timeout=config.header_timeout, body_timeout=config.body_timeout,
-            idle_timeout=config.idle_timeout, max_connections=config.max_connections,
-            write_high_water=config.write_high_water, access_log=config.access_log)
+            max_header_bytes=config.max_header_bytes,
+            max_body_bytes=config.max_body_bytes,
+            header_timeout=config.header_timeout,
+            body_timeout=config.body_timeout,
+            idle_timeout=config.idle_timeout,
+            max_connections=config.max_connections,
+            write_high_water=config.write_high_water,
+            access_log=config.access_log,
+        )
         self.server = HTTPServer(self.app.dispatch, limits, error_response)
         self.tasks: list[asyncio.Task[Any]] = []
         self.address: tuple[str, int] | None = None
@@ -66,9 +82,11 @@ class RouterService:
         """Surfaces that live in their own modules (dashboard, metrics, admin keys)."""
         import importlib
 
-        for module, cls in (("routercore.api.dashboard", "DashboardAPI"),
-                            ("routercore.api.metrics", "MetricsAPI"),
-                            ("routercore.api.keys", "KeysAPI")):
+        for module, cls in (
+            ("routercore.api.dashboard", "DashboardAPI"),
+            ("routercore.api.metrics", "MetricsAPI"),
+            ("routercore.api.keys", "KeysAPI"),
+        ):
             try:
                 mod = importlib.import_module(module)
             except ModuleNotFoundError as exc:
@@ -90,8 +108,11 @@ class RouterService:
         self.admin_token_generated = token
         self.auth.admin_token_hash = hash_token(token)
         self.store.set_meta(ADMIN_TOKEN_KEY, self.auth.admin_token_hash)
-        log.warning("event=admin_token_generated token=%s (shown once; set "
-                    "LLM_ROUTER_ADMIN_TOKEN to choose your own)", token)
+        log.warning(
+            "event=admin_token_generated token=%s (shown once; set "
+            "LLM_ROUTER_ADMIN_TOKEN to choose your own)",
+            token,
+        )
 
     async def start(self) -> tuple[str, int]:
         self.store.open()
@@ -100,8 +121,14 @@ class RouterService:
         self.address = await self.server.start(self.config.host, self.config.port)
         self.tasks.append(asyncio.get_running_loop().create_task(self.health.run()))
         host, port = self.address
-        log.info("event=ready version=%s nodes_loaded=%d balancer=%s/%s db=%s",
-                 __version__, count, self.config.balancer, IMPLEMENTATION, self.config.db_path())
+        log.info(
+            "event=ready version=%s nodes_loaded=%d balancer=%s/%s db=%s",
+            __version__,
+            count,
+            self.config.balancer,
+            IMPLEMENTATION,
+            self.config.db_path(),
+        )
         log.info("listening on http://%s:%d", host, port)
         return self.address
 

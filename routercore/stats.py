@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # Histogram buckets in seconds (Prometheus style upper bounds).
@@ -32,7 +33,7 @@ class Outcome:
 
 
 class Histogram:
-    __slots__ = ("counts", "sum", "count")
+    __slots__ = ("count", "counts", "sum")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(BUCKETS) + 1)
@@ -53,15 +54,19 @@ class SecondBucket:
     tokens: int = 0
     latency_ms_sum: float = 0.0
     by_node: Counter[str] = field(default_factory=Counter)
+    # Per-node latency sums and errors, so the dashboard can chart each node's latency.
+    latency_ms_by_node: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    errors_by_node: Counter[str] = field(default_factory=Counter)
 
 
 class LiveStats:
     """Everything the router counts about proxied requests since start."""
 
-    def __init__(self, clock: callable = time.time) -> None:  # type: ignore[valid-type]
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.started = clock()
-        self.requests: Counter[tuple[str, str, str, str]] = Counter()  # endpoint, model, node, status
+        # (endpoint, model, node, status) -> count
+        self.requests: Counter[tuple[str, str, str, str]] = Counter()
         self.outcomes: Counter[str] = Counter()
         self.latency: dict[tuple[str, str], Histogram] = {}  # endpoint, model
         self.ttfb: dict[tuple[str, str], Histogram] = {}
@@ -96,11 +101,15 @@ class LiveStats:
             self.recent_latencies.append(o.duration_ms)
         bucket = self._bucket()
         bucket.requests += 1
-        bucket.errors += o.outcome == "error" or o.outcome == "rejected"
+        failed = o.outcome == "error" or o.outcome == "rejected"
+        bucket.errors += failed
         bucket.tokens += tokens
         bucket.latency_ms_sum += o.duration_ms
         if node:
             bucket.by_node[node] += 1
+            bucket.latency_ms_by_node[node] += o.duration_ms
+            if failed:
+                bucket.errors_by_node[node] += 1
 
     def _bucket(self) -> SecondBucket:
         now = int(self.clock())
@@ -122,6 +131,18 @@ class LiveStats:
             err += b.errors
             tok += b.tokens
         return req, err, tok
+
+    def recent(self, seconds: int) -> list[SecondBucket]:
+        """The buckets of the last `seconds` whole seconds, oldest first (seconds without
+        requests have no bucket)."""
+        cutoff = int(self.clock()) - seconds
+        out: list[SecondBucket] = []
+        for b in reversed(self.series):
+            if b.second <= cutoff:
+                break
+            out.append(b)
+        out.reverse()
+        return out
 
     def percentile(self, q: float) -> float | None:
         if not self.recent_latencies:

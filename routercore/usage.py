@@ -15,10 +15,14 @@ _TAIL_PIECES = 4
 _TAIL_BYTES = 16 * 1024
 
 _PATTERNS = {
-    "openai": (re.compile(rb'"prompt_tokens"\s*:\s*(\d+)'),
-               re.compile(rb'"completion_tokens"\s*:\s*(\d+)')),
-    "ollama": (re.compile(rb'"prompt_eval_count"\s*:\s*(\d+)'),
-               re.compile(rb'"eval_count"\s*:\s*(\d+)')),
+    "openai": (
+        re.compile(rb'"prompt_tokens"\s*:\s*(\d+)'),
+        re.compile(rb'"completion_tokens"\s*:\s*(\d+)'),
+    ),
+    "ollama": (
+        re.compile(rb'"prompt_eval_count"\s*:\s*(\d+)'),
+        re.compile(rb'"eval_count"\s*:\s*(\d+)'),
+    ),
 }
 
 
@@ -58,6 +62,8 @@ def error_event(api: str, message: str) -> bytes:
     import orjson
 
     if api == "openai":
-        payload = {"error": {"message": message, "type": "upstream_error", "code": "upstream_error"}}
+        payload = {
+            "error": {"message": message, "type": "upstream_error", "code": "upstream_error"}
+        }
         return b"data: " + orjson.dumps(payload) + b"\n\n"
     return orjson.dumps({"error": message}) + b"\n"

@@ -14,8 +14,14 @@ def _type_error(name: str, expected: str, value: Any) -> ClientError:
     return ClientError(f"field '{name}' must be {expected}, got {got}")
 
 
-def get_str(data: dict[str, Any], name: str, *, required: bool = False, max_len: int = 1024,
-            default: str | None = None) -> str | None:
+def get_str(
+    data: dict[str, Any],
+    name: str,
+    *,
+    required: bool = False,
+    max_len: int = 1024,
+    default: str | None = None,
+) -> str | None:
     value = data.get(name, _MISSING)
     if value is _MISSING or value is None:
         if required:
@@ -30,8 +36,14 @@ def get_str(data: dict[str, Any], name: str, *, required: bool = False, max_len:
     return value
 
 
-def get_int(data: dict[str, Any], name: str, *, default: int | None = None,
-            minimum: int | None = None, maximum: int | None = None) -> int | None:
+def get_int(
+    data: dict[str, Any],
+    name: str,
+    *,
+    default: int | None = None,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int | None:
     value = data.get(name, _MISSING)
     if value is _MISSING or value is None:
         return default
@@ -65,8 +77,9 @@ def get_bool(data: dict[str, Any], name: str, *, default: bool | None = None) ->
     return value
 
 
-def get_str_list(data: dict[str, Any], name: str, *, max_items: int = 4096,
-                 max_len: int = 512) -> list[str] | None:
+def get_str_list(
+    data: dict[str, Any], name: str, *, max_items: int = 4096, max_len: int = 512
+) -> list[str] | None:
     value = data.get(name, _MISSING)
     if value is _MISSING or value is None:
         return None
@@ -92,7 +105,9 @@ def get_dict(data: dict[str, Any], name: str) -> dict[str, Any] | None:
     return value
 
 
-def get_dict_list(data: dict[str, Any], name: str, *, max_items: int = 256) -> list[dict[str, Any]] | None:
+def get_dict_list(
+    data: dict[str, Any], name: str, *, max_items: int = 256
+) -> list[dict[str, Any]] | None:
     value = data.get(name, _MISSING)
     if value is _MISSING or value is None:
         return None

@@ -36,8 +36,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
-             message: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> Any:
     """Poll until `predicate()` is truthy; return its value or fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -49,9 +53,16 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
     raise AssertionError(f"timed out after {timeout}s waiting for {message} (last: {last!r})")
 
 
-def http(method: str, url: str, body: Any = None, *, token: str | None = None,
-         headers: dict[str, str] | None = None, timeout: float = 10.0,
-         raw: bytes | None = None) -> tuple[int, dict[str, str], Any]:
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    *,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+    raw: bytes | None = None,
+) -> tuple[int, dict[str, str], Any]:
     """A tiny blocking HTTP client: (status, headers, JSON-or-bytes body)."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(url, data=data, method=method)
@@ -99,7 +110,7 @@ class RouterThread:
             asyncio.set_event_loop(self.loop)
             try:
                 self.loop.run_until_complete(self.service.start())
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 self.error = exc
                 started.set()
                 return
@@ -117,8 +128,10 @@ class RouterThread:
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on the router's loop (to inspect state safely)."""
+
         async def wrapper() -> Any:
             return fn()
+
         return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(10)
 
     def agents(self) -> list[dict[str, Any]]:
@@ -135,22 +148,44 @@ class RouterThread:
 class RouterProcess:
     """`python -m routercore serve` as a child process, for restarts, signals and kill -9."""
 
-    def __init__(self, db: str, port: int | None = None, env: dict[str, str] | None = None,
-                 args: list[str] | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        db: str,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        log_path: Path | None = None,
+    ) -> None:
         self.db = db
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "LLM_ROUTER_ADMIN_TOKEN": ADMIN_TOKEN,
-                    "LLM_ROUTER_HEARTBEAT_INTERVAL": "0.5", "LLM_ROUTER_HEARTBEAT_TIMEOUT": "3",
-                    "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.env = {
+            **os.environ,
+            "LLM_ROUTER_ADMIN_TOKEN": ADMIN_TOKEN,
+            "LLM_ROUTER_HEARTBEAT_INTERVAL": "0.5",
+            "LLM_ROUTER_HEARTBEAT_TIMEOUT": "3",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
         self.args = args or []
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "routercore", "serve", "--host", "127.0.0.1",
-               "--port", str(self.port), "--db", self.db, *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "routercore",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--db",
+            self.db,
+            *self.args,
+        ]
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=out, cwd=str(ROOT))
         wait_for(self._ready, timeout=30, message=f"router on port {self.port}")
@@ -201,8 +236,11 @@ def router_process(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
     started: list[RouterProcess] = []
 
     def make(db: str | None = None, **kwargs: Any) -> RouterProcess:
-        p = RouterProcess(db or str(tmp_path / "router.db"),
-                          log_path=tmp_path / f"router{len(started)}.log", **kwargs)
+        p = RouterProcess(
+            db or str(tmp_path / "router.db"),
+            log_path=tmp_path / f"router{len(started)}.log",
+            **kwargs,
+        )
         started.append(p)
         return p
 
@@ -229,17 +267,25 @@ def fake_nodes() -> Iterator[Callable[..., ThreadedFakeNode]]:
             node.close()
 
 
-def online_ids(router: RouterThread | RouterProcess, count: int, timeout: float = 10.0) -> list[str]:
+def online_ids(
+    router: RouterThread | RouterProcess, count: int, timeout: float = 10.0
+) -> list[str]:
     """Wait until `count` nodes are online; return their ids."""
+
     def check() -> list[str] | None:
         agents = http("GET", router.url + "/api/agents", token=ADMIN_TOKEN)[2]
         ids = [a["id"] for a in agents if a["status"] == "online"]
         return ids if len(ids) >= count else None
+
     return wait_for(check, timeout=timeout, message=f"{count} online nodes")
 
 
-def join(router: RouterThread | RouterProcess, fake_nodes: Callable[..., ThreadedFakeNode],
-         count: int = 1, **kwargs: Any) -> list[ThreadedFakeNode]:
+def join(
+    router: RouterThread | RouterProcess,
+    fake_nodes: Callable[..., ThreadedFakeNode],
+    count: int = 1,
+    **kwargs: Any,
+) -> list[ThreadedFakeNode]:
     """Start `count` fake nodes registered with `router` and wait until they are online."""
     nodes = [fake_nodes(register=router.url, name=f"fake-{i}", **kwargs) for i in range(count)]
     online_ids(router, count)

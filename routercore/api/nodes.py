@@ -58,12 +58,18 @@ class NodesAPI:
             claimed_ip = _normalise_ip(claimed, "ip_address")
             allowed = self.svc.config.allowed_node_addresses
             if claimed_ip != peer and claimed_ip not in allowed:
-                log.warning("event=register_refused machine=%s peer=%s claimed=%s",
-                            machine_name, peer, claimed_ip)
+                log.warning(
+                    "event=register_refused machine=%s peer=%s claimed=%s",
+                    machine_name,
+                    peer,
+                    claimed_ip,
+                )
                 raise ClientError(
                     f"field 'ip_address' ({claimed_ip}) must equal the address this request "
-                    f"comes from ({peer}) unless an admin allow-listed it", status=403,
-                    code="address_not_allowed")
+                    f"comes from ({peer}) unless an admin allow-listed it",
+                    status=403,
+                    code="address_not_allowed",
+                )
             ip = claimed_ip
         port = v.get_int(data, "runtime_port", default=11434, minimum=1, maximum=65535)
         assert port is not None
@@ -76,7 +82,8 @@ class NodesAPI:
             "system": v.get_dict(data, "system"),
         }
         node, created, token = self.registry.register(
-            machine_name=machine_name, ip_address=ip, runtime_port=port, details=details)
+            machine_name=machine_name, ip_address=ip, runtime_port=port, details=details
+        )
         body = {
             "agent_id": node.id,
             "status": "registered" if created else "updated",

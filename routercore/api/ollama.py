@@ -28,10 +28,13 @@ class OllamaAPI:
         app.add("GET", "/api/ps", self.ps, auth="api")
         app.add("GET", "/api/version", self.version, auth="api")
 
-    async def _forward(self, request: Request, endpoint: str, stream_default: bool) -> Response | None:
+    async def _forward(
+        self, request: Request, endpoint: str, stream_default: bool
+    ) -> Response | None:
         model, stream = routing_fields(request, stream_default=stream_default)
-        return await self.svc.proxy.forward(request, api="ollama", endpoint=endpoint,
-                                            model=model, streaming=stream)
+        return await self.svc.proxy.forward(
+            request, api="ollama", endpoint=endpoint, model=model, streaming=stream
+        )
 
     async def chat(self, request: Request) -> Response | None:
         return await self._forward(request, "api.chat", True)
@@ -74,5 +77,6 @@ class OllamaAPI:
     async def version(self, request: Request) -> Response:
         nodes = self.svc.registry.online()
         versions = [n.runtime_version for n in nodes if n.runtime_version]
-        return Response.json({"version": versions[0] if versions else __version__,
-                              "router_version": __version__})
+        return Response.json(
+            {"version": versions[0] if versions else __version__, "router_version": __version__}
+        )

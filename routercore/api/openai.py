@@ -37,8 +37,9 @@ class OpenAIAPI:
 
     async def _forward(self, request: Request, endpoint: str) -> Response | None:
         model, stream = routing_fields(request, stream_default=False)
-        return await self.svc.proxy.forward(request, api="openai", endpoint=endpoint,
-                                            model=model, streaming=stream)
+        return await self.svc.proxy.forward(
+            request, api="openai", endpoint=endpoint, model=model, streaming=stream
+        )
 
     async def chat(self, request: Request) -> Response | None:
         return await self._forward(request, "chat.completions")
@@ -55,9 +56,13 @@ class OpenAIAPI:
             for name in node.models:
                 entry = entries.get(name)
                 if entry is None:
-                    entries[name] = {"id": name, "object": "model",
-                                     "created": _created(node.registered_at),
-                                     "owned_by": "llm-router", "nodes": [node.id]}
+                    entries[name] = {
+                        "id": name,
+                        "object": "model",
+                        "created": _created(node.registered_at),
+                        "owned_by": "llm-router",
+                        "nodes": [node.id],
+                    }
                 else:
                     entry["nodes"].append(node.id)
         return entries

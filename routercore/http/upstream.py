@@ -15,10 +15,19 @@ log = logging.getLogger("routercore.http.upstream")
 _READ_HIGH_WATER = 64 * 1024
 _READ_LOW_WATER = 16 * 1024
 
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer",
-    b"upgrade", b"proxy-authenticate", b"proxy-authorization",
-})
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
 
 
 class UpstreamConnectError(ConnectionError):
@@ -57,7 +66,7 @@ class UpstreamConnection(asyncio.Protocol):
             try:
                 self.conn.receive_data(b"")
                 self._pump()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
             if self.error is None and not self._complete():
                 self.error = UpstreamBrokenError(f"node closed the connection ({exc or 'EOF'})")
@@ -129,8 +138,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- request/response --------------------------------------------------------------------
 
-    def send_request(self, method: str, target: str, headers: list[tuple[bytes, bytes]],
-                     body: bytes) -> None:
+    def send_request(
+        self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
         assert self.transport is not None
         data = self.conn.send(h11.Request(method=method, target=target, headers=headers))
         data += self.conn.send(h11.Data(data=body)) if body else b""
@@ -208,13 +218,16 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         try:
             _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: self._new(key), host, port),
-                self.connect_timeout)
+                loop.create_connection(lambda: self._new(key), host, port), self.connect_timeout
+            )
         except TimeoutError:
             raise UpstreamConnectError(
-                f"connect to {host}:{port} timed out after {self.connect_timeout}s") from None
+                f"connect to {host}:{port} timed out after {self.connect_timeout}s"
+            ) from None
         except OSError as exc:
-            raise UpstreamConnectError(f"connect to {host}:{port} failed: {exc.strerror or exc}") from None
+            raise UpstreamConnectError(
+                f"connect to {host}:{port} failed: {exc.strerror or exc}"
+            ) from None
         self.opened += 1
         self.active.add(proto)
         return proto

@@ -27,8 +27,11 @@ def test_openai_chat_streamed_and_not(cluster):
     assert resp.choices[0].message.content == EXPECTED
     assert resp.usage is not None and resp.usage.completion_tokens == 8
 
-    chunks = list(client.chat.completions.create(
-        model="llama3", messages=MSG, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="llama3", messages=MSG, stream=True, stream_options={"include_usage": True}
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == EXPECTED
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
@@ -38,8 +41,11 @@ def test_openai_completions_embeddings_models(cluster):
     router, _ = cluster
     client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused", max_retries=0)
     assert client.completions.create(model="llama3", prompt="hi").choices[0].text == EXPECTED
-    streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model="llama3", prompt="hi", stream=True) if c.choices)
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(model="llama3", prompt="hi", stream=True)
+        if c.choices
+    )
     assert streamed == EXPECTED
     emb = client.embeddings.create(model="nomic-embed", input=["a", "b"])
     assert len(emb.data) == 2 and len(emb.data[0].embedding) == 8
@@ -56,8 +62,9 @@ def test_every_proxied_response_names_the_node(cluster):
     ids = {a["id"] for a in router.agents()}
     raw = client.chat.completions.with_raw_response.create(model="llama3", messages=MSG)
     assert raw.headers["x-router-node"] in ids
-    status, headers, _ = http("POST", router.url + "/api/generate",
-                              {"model": "llama3", "prompt": "x", "stream": False})
+    status, headers, _ = http(
+        "POST", router.url + "/api/generate", {"model": "llama3", "prompt": "x", "stream": False}
+    )
     assert status == 200 and headers["x-router-node"] in ids
 
 
@@ -103,8 +110,9 @@ def _history(router):
     import asyncio
 
     router.service.store.flush()
-    fut = asyncio.run_coroutine_threadsafe(router.service.store.query_requests(limit=50),
-                                           router.loop)
+    fut = asyncio.run_coroutine_threadsafe(
+        router.service.store.query_requests(limit=50), router.loop
+    )
     return fut.result(10)[0]
 
 
