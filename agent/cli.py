@@ -155,10 +155,10 @@ def run_headless(service: AgentService) -> int:
     return 0
 
 
-def run_with_tray(service: AgentService, config: AgentConfig) -> int:
+def run_with_tray(service: AgentService, config: AgentConfig, env: Mapping[str, str]) -> int:
     from agent.tray import TrayApp
 
-    tray = TrayApp(service, for_platform(command=autostart_command(config)))
+    tray = TrayApp(service, for_platform(env=env, command=autostart_command(config)))
     tray.build()
     worker = threading.Thread(target=run_service, args=(service,), name="agent-loop", daemon=True)
 
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     )
 
     if args.autostart:
-        backend = for_platform(command=autostart_command(config))
+        backend = for_platform(env=env, command=autostart_command(config))
         if args.autostart == "enable":
             backend.enable()
         elif args.autostart == "disable":
@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         from agent.tray import pystray_available
 
         if pystray_available():
-            return run_with_tray(service, config)
+            return run_with_tray(service, config, env)
     log.info("running_headless")
     return run_headless(service)
 

@@ -357,6 +357,7 @@ def load_config(
         flag = FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
         values[key] = _parse(key, raw, flag)
 
+    values.setdefault("install_dir", user_data_dir(env) / "runtime")
     config = AgentConfig(**values)
     if config.register_backoff_max < config.register_backoff_initial:
         raise ConfigError("invalid register_backoff_max: smaller than register_backoff_initial")

@@ -233,6 +233,7 @@ class Proc:
         self.log_path = log_path
         self.env = _clean_env(env)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""  # base URL for servers
 
     def start(self) -> Proc:
         with open(self.log_path, "ab") as out:

@@ -50,7 +50,12 @@ def test_garbage_lines_are_skipped() -> None:
 
 def test_no_nvidia_smi_is_null_not_error() -> None:
     calls: list[Sequence[str]] = []
-    s = query_gpus(runner=lambda a: calls.append(a) or "", which=lambda _n: None)
+
+    def runner(args: Sequence[str]) -> str:
+        calls.append(args)
+        return ""
+
+    s = query_gpus(runner=runner, which=lambda _n: None)
     assert (s.usage, s.memory_usage, s.devices) == (None, None, [])
     assert calls == []
 

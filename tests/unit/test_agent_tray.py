@@ -67,7 +67,8 @@ def test_icon_colours_by_state() -> None:
         img = icon_image(status)
         assert img.size == (64, 64)
         assert img.getpixel((32, 32)) == (*colour, 255)
-        assert img.getpixel((0, 0))[3] == 0  # transparent corner
+        corner = img.getpixel((0, 0))
+        assert isinstance(corner, tuple) and corner[3] == 0  # transparent corner
     assert icon_image("weird").getpixel((32, 32)) == (*COLOURS[OFFLINE], 255)
 
 
