@@ -142,7 +142,7 @@ def test_register_rejects_bad_json(router):
 def test_heartbeat_errors(router):
     reg = register(router)[2]
     assert beat(router, str(uuid.uuid4()), reg["agent_token"])[0] == 404
-    status, headers, payload = beat(router, reg["agent_id"], "wrong")
+    status, _headers, payload = beat(router, reg["agent_id"], "wrong")
     assert status == 401 and isinstance(payload["error"], str)
     assert beat(router, reg["agent_id"], None)[0] == 401
     status, _, payload = beat(router, reg["agent_id"], reg["agent_token"], cpu_usage=150)
@@ -225,7 +225,7 @@ def test_foreign_ip_address_is_refused(router_factory):
     assert status == 403 and "ip_address" in payload["error"]
     assert http("GET", router.url + "/api/agents")[2] == []
     allowed = router_factory(allowed_node_addresses="192.0.2.10")
-    status, _, reg = register(allowed, {**REGISTRATION, "ip_address": "192.0.2.10"})
+    status, _, _reg = register(allowed, {**REGISTRATION, "ip_address": "192.0.2.10"})
     assert status == 201
     assert http("GET", allowed.url + "/api/agents")[2][0]["ip_address"] == "192.0.2.10"
 
