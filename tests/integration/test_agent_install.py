@@ -171,3 +171,34 @@ def test_pull_model_gives_up_when_runtime_is_gone() -> None:
     with pytest.raises(PullError, match="after 3 attempts"):
         pull_model("http://127.0.0.1:9", "x", retries=2, sleep=delays.append)
     assert len(delays) == 2
+
+
+def test_service_install_reports_percentage_for_tray(server: FileServer, tmp_path: Path) -> None:
+    from agent.config import load_config
+    from agent.service import AgentService
+    from agent.state import Snapshot
+    from agent.tray import tooltip
+
+    data = server.files["/dl/rt-linux.tgz"]
+    cfg = load_config(
+        {
+            "install_url": server.url("/dl/rt-linux.tgz"),
+            "install_sha256": hashlib.sha256(data).hexdigest(),
+            "install_dir": str(tmp_path / "rt"),
+        },
+        {"XDG_CONFIG_HOME": str(tmp_path)},
+    )
+    service = AgentService(cfg, env={})
+    tips: list[str] = []
+    activities: list[str | None] = []
+
+    def listener(snap: Snapshot) -> None:
+        activities.append(snap.activity)
+        tips.append(tooltip(snap, cfg.router_url))
+
+    service.state.subscribe(listener)
+    command = service.install()
+    assert command == [str(tmp_path / "rt" / "bin" / "ollama"), "serve"]
+    assert "installing runtime 100%" in activities
+    assert any(t.endswith("installing runtime 100%") for t in tips)
+    assert activities[-1] is None  # cleared when done

@@ -6,8 +6,12 @@ restarted; every process is stopped at teardown.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import shutil
 import signal
 import sys
+import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,7 @@ import psutil
 import pytest
 
 from tests.agent_conftest_helpers import (
+    FileServer,
     Proc,
     agent_cmd,
     fakenode_cmd,
@@ -25,6 +30,7 @@ from tests.agent_conftest_helpers import (
     router_proc,
     url_ready,
     wait_until,
+    xvfb_display,
 )
 
 pytestmark = pytest.mark.slow
@@ -312,3 +318,81 @@ def test_sigint_exits_zero(cluster: Cluster) -> None:
     agent = cluster.agent("--router", router.url, "--runtime-url", runtime.url, "--name", "int")
     wait_until(online(router, "int"), what="online")
     assert agent.stop(signal.SIGINT) == 0
+
+
+def test_installs_missing_runtime_then_starts_it(cluster: Cluster, tmp_path: Path) -> None:
+    router = cluster.router()
+    port = free_port()
+    fakenode = " ".join(fakenode_cmd(port, "installed")[1:])
+    script = f'#!/bin/sh\nexec "{sys.executable}" {fakenode}\n'
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tf:
+        info = tarfile.TarInfo("ollama-dist/bin/ollama")
+        info.size, info.mode = len(script), 0o755
+        tf.addfile(info, io.BytesIO(script.encode()))
+    files = FileServer()
+    files.files["/releases/ollama-linux.tgz"] = archive.getvalue()
+    files.faults["/releases/ollama-linux.tgz"] = ["503", "reset"]
+    try:
+        agent = cluster.agent(
+            "--router", router.url, "--runtime-url", f"http://127.0.0.1:{port}", "--name", "inst",
+            "--manage-runtime", "--install-url", files.url("/releases/ollama-linux.tgz"),
+            "--install-sha256", hashlib.sha256(archive.getvalue()).hexdigest(),
+            LLM_AGENT_RUNTIME_ARGS="", LLM_AGENT_RUNTIME_POLL_INTERVAL="0.3",
+        )  # fmt: skip
+        wait_until(
+            online(router, "inst", runtime_up=True, models=["installed"]), timeout=60, what="up"
+        )
+    finally:
+        files.close()
+    exe = tmp_path / "data" / "llm-router" / "runtime" / "ollama-dist" / "bin" / "ollama"
+    assert exe.is_file()
+    log = agent.log()
+    assert "download_retry" in log and "runtime [" in log and "100%" in log
+    kids = psutil.Process(agent.pid).children()
+    cluster.extra_pids.extend(k.pid for k in kids)
+    assert agent.stop(signal.SIGTERM) == 0
+    assert all(not psutil.pid_exists(k.pid) or k.status() == "zombie" for k in kids)
+
+
+def test_pulls_default_model_chosen_by_memory(cluster: Cluster) -> None:
+    router = cluster.router()
+    runtime = cluster.runtime(models="alpha")
+    cluster.agent(
+        "--router", router.url, "--runtime-url", runtime.url, "--name", "pull",
+        LLM_AGENT_PULL_DEFAULT_MODEL="true", LLM_AGENT_MODEL_TABLE="1000000=huge:405b,0=tiny:1b",
+        LLM_AGENT_RUNTIME_POLL_INTERVAL="0.3",
+    )  # fmt: skip
+    node = wait_until(
+        lambda: (n := node_named(router, "pull")()) and "tiny:1b" in n["models"] and n,
+        timeout=30,
+        what="default model pulled and reported",
+    )
+    assert "huge:405b" not in node["models"]
+
+
+def test_tray_under_a_display_and_headless_without(cluster: Cluster) -> None:
+    router = cluster.router()
+    runtime = cluster.runtime()
+
+    def agent_with_tray_allowed(name: str, display: str) -> Proc:
+        proc = Proc(
+            [sys.executable, "-m", "agent", "--router", router.url, "--runtime-url", runtime.url,
+             "--name", name],
+            cluster.tmp / f"{name}-agent.log",
+            {**cluster.env, "DISPLAY": display, "WAYLAND_DISPLAY": ""},
+        ).start()  # fmt: skip
+        cluster.procs.append(proc)
+        return proc
+
+    headless = agent_with_tray_allowed("hl", "")
+    wait_until(online(router, "hl"), what="headless online")
+    assert "running_headless" in headless.log()
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb not installed")
+    with xvfb_display() as display:
+        proc = agent_with_tray_allowed("tray", display)
+        wait_until(online(router, "tray"), what="tray agent online")
+        assert "running_headless" not in proc.log()
+        assert proc.stop(signal.SIGTERM) == 0
+        assert "agent_stopped" in proc.log()

@@ -14,7 +14,7 @@ import pytest
 
 from agent.config import load_config
 from agent.settings_window import SettingsForm
-from tests.agent_conftest_helpers import ROOT, wait_until
+from tests.agent_conftest_helpers import ROOT, xvfb_display
 
 GOOD = {
     "router_url": "http://10.0.0.5:8080, http://10.0.0.6:8080",
@@ -66,21 +66,8 @@ def test_invalid_fields_are_reported_and_nothing_is_written(tmp_path: Path) -> N
 def xvfb() -> Iterator[str]:
     if shutil.which("Xvfb") is None:
         pytest.skip("Xvfb not installed")
-    for n in range(90, 110):
-        if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
-            break
-    display = f":{n}"
-    proc = subprocess.Popen(
-        ["Xvfb", display, "-screen", "0", "800x600x24", "-nolisten", "tcp"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: Path(f"/tmp/.X11-unix/X{n}").exists(), timeout=10, what="Xvfb")
+    with xvfb_display() as display:
         yield display
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_window_opens_validates_and_saves_on_xvfb(xvfb: str, tmp_path: Path) -> None:
