@@ -73,7 +73,9 @@ class Response:
     content_type: str = "application/json"
 
     @classmethod
-    def json(cls, data: Any, status: int = 200, headers: list[tuple[str, str]] | None = None) -> Response:
+    def json(
+        cls, data: Any, status: int = 200, headers: list[tuple[str, str]] | None = None
+    ) -> Response:
         return cls(status, orjson.dumps(data), headers or [])
 
 

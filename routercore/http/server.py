@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 
 import h11
 
 from routercore.http.messages import Request, Response, WebSocketAccept
+
+if TYPE_CHECKING:
+    from routercore.http.websocket import WebSocket
 
 log = logging.getLogger("routercore.http.server")
 access_log = logging.getLogger("routercore.access")
@@ -27,6 +32,10 @@ ErrorResponder = Callable[[Request | None, int, str], Response]
 
 SERVER_HEADER = (b"server", b"llm-router")
 _MAX_PIPELINED_BUFFER = 256 * 1024
+# After an error answer we read (and drop) what the client still sends for this long before
+# closing, so its kernel does not get a reset that destroys our answer before it is read.
+_LINGER_SECONDS = 1.0
+_NO_BODY_STATUSES = frozenset({204, 304})
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,9 @@ class HTTPConnection(asyncio.Protocol):
         self.state = state
         self.limits = state.limits
         self.loop = asyncio.get_running_loop()
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+        self.conn = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes
+        )
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.timer: asyncio.TimerHandle | None = None
@@ -75,10 +86,16 @@ class HTTPConnection(asyncio.Protocol):
         self.writable = asyncio.Event()
         self.writable.set()
         self.closed = False
+        self.lingering = False
         self.reading_paused = False
+        # True while the head deadline runs: from the connection's start for the first request,
+        # from the first byte after an idle pause for later ones. Never re-armed per byte.
+        self.head_timer_armed = False
         self.bytes_seen_this_cycle = False
         self.upgraded: Callable[[bytes], None] | None = None
+        self.websocket: WebSocket | None = None
         self.on_lost: list[Callable[[], None]] = []
+        self._force_close = False
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -86,16 +103,17 @@ class HTTPConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else ""
-        transport.set_write_buffer_limits(high=self.limits.write_high_water)
+        transport.set_write_buffer_limits(high=self.limits.write_high_water)  # type: ignore[attr-defined]
         if len(self.state.connections) >= self.limits.max_connections or self.state.draining:
-            log.warning("event=connection_refused reason=max_connections peer=%s", self.peer)
+            reason = "draining" if self.state.draining else "max_connections"
+            log.warning("event=connection_refused reason=%s peer=%s", reason, self.peer)
             resp = self.state.on_error(None, 503, "too many connections; try again later")
-            self._write_raw_response(resp, close=True)
-            transport.close()
+            self._write_raw_response(resp)
             self.closed = True
+            transport.close()
             return
         self.state.connections.add(self)
-        self._set_timer(self.limits.header_timeout, self._on_head_timeout)
+        self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.upgraded is not None and not self.closed:
@@ -111,7 +129,7 @@ class HTTPConnection(asyncio.Protocol):
         for cb in callbacks:
             try:
                 cb()
-            except Exception:  # noqa: BLE001 - a callback must not break teardown
+            except Exception:
                 log.exception("event=on_lost_callback_failed")
 
     def pause_writing(self) -> None:
@@ -124,8 +142,8 @@ class HTTPConnection(asyncio.Protocol):
         if self.upgraded is not None:
             self.upgraded(b"")
             return None
-        if self.task is not None:
-            # The client half-closed while we work on its request: treat it as gone.
+        if self.lingering or self.closed or self.task is not None:
+            # A half-close while we work on its request: treat the client as gone.
             return None
         self.conn.receive_data(b"")
         self._process()
@@ -135,13 +153,16 @@ class HTTPConnection(asyncio.Protocol):
         if self.upgraded is not None:
             self.upgraded(data)
             return
-        if not self.bytes_seen_this_cycle and self.request_head is None and self.task is None:
+        if self.closed:
+            return  # lingering after an error answer, or closing: drop it
+        if self.task is None:
             self.bytes_seen_this_cycle = True
-            self._set_timer(self.limits.header_timeout, self._on_head_timeout)
+            if not self.head_timer_armed and self.request_head is None:
+                self._arm_head_timer()
         try:
             self.conn.receive_data(data)
         except RuntimeError:
-            # Data after the connection was marked closed: ignore, the transport is closing.
+            # Data after the peer's EOF: the transport is closing.
             return
         if self.task is not None:
             # Pipelined bytes while a response is in flight: h11 buffers them; bound the buffer.
@@ -161,9 +182,7 @@ class HTTPConnection(asyncio.Protocol):
             except h11.RemoteProtocolError as exc:
                 self._protocol_error(exc)
                 return
-            if event is h11.NEED_DATA:
-                return
-            if event is h11.PAUSED:
+            if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
                 if not self._on_head(event):
@@ -184,24 +203,47 @@ class HTTPConnection(asyncio.Protocol):
 
     def _on_head(self, event: h11.Request) -> bool:
         self.request_head = event
+        self.head_timer_armed = False
         self.body_parts = []
         self.body_size = 0
+        # h11 bounds only an *incomplete* head; one that arrives whole in a single read can be
+        # larger, so measure it here as well.
+        if _head_size(event) > self.limits.max_header_bytes:
+            log.info(
+                "event=bad_request peer=%s status=431 reason='request head too large'", self.peer
+            )
+            self._error_and_close(431, "request head is larger than the server accepts")
+            return False
+        if event.http_version not in (b"1.0", b"1.1"):
+            log.info(
+                "event=bad_request peer=%s status=505 reason='HTTP version %s'",
+                self.peer,
+                event.http_version.decode("latin-1"),
+            )
+            self._error_and_close(505, "only HTTP/1.0 and HTTP/1.1 are supported")
+            return False
+        names = {name for name, _ in event.headers}
+        if b"transfer-encoding" in names and b"content-length" in names:
+            # Both framings at once is how request smuggling starts (RFC 9112 6.3): refuse.
+            log.info(
+                "event=bad_request peer=%s status=400 reason='content-length with "
+                "transfer-encoding'",
+                self.peer,
+            )
+            self._error_and_close(
+                400, "malformed HTTP request: both Content-Length and Transfer-Encoding"
+            )
+            return False
         length = _content_length(event.headers)
         if length is not None and length > self.limits.max_body_bytes:
             self._reject_body_too_large()
             return False
         if self.state.draining:
-            self.conn_keep_alive_off()
+            self._force_close = True
         if self.conn.they_are_waiting_for_100_continue:
             self._send(h11.InformationalResponse(status_code=100, headers=[]))
         self._set_timer(self.limits.body_timeout, self._on_body_timeout)
         return True
-
-    def conn_keep_alive_off(self) -> None:
-        # h11 closes after this cycle when our response carries Connection: close.
-        self._force_close = True
-
-    _force_close = False
 
     def _start_handler(self) -> None:
         head = self.request_head
@@ -209,18 +251,7 @@ class HTTPConnection(asyncio.Protocol):
         self._cancel_timer()
         body = b"".join(self.body_parts)
         self.body_parts = []
-        try:
-            target = head.target.decode("ascii")
-        except UnicodeDecodeError:
-            target = head.target.decode("latin-1")
-        request = Request(
-            method=head.method.decode("ascii", "replace"),
-            target=target,
-            headers=list(head.headers),
-            body=body,
-            peer=self.peer,
-        )
-        self.task = self.loop.create_task(self._run(request))
+        self.task = self.loop.create_task(self._run(_make_request(head, body, self.peer)))
 
     # -- handling ----------------------------------------------------------------------------
 
@@ -228,20 +259,39 @@ class HTTPConnection(asyncio.Protocol):
         started = time.perf_counter()
         stream = _Stream(self, request)
         request.stream = stream
+        try:
+            await self._handle(request, stream)
+        except asyncio.CancelledError:
+            # The client went away, or shutdown cut us: nothing more can reach the client.
+            stream.abort()
+            if not stream.status:
+                stream.status = 499
+            raise
+        finally:
+            self._log_access(request, stream, started)
+            self.task = None
+        if not self.closed:
+            self._next_cycle()
+
+    async def _handle(self, request: Request, stream: _Stream) -> None:
         outcome: Response | WebSocketAccept | None
         try:
             outcome = await self.state.dispatch(request)
-        except asyncio.CancelledError:
+        except ConnectionError as exc:
+            # A write to a client that has gone: not a server fault.
+            log.info("event=client_gone path=%s reason=%r", request.path, str(exc))
             stream.abort()
-            raise
-        except Exception:  # noqa: BLE001 - never a traceback to a client
+            return
+        except Exception:
             log.exception("event=handler_crashed method=%s path=%s", request.method, request.path)
+            if stream.started:
+                stream.abort()  # half a response is out: cutting is the only honest signal
+                return
             outcome = self.state.on_error(request, 500, "internal server error")
         try:
             if isinstance(outcome, WebSocketAccept):
-                await self._upgrade(request, outcome)
-                return
-            if isinstance(outcome, Response):
+                await self._upgrade(request, stream, outcome)
+            elif isinstance(outcome, Response):
                 if stream.started:
                     log.error("event=handler_returned_after_streaming path=%s", request.path)
                     stream.abort()
@@ -254,26 +304,47 @@ class HTTPConnection(asyncio.Protocol):
                     await stream.send_whole(self.state.on_error(request, 500, "no response"))
         except ConnectionError:
             stream.abort()
-        finally:
-            self._log_access(request, stream, started)
-            self.task = None
-        if not self.closed:
-            self._next_cycle()
+        except Exception:
+            # An answer h11 refuses to send (bad header bytes, a 1xx status, ...).
+            log.exception("event=response_failed method=%s path=%s", request.method, request.path)
+            if stream.head_sent or self.conn.our_state is not h11.SEND_RESPONSE:
+                stream.abort()
+            else:
+                await stream.send_whole(self.state.on_error(request, 500, "internal server error"))
 
-    async def _upgrade(self, request: Request, accept: WebSocketAccept) -> None:
+    async def _upgrade(self, request: Request, stream: _Stream, accept: WebSocketAccept) -> None:
         from routercore.http.websocket import WebSocket
 
         ws = WebSocket(self, request)
-        self.upgraded = ws.feed
         trailing, _ = self.conn.trailing_data
+        try:
+            ws.accept_handshake()
+        except Exception as exc:
+            log.info("event=ws_bad_upgrade peer=%s reason=%r", self.peer, str(exc))
+            self._force_close = True
+            await stream.send_whole(
+                self.state.on_error(request, 400, "not a valid WebSocket upgrade")
+            )
+            return
+        self.upgraded = ws.feed
+        self.websocket = ws
+        stream.status = 101
+        stream.started = stream.finished = True
         self._cancel_timer()
         if self.reading_paused and self.transport is not None:
             self.transport.resume_reading()
-        await ws.accept(trailing)
+            self.reading_paused = False
+        if trailing:
+            ws.feed(trailing)
         try:
             await accept.session(ws)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("event=ws_session_crashed path=%s", request.path)
+            ws.close(1011)
         finally:
-            ws.close()
+            ws.close(1001 if self.state.draining else 1000)
             self._close()
 
     def _next_cycle(self) -> None:
@@ -286,16 +357,17 @@ class HTTPConnection(asyncio.Protocol):
             self._close()
             return
         self.request_head = None
-        self.bytes_seen_this_cycle = bool(self.conn.trailing_data[0])
         if self.state.draining:
             self._close()
             return
         if self.reading_paused and self.transport is not None:
             self.transport.resume_reading()
             self.reading_paused = False
+        self.bytes_seen_this_cycle = bool(self.conn.trailing_data[0])
         if self.bytes_seen_this_cycle:
-            self._set_timer(self.limits.header_timeout, self._on_head_timeout)
+            self._arm_head_timer()
         else:
+            self.head_timer_armed = False
             self._set_timer(self.limits.idle_timeout, self._on_idle_timeout)
         self._process()
 
@@ -303,8 +375,6 @@ class HTTPConnection(asyncio.Protocol):
 
     def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
         status = exc.error_status_hint or 400
-        if "exceeds" in str(exc) or "too long" in str(exc).lower():
-            status = 431
         log.info("event=bad_request peer=%s status=%s reason=%r", self.peer, status, str(exc))
         self._error_and_close(status, f"malformed HTTP request: {exc}")
 
@@ -316,41 +386,54 @@ class HTTPConnection(asyncio.Protocol):
 
     def _partial_request(self) -> Request | None:
         head = self.request_head
-        if head is None:
-            return None
-        return Request(head.method.decode("ascii", "replace"), head.target.decode("latin-1"),
-                       list(head.headers), b"", self.peer)
+        return None if head is None else _make_request(head, b"", self.peer)
 
     def _error_and_close(self, status: int, message: str, request: Request | None = None) -> None:
+        """Answer `status` with `Connection: close`, then close (after a short linger)."""
+        if request is None:
+            request = self._partial_request()
         resp = self.state.on_error(request, status, message)
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             try:
                 headers = _response_headers(resp, close=True)
-                self._send(h11.Response(status_code=resp.status, headers=headers, reason=_reason(resp.status).encode()))
-                self._send(h11.Data(data=resp.body))
+                self._send(
+                    h11.Response(
+                        status_code=resp.status,
+                        headers=headers,
+                        reason=_reason(resp.status).encode(),
+                    )
+                )
+                if request is None or request.method != "HEAD":
+                    self._send(h11.Data(data=resp.body))
                 self._send(h11.EndOfMessage())
             except h11.LocalProtocolError:
-                self._write_raw_response(resp, close=True)
-        if request is not None:
-            access_log.info("%s %s %s 0 - peer=%s", request.method, request.path, status, self.peer)
-        self._close()
+                self._write_raw_response(resp)
+        if request is not None and self.limits.access_log:
+            access_log.info(
+                "%s %s %s 0.0ms node=- peer=%s", request.method, request.path, status, self.peer
+            )
+        self._close(linger=True)
+
+    def _arm_head_timer(self) -> None:
+        self.head_timer_armed = True
+        self._set_timer(self.limits.header_timeout, self._on_head_timeout)
 
     def _on_head_timeout(self) -> None:
         if self.task is not None or self.closed:
             return
-        if self.bytes_seen_this_cycle or self.request_head is not None:
-            log.info("event=header_timeout peer=%s", self.peer)
-            self._error_and_close(408, "timed out reading the request")
-        else:
-            self._close()
+        if not self.bytes_seen_this_cycle and self.request_head is None:
+            self._close()  # connected and never said anything: nobody to answer
+            return
+        log.info("event=header_timeout peer=%s", self.peer)
+        self._error_and_close(408, "timed out reading the request head")
 
     def _on_body_timeout(self) -> None:
         if self.task is None and not self.closed:
             log.info("event=body_timeout peer=%s", self.peer)
-            self._error_and_close(408, "timed out reading the request body", self._partial_request())
+            self._error_and_close(408, "timed out reading the request body")
 
     def _on_idle_timeout(self) -> None:
-        if self.task is None and not self.closed and not self.bytes_seen_this_cycle:
+        if self.task is None and not self.closed and not self.head_timer_armed:
             self._close()
 
     def _set_timer(self, delay: float, callback: Callable[[], None]) -> None:
@@ -369,21 +452,34 @@ class HTTPConnection(asyncio.Protocol):
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
 
-    def _write_raw_response(self, resp: Response, *, close: bool) -> None:
+    def _write_raw_response(self, resp: Response) -> None:
         """For answers outside an h11 cycle (connection refused at the cap)."""
         if self.transport is None:
             return
         lines = [f"HTTP/1.1 {resp.status} {_reason(resp.status)}".encode()]
-        for name, value in _response_headers(resp, close=close):
+        for name, value in _response_headers(resp, close=True):
             lines.append(name + b": " + value)
         self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + resp.body)
 
-    def _close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._cancel_timer()
-            if self.transport is not None:
-                self.transport.close()
+    def _close(self, *, linger: bool = False) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._cancel_timer()
+        transport = self.transport
+        if transport is None:
+            return
+        if linger and transport.can_write_eof():
+            # Half-close and drain the client's unread bytes for a moment: closing a socket with
+            # unread input sends a reset, which can destroy the answer before the client reads it.
+            self.lingering = True
+            if self.reading_paused:
+                transport.resume_reading()
+                self.reading_paused = False
+            transport.write_eof()
+            self.timer = self.loop.call_later(_LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
 
     def abort(self) -> None:
         self.closed = True
@@ -407,11 +503,12 @@ class HTTPConnection(asyncio.Protocol):
         )
 
     def shutdown(self) -> None:
-        """Close at once when idle; otherwise after the response in flight."""
-        if self.task is None:
+        """Close at once when idle; otherwise after the request in flight is answered."""
+        self._force_close = True
+        if self.websocket is not None:
+            self.websocket.close(1001)
+        elif self.task is None and self.request_head is None and not self.bytes_seen_this_cycle:
             self._close()
-        else:
-            self._force_close = True
 
 
 class _Stream:
@@ -421,10 +518,12 @@ class _Stream:
         self.c = conn
         self.request = request
         self.started = False
+        self.head_sent = False
         self.finished = False
         self.aborted = False
         self.status = 0
         self.node = ""
+        self.no_body = request.method == "HEAD"
 
     @property
     def client_gone(self) -> bool:
@@ -448,13 +547,15 @@ class _Stream:
             out.append((name, value))
         if self.c._force_close:
             out.append((b"connection", b"close"))
+        self.no_body = self.no_body or status in _NO_BODY_STATUSES
         self.c._send(h11.Response(status_code=status, headers=out, reason=_reason(status).encode()))
+        self.head_sent = True
 
     async def write(self, data: bytes) -> None:
         if self.c.closed:
             raise ConnectionResetError("client disconnected")
-        if data:
-            self.c._send(h11.Data(data=data))
+        if data and not self.no_body:
+            self.c._send(h11.Data(data=bytes(data)))
         if not self.c.writable.is_set():
             await self.c.writable.wait()
             if self.c.closed:
@@ -474,14 +575,20 @@ class _Stream:
     async def send_whole(self, resp: Response) -> None:
         if self.c.closed:
             return
+        no_body = resp.status in _NO_BODY_STATUSES
         headers = _response_headers(resp, close=self.c._force_close)
         self.status = resp.status
         for name, value in resp.headers:
             if name.lower() == "x-router-node":
                 self.node = value
         self.started = True
-        self.c._send(h11.Response(status_code=resp.status, headers=headers, reason=_reason(resp.status).encode()))
-        if resp.body and self.request.method != "HEAD":
+        self.c._send(
+            h11.Response(
+                status_code=resp.status, headers=headers, reason=_reason(resp.status).encode()
+            )
+        )
+        self.head_sent = True
+        if resp.body and self.request.method != "HEAD" and not no_body:
             self.c._send(h11.Data(data=resp.body))
         self.finished = True
         self.c._send(h11.EndOfMessage())
@@ -489,9 +596,32 @@ class _Stream:
             await self.c.writable.wait()
 
 
+def _make_request(head: h11.Request, body: bytes, peer: str) -> Request:
+    try:
+        target = head.target.decode("ascii")
+    except UnicodeDecodeError:
+        target = head.target.decode("latin-1")
+    return Request(
+        method=head.method.decode("ascii", "replace"),
+        target=target,
+        headers=list(head.headers),
+        body=body,
+        peer=peer,
+    )
+
+
+def _head_size(head: h11.Request) -> int:
+    """Bytes of the request line and header lines, as sent (give or take whitespace)."""
+    size = len(head.method) + len(head.target) + len(b"  HTTP/1.1\r\n\r\n")
+    for name, value in head.headers:
+        size += len(name) + len(value) + 4
+    return size
+
+
 def _response_headers(resp: Response, *, close: bool) -> list[tuple[bytes, bytes]]:
     headers = [SERVER_HEADER, (b"content-type", resp.content_type.encode("latin-1"))]
-    headers.append((b"content-length", str(len(resp.body)).encode()))
+    if resp.status not in _NO_BODY_STATUSES:
+        headers.append((b"content-length", str(len(resp.body)).encode()))
     for name, value in resp.headers:
         headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
     if close:
@@ -499,7 +629,7 @@ def _response_headers(resp: Response, *, close: bool) -> list[tuple[bytes, bytes
     return headers
 
 
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
     for name, value in headers:
         if name == b"content-length":
             try:
@@ -519,14 +649,18 @@ def _reason(status: int) -> str:
 class HTTPServer:
     """Binds a listening socket and tracks connections for graceful shutdown."""
 
-    def __init__(self, dispatch: Dispatch, limits: ServerLimits, on_error: ErrorResponder = plain_error):
+    def __init__(
+        self, dispatch: Dispatch, limits: ServerLimits, on_error: ErrorResponder = plain_error
+    ) -> None:
         self.state = ServerState(dispatch, limits, on_error)
         self.server: asyncio.base_events.Server | None = None
 
-    async def start(self, host: str, port: int, *, sock: object | None = None) -> tuple[str, int]:
+    async def start(
+        self, host: str, port: int, *, sock: socket.socket | None = None
+    ) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         if sock is not None:
-            self.server = await loop.create_server(lambda: HTTPConnection(self.state), sock=sock)  # type: ignore[arg-type]
+            self.server = await loop.create_server(lambda: HTTPConnection(self.state), sock=sock)
         else:
             self.server = await loop.create_server(
                 lambda: HTTPConnection(self.state), host, port, reuse_address=True, backlog=2048
@@ -543,11 +677,15 @@ class HTTPServer:
             conn.shutdown()
         deadline = time.monotonic() + grace
         while self.state.connections and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
         left = list(self.state.connections)
         if left:
             log.warning("event=shutdown_cut connections=%d", len(left))
+        tasks = [conn.task for conn in left if conn.task is not None]
         for conn in left:
             if conn.task is not None:
                 conn.task.cancel()
             conn.abort()
+        if tasks:
+            # Let the cut handlers run their cleanup (accounting) before the caller moves on.
+            await asyncio.wait(tasks, timeout=1.0)

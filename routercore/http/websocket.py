@@ -46,20 +46,29 @@ class WebSocket:
         self._text_parts: list[str] = []
         self._size = 0
 
-    async def accept(self, trailing: bytes) -> None:
+    def accept_handshake(self) -> None:
+        """Check the upgrade request and send the 101; raises when it is not a valid upgrade."""
         self.ws.initiate_upgrade_connection(self.request.headers, self.request.target)
         self._write(self.ws.send(AcceptConnection()))
+
+    async def accept(self, trailing: bytes) -> None:
+        self.accept_handshake()
         if trailing:
             self.feed(trailing)
 
     def feed(self, data: bytes) -> None:
         """Bytes from the transport (b"" = EOF)."""
+        if self.closed:
+            return
         try:
             self.ws.receive_data(data if data else None)
             for event in self.ws.events():
                 self._on_event(event)
-        except RemoteProtocolError as exc:
+                if self.closed:
+                    break
+        except (RemoteProtocolError, LocalProtocolError) as exc:
             log.info("event=ws_protocol_error peer=%s reason=%r", self.conn.peer, str(exc))
+            self.close(1002)
             self._finish()
 
     def _on_event(self, event: object) -> None:
@@ -72,7 +81,9 @@ class WebSocket:
                 pass
             self._finish()
         elif isinstance(event, TextMessage | BytesMessage) and isinstance(event, Message):
-            data = event.data if isinstance(event.data, str) else event.data.decode("utf-8", "replace")
+            data = (
+                event.data if isinstance(event.data, str) else event.data.decode("utf-8", "replace")
+            )
             self._size += len(data)
             if self._size > _MAX_MESSAGE:
                 self.close(1009)

@@ -1,0 +1,851 @@
+"""The HTTP server over real sockets: keep-alive, pipelining, framing, errors, shutdown, logs.
+
+Every test runs on the stock asyncio loop and on uvloop (the `run` fixture). The helpers at the
+top (raw client, reply parser, polling) are shared with test_http_limits.py and
+test_websocket.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+import uvloop
+
+from routercore.app import error_response
+from routercore.http.messages import Request, Response, WebSocketAccept
+from routercore.http.server import HTTPServer, ServerLimits
+
+Dispatch = Callable[[Request], Awaitable["Response | WebSocketAccept | None"]]
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.SelectorEventLoop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    """Run a coroutine to completion on a fresh loop of the parametrized kind."""
+
+    def runner(coro: Coroutine[Any, Any, Any]) -> Any:
+        with asyncio.Runner(loop_factory=LOOPS[request.param]) as r:
+            return r.run(asyncio.wait_for(coro, 60))
+
+    return runner
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+async def eventually(
+    predicate: Callable[[], Any], timeout: float = 5.0, message: str = "condition"
+) -> Any:
+    """Poll `predicate` until truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    dispatch: Dispatch, *, on_error: Any = error_response, **limits: Any
+) -> AsyncIterator[tuple[HTTPServer, int]]:
+    """A real HTTPServer on 127.0.0.1:<free port> in the running loop, stopped afterwards."""
+    server = HTTPServer(dispatch, ServerLimits(**limits), on_error)
+    _, port = await server.start("127.0.0.1", 0)
+    try:
+        yield server, port
+    finally:
+        await server.shutdown(0)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    version: str = "HTTP/1.1"
+    header_list: list[tuple[str, str]] = field(default_factory=list)
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+class Client:
+    """A raw HTTP/1.1 client over asyncio streams: send bytes, parse replies strictly."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, port: int, **kwargs: Any) -> Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, **kwargs)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def request(
+        self,
+        method: str = "GET",
+        path: str = "/",
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        await self.send(build(method, path, body, headers))
+        return await self.reply(method)
+
+    async def reply(self, method: str = "GET", timeout: float = 5.0) -> Reply:
+        return await asyncio.wait_for(read_reply(self.reader, method), timeout)
+
+    async def closed(self, timeout: float = 5.0) -> bool:
+        """True once the server has closed: EOF or a reset, with no more bytes before it."""
+
+        async def drain() -> bytes:
+            extra = b""
+            try:
+                while chunk := await self.reader.read(65536):
+                    extra += chunk
+            except ConnectionError:
+                pass
+            return extra
+
+        extra = await asyncio.wait_for(drain(), timeout)
+        assert extra == b"", f"unexpected bytes before close: {extra[:200]!r}"
+        return True
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
+
+
+def build(
+    method: str = "GET", path: str = "/", body: bytes = b"", headers: dict[str, str] | None = None
+) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: test"]
+    hdrs = dict(headers or {})
+    if body and "Content-Length" not in hdrs and "Transfer-Encoding" not in hdrs:
+        hdrs["Content-Length"] = str(len(body))
+    lines += [f"{k}: {v}" for k, v in hdrs.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def read_reply(reader: asyncio.StreamReader, method: str = "GET") -> Reply:
+    """Parse one response (status line, headers, framed body); fails on anything malformed."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head[:-4].decode("latin-1").split("\r\n")
+    version, status_text, *_ = lines[0].split(" ", 2)
+    assert version in ("HTTP/1.1", "HTTP/1.0"), lines[0]
+    assert len(status_text) == 3 and status_text.isdigit(), lines[0]
+    status = int(status_text)
+    header_list: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        assert sep and name and name.strip() == name, f"bad header line {line!r}"
+        header_list.append((name.lower(), value.strip()))
+    headers = dict(header_list)
+    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        body = b""
+    elif "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            chunk = await reader.readexactly(size + 2)
+            assert chunk.endswith(b"\r\n")
+            body += chunk[:-2]
+            if size == 0:
+                break
+    else:
+        body = await reader.read()
+    return Reply(status, headers, body, version, header_list)
+
+
+def capture(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="routercore")
+
+
+def errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def echo(request: Request) -> Response:
+    """Echoes what the server parsed, so tests can check it."""
+    return Response.json(
+        {
+            "method": request.method,
+            "path": request.path,
+            "query": request.query,
+            "body": request.body.decode("latin-1"),
+            "peer": request.peer,
+            "headers": {k.decode(): v.decode("latin-1") for k, v in request.headers},
+        }
+    )
+
+
+# -- keep-alive, pipelining, framing -----------------------------------------------------------
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(run: Any) -> None:
+    async def main() -> None:
+        async with serve(echo) as (_, port):
+            c = await Client.connect(port)
+            for i in range(5):
+                r = await c.request("POST", f"/n/{i}?x={i}", body=f"body{i}".encode())
+                assert r.status == 200
+                assert r.json()["path"] == f"/n/{i}"
+                assert r.json()["query"] == {"x": str(i)}
+                assert r.json()["body"] == f"body{i}"
+                assert r.json()["peer"] == "127.0.0.1"
+                assert r.headers["server"] == "llm-router"
+                assert "connection" not in r.headers
+            c.close()
+
+    run(main())
+
+
+def test_pipelined_requests_are_answered_in_order(run: Any) -> None:
+    async def slow_first(request: Request) -> Response:
+        if request.path == "/1":
+            await asyncio.sleep(0.05)  # the first answer is the slowest
+        return Response.json({"path": request.path})
+
+    async def main() -> None:
+        async with serve(slow_first) as (_, port):
+            c = await Client.connect(port)
+            await c.send(b"".join(build("GET", f"/{i}") for i in range(1, 6)))
+            paths = [(await c.reply()).json()["path"] for _ in range(5)]
+            assert paths == ["/1", "/2", "/3", "/4", "/5"]
+            # the connection is still usable afterwards
+            assert (await c.request("GET", "/6")).json()["path"] == "/6"
+            c.close()
+
+    run(main())
+
+
+def test_http10_request_is_answered_then_closed(run: Any) -> None:
+    async def main() -> None:
+        async with serve(echo) as (_, port):
+            c = await Client.connect(port)
+            await c.send(b"GET /old HTTP/1.0\r\n\r\n")
+            r = await c.reply()
+            assert r.status == 200
+            assert r.json()["path"] == "/old"
+            assert await c.closed()
+
+    run(main())
+
+
+def test_http10_streaming_response_is_close_delimited(run: Any) -> None:
+    async def stream(request: Request) -> None:
+        assert request.stream is not None
+        await request.stream.start(200, [(b"content-type", b"text/plain")])
+        for part in (b"a", b"b", b"c"):
+            await request.stream.write(part)
+        await request.stream.end()
+
+    async def main() -> None:
+        async with serve(stream) as (_, port):
+            c = await Client.connect(port)
+            await c.send(b"GET / HTTP/1.0\r\n\r\n")
+            r = await c.reply()
+            assert r.status == 200
+            assert "transfer-encoding" not in r.headers
+            assert r.body == b"abc"
+
+    run(main())
+
+
+def test_connection_close_request_header_closes_after_answer(run: Any) -> None:
+    async def main() -> None:
+        async with serve(echo) as (_, port):
+            c = await Client.connect(port)
+            r = await c.request("GET", "/", headers={"Connection": "close"})
+            assert r.status == 200
+            assert r.headers["connection"] == "close"
+            assert await c.closed()
+
+    run(main())
+
+
+def test_expect_100_continue_gets_100_then_the_answer(run: Any) -> None:
+    async def main() -> None:
+        async with serve(echo) as (_, port):
+            c = await Client.connect(port)
+            await c.send(
+                b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+            )
+            interim = await c.reply()
+            assert interim.status == 100
+            await c.send(b"hello")
+            r = await c.reply()
+            assert r.status == 200
+            assert r.json()["body"] == "hello"
+            c.close()
+
+    run(main())
+
+
+def test_chunked_request_body_is_reassembled(run: Any) -> None:
+    async def main() -> None:
+        async with serve(echo) as (_, port):
+            c = await Client.connect(port)
+            await c.send(
+                b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+            )
+            await c.send(b"6;ext=1\r\n world\r\n0\r\nX-Trailer: yes\r\n\r\n")
+            r = await c.reply()
+            assert r.json()["body"] == "hello world"
+            # keep-alive still works after a chunked body
+            assert (await c.request("GET", "/next")).json()["path"] == "/next"
+            c.close()
+
+    run(main())
+
+
+def test_head_gets_headers_and_length_but_no_body(run: Any) -> None:
+    async def handler(request: Request) -> Response:
+        return Response.json({"hello": "world"})
+
+    async def main() -> None:
+        async with serve(handler) as (_, port):
+            c = await Client.connect(port)
+            r = await c.request("HEAD", "/")
+            assert r.status == 200
+            assert r.headers["content-length"] == str(len(b'{"hello":"world"}'))
+            # no body bytes came: the next answer parses cleanly right after the head
+            r2 = await c.request("GET", "/")
+            assert r2.json() == {"hello": "world"}
+            c.close()
+
+    run(main())
+
+
+def test_head_on_a_streaming_handler_sends_no_body(run: Any) -> None:
+    async def stream(request: Request) -> None:
+        assert request.stream is not None
+        await request.stream.start(200, [(b"content-type", b"text/plain")])
+        await request.stream.write(b"ignored for HEAD")
+        await request.stream.end()
+
+    async def main() -> None:
+        async with serve(stream) as (_, port):
+            c = await Client.connect(port)
+            assert (await c.request("HEAD", "/")).status == 200
+            r = await c.request("GET", "/")
+            assert r.body == b"ignored for HEAD"
+            c.close()
+
+    run(main())
+
+
+def test_204_has_no_content_length_and_no_body(run: Any) -> None:
+    async def handler(request: Request) -> Response:
+        return Response(204)
+
+    async def main() -> None:
+        async with serve(handler) as (_, port):
+            c = await Client.connect(port)
+            r = await c.request("DELETE", "/x")
+            assert r.status == 204
+            assert "content-length" not in r.headers
+            assert "transfer-encoding" not in r.headers
+            assert (await c.request("DELETE", "/y")).status == 204
+            c.close()
+
+    run(main())
+
+
+def test_streamed_chunks_reach_the_client_as_written(run: Any) -> None:
+    go_on = asyncio.Event()
+
+    async def stream(request: Request) -> None:
+        assert request.stream is not None
+        await request.stream.start(200, [(b"content-type", b"text/event-stream")])
+        await request.stream.write(b"data: 1\n\n")
+        await go_on.wait()  # the client must see chunk 1 before chunk 2 exists
+        await request.stream.write(b"data: 2\n\n")
+        await request.stream.end()
+
+    async def main() -> None:
+        async with serve(stream) as (_, port):
+            c = await Client.connect(port)
+            await c.send(build("GET", "/"))
+            head = await asyncio.wait_for(c.reader.readuntil(b"\r\n\r\n"), 5)
+            assert b"transfer-encoding: chunked" in head.lower()
+            first = await asyncio.wait_for(c.reader.readuntil(b"data: 1\n\n\r\n"), 5)
+            assert first.endswith(b"data: 1\n\n\r\n")
+            go_on.set()
+            rest = await asyncio.wait_for(c.reader.readuntil(b"0\r\n\r\n"), 5)
+            assert b"data: 2" in rest
+            c.close()
+
+    run(main())
+
+
+# -- malformed requests ------------------------------------------------------------------------
+
+MALFORMED = {
+    "bad request line": b"GARBAGE\r\n\r\n",
+    "request line with spaces": b"GET / / HTTP/1.1\r\nHost: t\r\n\r\n",
+    "bad version syntax": b"GET / HTTP/1.1.1\r\nHost: t\r\n\r\n",
+    "bad header": b"GET / HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n",
+    "header without colon": b"GET / HTTP/1.1\r\nHost: t\r\nnocolon\r\n\r\n",
+    "control char in header": b"GET / HTTP/1.1\r\nHost: t\r\nX: a\x00b\r\n\r\n",
+    "invalid content-length": b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n",
+    "negative content-length": b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n",
+    "huge content-length": b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: "
+    + b"9" * 40
+    + b"\r\n\r\n",
+    "conflicting content-lengths": (
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+    ),
+    "content-length and transfer-encoding": (
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    ),
+    "missing host": b"GET / HTTP/1.1\r\n\r\n",
+    "garbage bytes": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+    "bad chunk size": b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "non-ascii target": b"GET /\xff\xfe HTTP/1.1\r\nHost: t\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("raw", list(MALFORMED.values()), ids=list(MALFORMED))
+def test_malformed_request_gets_400_and_close(
+    run: Any, raw: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    capture(caplog)
+    called: list[Request] = []
+
+    async def handler(request: Request) -> Response:
+        called.append(request)
+        return Response.json({"ok": True})
+
+    async def main() -> None:
+        async with serve(handler) as (_, port):
+            other = await Client.connect(port)  # a healthy neighbour connection
+            c = await Client.connect(port)
+            await c.send(raw)
+            r = await c.reply()
+            assert r.status == 400
+            assert r.headers["connection"] == "close"
+            assert "error" in r.json()
+            assert b"Traceback" not in r.body
+            assert await c.closed()
+            assert called == []
+            assert (await other.request("GET", "/")).status == 200
+            fresh = await Client.connect(port)
+            assert (await fresh.request("GET", "/")).status == 200
+            other.close()
+            fresh.close()
+
+    run(main())
+    assert any("event=bad_request" in r.getMessage() for r in caplog.records)
+    assert errors(caplog) == []
+
+
+def test_unsupported_http_version_gets_505(run: Any) -> None:
+    async def main() -> None:
+        async with serve(echo) as (_, port):
+            c = await Client.connect(port)
+            await c.send(b"GET / HTTP/2.0\r\nHost: t\r\n\r\n")
+            r = await c.reply()
+            assert r.status == 505
+            assert "error" in r.json()
+            assert await c.closed()
+
+    run(main())
+
+
+def test_unsupported_transfer_encoding_gets_501(run: Any) -> None:
+    async def main() -> None:
+        async with serve(echo) as (_, port):
+            c = await Client.connect(port)
+            await c.send(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n")
+            r = await c.reply()
+            assert r.status == 501
+            assert "error" in r.json()
+            assert await c.closed()
+
+    run(main())
+
+
+def test_error_after_the_head_uses_the_v1_error_format(run: Any) -> None:
+    async def main() -> None:
+        async with serve(echo) as (_, port):
+            c = await Client.connect(port)
+            await c.send(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\nnot-hex\r\n"
+            )
+            r = await c.reply()
+            assert r.status == 400
+            err = r.json()["error"]
+            assert set(err) == {"message", "type", "code"}
+            assert await c.closed()
+
+    run(main())
+
+
+def test_client_eof_at_idle_closes_quietly(run: Any, caplog: pytest.LogCaptureFixture) -> None:
+    capture(caplog)
+
+    async def main() -> None:
+        async with serve(echo) as (server, port):
+            c = await Client.connect(port)
+            assert (await c.request("GET", "/")).status == 200
+            c.writer.write_eof()
+            assert await c.closed()
+            await eventually(lambda: not server.state.connections, message="connection gone")
+
+    run(main())
+    assert errors(caplog) == []
+
+
+# -- handler failures ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "shape"), [("/v1/chat/completions", "v1"), ("/api/chat", "plain"), ("/x", "plain")]
+)
+def test_handler_exception_gives_500_in_the_api_error_format(
+    run: Any, caplog: pytest.LogCaptureFixture, path: str, shape: str
+) -> None:
+    capture(caplog)
+
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("secret internals")
+
+    async def main() -> None:
+        async with serve(broken) as (_, port):
+            c = await Client.connect(port)
+            r = await c.request("POST", path, body=b"{}")
+            assert r.status == 500
+            body = r.json()
+            if shape == "v1":
+                assert body["error"]["type"] == "server_error"
+                assert set(body["error"]) == {"message", "type", "code"}
+            else:
+                assert isinstance(body["error"], str)
+            assert b"secret internals" not in r.body
+            # keep-alive survives a handler crash
+            assert (await c.request("POST", path, body=b"{}")).status == 500
+            c.close()
+
+    run(main())
+    crashes = [r for r in caplog.records if "event=handler_crashed" in r.getMessage()]
+    assert len(crashes) == 2
+    assert crashes[0].exc_info is not None
+
+
+def test_unsendable_response_gives_500_instead_of_a_hang(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    capture(caplog)
+
+    async def handler(request: Request) -> Response:
+        if request.path == "/unicode":
+            return Response.json({}, headers=[("x-name", "名前")])
+        return Response.json({}, headers=[("x-evil", "a\r\nset-cookie: b")])
+
+    async def main() -> None:
+        async with serve(handler) as (_, port):
+            c = await Client.connect(port)
+            for path in ("/unicode", "/split"):
+                r = await c.request("GET", path)
+                assert r.status == 500
+                assert "set-cookie" not in r.headers
+            c.close()
+
+    run(main())
+    assert any("event=response_failed" in r.getMessage() for r in caplog.records)
+
+
+def test_handler_returning_nothing_gives_500(run: Any) -> None:
+    async def nothing(request: Request) -> None:
+        return None
+
+    async def main() -> None:
+        async with serve(nothing) as (_, port):
+            c = await Client.connect(port)
+            r = await c.request("GET", "/")
+            assert r.status == 500
+            assert r.json() == {"error": "no response"}
+            c.close()
+
+    run(main())
+
+
+def test_handler_that_streams_then_crashes_aborts_the_connection(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    capture(caplog)
+
+    async def handler(request: Request) -> None:
+        assert request.stream is not None
+        await request.stream.start(200, [(b"content-type", b"text/plain")])
+        await request.stream.write(b"partial")
+        raise RuntimeError("node exploded")
+
+    async def main() -> None:
+        async with serve(handler) as (_, port):
+            c = await Client.connect(port)
+            await c.send(build("GET", "/"))
+            head = await c.reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            data = b""
+            with contextlib.suppress(ConnectionError):
+                while chunk := await asyncio.wait_for(c.reader.read(65536), 5):
+                    data += chunk
+            assert b"partial" in data
+            assert not data.endswith(b"0\r\n\r\n")  # never a clean end of the chunked body
+
+    run(main())
+    assert any("event=handler_crashed" in r.getMessage() for r in caplog.records)
+
+
+def test_client_disconnect_cancels_the_handler(run: Any) -> None:
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+    gone_callbacks: list[str] = []
+
+    async def handler(request: Request) -> Response:
+        assert request.stream is not None
+        request.stream.on_client_gone(lambda: gone_callbacks.append("gone"))
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return Response.json({})
+
+    async def main() -> None:
+        async with serve(handler) as (server, port):
+            c = await Client.connect(port)
+            await c.send(build("GET", "/"))
+            await asyncio.wait_for(started.wait(), 5)
+            c.abort()
+            await asyncio.wait_for(cancelled.wait(), 5)
+            assert gone_callbacks == ["gone"]
+            await eventually(lambda: not server.state.connections, message="connection gone")
+
+    run(main())
+
+
+def test_client_half_close_cancels_the_handler(run: Any) -> None:
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return Response.json({})
+
+    async def main() -> None:
+        async with serve(handler) as (_, port):
+            c = await Client.connect(port)
+            await c.send(build("GET", "/"))
+            await asyncio.wait_for(started.wait(), 5)
+            c.writer.write_eof()
+            await asyncio.wait_for(cancelled.wait(), 5)
+
+    run(main())
+
+
+def test_write_to_a_gone_client_is_not_logged_as_a_crash(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    capture(caplog)
+    done = asyncio.Event()
+
+    async def handler(request: Request) -> None:
+        stream = request.stream
+        assert stream is not None
+        await stream.start(200, [])
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            pass  # a careless handler that swallows the cancellation and writes anyway
+        try:
+            await stream.write(b"too late")
+        finally:
+            done.set()
+
+    async def main() -> None:
+        async with serve(handler) as (_, port):
+            c = await Client.connect(port)
+            await c.send(build("GET", "/"))
+            await c.reader.readuntil(b"\r\n\r\n")
+            c.abort()
+            await asyncio.wait_for(done.wait(), 5)
+            await asyncio.sleep(0)
+
+    run(main())
+    assert errors(caplog) == []
+
+
+# -- graceful shutdown ---------------------------------------------------------------------------
+
+
+def test_shutdown_lets_an_in_flight_request_finish_within_grace(run: Any) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        if request.path == "/slow":
+            started.set()
+            await release.wait()
+        return Response.json({"path": request.path})
+
+    async def main() -> None:
+        server = HTTPServer(handler, ServerLimits(), error_response)
+        _, port = await server.start("127.0.0.1", 0)
+        busy = await Client.connect(port)
+        idle = await Client.connect(port)
+        assert (await idle.request("GET", "/warm")).status == 200
+        await busy.send(build("GET", "/slow"))
+        await asyncio.wait_for(started.wait(), 5)
+        stopping = asyncio.create_task(server.shutdown(30))
+        assert await idle.closed()  # idle keep-alive connection: closed at once
+        with pytest.raises(OSError):  # no longer accepting
+            await Client.connect(port)
+        release.set()
+        r = await busy.reply()
+        assert r.status == 200
+        assert r.headers["connection"] == "close"
+        assert await busy.closed()
+        await asyncio.wait_for(stopping, 5)
+        assert not server.state.connections
+
+    run(main())
+
+
+def test_shutdown_cuts_requests_that_outlive_grace(run: Any) -> None:
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return Response.json({})
+
+    async def main() -> None:
+        server = HTTPServer(handler, ServerLimits(), error_response)
+        _, port = await server.start("127.0.0.1", 0)
+        c = await Client.connect(port)
+        await c.send(build("GET", "/"))
+        await asyncio.wait_for(started.wait(), 5)
+        await server.shutdown(0.2)
+        assert cancelled.is_set()  # shutdown returns after the cut handler cleaned up
+        assert not server.state.connections
+        assert await c.closed()
+
+    run(main())
+
+
+def test_shutdown_lets_a_request_being_received_finish(run: Any) -> None:
+    async def main() -> None:
+        server = HTTPServer(echo, ServerLimits(), error_response)
+        _, port = await server.start("127.0.0.1", 0)
+        c = await Client.connect(port)
+        await c.send(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nab")
+        await eventually(lambda: any(x.request_head for x in server.state.connections))
+        stopping = asyncio.create_task(server.shutdown(30))
+        await asyncio.sleep(0)
+        await c.send(b"cd")
+        r = await c.reply()
+        assert r.json()["body"] == "abcd"
+        assert r.headers["connection"] == "close"
+        await asyncio.wait_for(stopping, 5)
+
+    run(main())
+
+
+# -- access log ----------------------------------------------------------------------------------
+
+
+def test_access_log_has_one_line_per_request(run: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="routercore.access")
+
+    async def handler(request: Request) -> Response:
+        status = int(request.path.strip("/") or 200)
+        return Response.json({}, status=status)
+
+    async def main() -> None:
+        async with serve(handler) as (_, port):
+            c = await Client.connect(port)
+            for status in (200, 404, 503):
+                assert (await c.request("GET", f"/{status}")).status == status
+            c.close()
+
+    run(main())
+    lines = [r.getMessage() for r in caplog.records if r.name == "routercore.access"]
+    assert len(lines) == 3
+    for line, status in zip(lines, (200, 404, 503), strict=True):
+        method, path, code, ms, *_ = line.split()
+        assert (method, path, code) == ("GET", f"/{status}", str(status))
+        assert ms.endswith("ms") and float(ms[:-2]) >= 0
+
+
+def test_access_log_can_be_switched_off(run: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="routercore.access")
+
+    async def main() -> None:
+        async with serve(echo, access_log=False) as (_, port):
+            c = await Client.connect(port)
+            assert (await c.request("GET", "/")).status == 200
+            c.close()
+
+    run(main())
+    assert [r for r in caplog.records if r.name == "routercore.access"] == []
+
+
+def test_access_log_records_a_cancelled_request(run: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="routercore.access")
+    started = asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        started.set()
+        await asyncio.sleep(30)
+        return Response.json({})
+
+    async def main() -> None:
+        async with serve(handler) as (server, port):
+            c = await Client.connect(port)
+            await c.send(build("GET", "/gone"))
+            await asyncio.wait_for(started.wait(), 5)
+            c.abort()
+            await eventually(lambda: not server.state.connections)
+
+    run(main())
+    lines = [r.getMessage() for r in caplog.records if r.name == "routercore.access"]
+    assert len(lines) == 1
+    assert lines[0].startswith("GET /gone 499 ")
