@@ -160,7 +160,16 @@ def run_with_tray(service: AgentService, config: AgentConfig, env: Mapping[str, 
 
     tray = TrayApp(service, for_platform(env=env, command=autostart_command(config)))
     tray.build()
-    worker = threading.Thread(target=run_service, args=(service,), name="agent-loop", daemon=True)
+    failure: list[BaseException] = []
+
+    def loop_thread() -> None:
+        try:
+            run_service(service)
+        except BaseException as exc:
+            log.exception("agent_loop_crashed")
+            failure.append(exc)
+
+    worker = threading.Thread(target=loop_thread, name="agent-loop", daemon=True)
 
     def loop_ended() -> None:
         worker.join()
@@ -176,7 +185,7 @@ def run_with_tray(service: AgentService, config: AgentConfig, env: Mapping[str, 
     tray.run(setup=setup)
     service.request_stop()
     worker.join(timeout=30)
-    return 0
+    return 1 if failure else 0
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:

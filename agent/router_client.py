@@ -183,7 +183,11 @@ class RouterClient:
                 if stop.is_set():
                     break
             self._wake.clear()
-            nxt = await self.step(nxt.action)
+            try:
+                nxt = await self.step(nxt.action)
+            except Exception:  # a bug in a payload or a listener must not end the loop
+                log.exception("router_step_failed router=%s", self.session.url)
+                nxt = Step(REGISTER, self.session.backoff.next_delay())
 
     async def _sleep(self, delay: float, stop: asyncio.Event, *, wakeable: bool) -> None:
         waiters = [asyncio.ensure_future(stop.wait())]

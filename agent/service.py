@@ -70,11 +70,13 @@ class AgentService:
         self._gpu_devices: list[dict[str, object]] | None = None
         # Tells worker threads (downloads, pulls) to give up when the agent stops.
         self._cancel = threading.Event()
+        self._stop_requested = threading.Event()
 
     # --- thread-safe controls -----------------------------------------------------------------
 
     def request_stop(self) -> None:
         """Ask the loop to stop (from a signal handler, the tray, or another thread)."""
+        self._stop_requested.set()  # seen by run() if the loop has not started yet
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop already closed
@@ -144,9 +146,12 @@ class AgentService:
 
     def _runtime_env(self) -> dict[str, str]:
         env = dict(self.env)
-        parts = urlsplit(self.config.runtime_url)
-        # Ollama reads its listen address from OLLAMA_HOST; others ignore it.
-        env.setdefault("OLLAMA_HOST", f"{parts.hostname}:{self.config.runtime_port}")
+        host = urlsplit(self.config.runtime_url).hostname or "127.0.0.1"
+        # Ollama reads its listen address from OLLAMA_HOST (others ignore it). The router
+        # connects from another machine, so a loopback runtime_url still means listen on all.
+        if host in ("127.0.0.1", "localhost", "::1"):
+            host = "0.0.0.0"
+        env.setdefault("OLLAMA_HOST", f"{host}:{self.config.runtime_port}")
         return env
 
     def _downloader(self) -> Downloader:
@@ -363,6 +368,8 @@ class AgentService:
         """Run until `request_stop()`; then stop the loops and a runtime the agent started."""
         self._loop = asyncio.get_running_loop()
         stop = self._stop = asyncio.Event()
+        if self._stop_requested.is_set():
+            stop.set()
         log.info(
             "agent_start version=%s name=%s routers=%s runtime=%s",
             __version__,
@@ -377,8 +384,9 @@ class AgentService:
                 await self.check_runtime()
             except Exception:
                 log.exception("runtime_check_failed")
-            self._start_routers(stop)
-            watcher = self._loop.create_task(self._watch_runtime(stop))
+            if not stop.is_set():
+                self._start_routers(stop)
+                watcher = self._loop.create_task(self._watch_runtime(stop))
             await stop.wait()
         finally:
             stop.set()

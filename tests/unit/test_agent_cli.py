@@ -57,3 +57,15 @@ def test_has_display() -> None:
     assert has_display({"DISPLAY": ":0"}, "linux") and has_display(
         {"WAYLAND_DISPLAY": "w"}, "linux"
     )
+
+
+def test_managed_ollama_listens_where_the_router_can_reach_it(tmp_path: Path) -> None:
+    from agent.service import AgentService
+
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    svc = AgentService(load_config({"runtime_url": "http://127.0.0.1:11500"}, env), env={})
+    assert svc._runtime_env()["OLLAMA_HOST"] == "0.0.0.0:11500"
+    svc = AgentService(load_config({"runtime_url": "http://10.1.2.3:11434"}, env), env={})
+    assert svc._runtime_env()["OLLAMA_HOST"] == "10.1.2.3:11434"
+    own = AgentService(load_config({}, env), env={"OLLAMA_HOST": "192.168.0.9:1"})
+    assert own._runtime_env()["OLLAMA_HOST"] == "192.168.0.9:1"
