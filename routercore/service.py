@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from routercore import __version__
@@ -60,6 +61,10 @@ class RouterService:
             open_reads=config.open_reads,
         )
         self.app = App(self.auth)
+        # Optional APIs hook in here: start hooks run once the store is open, stop hooks
+        # before it closes (e.g. the API key ring loads and flushes its keys).
+        self.start_hooks: list[Callable[[], None]] = []
+        self.stop_hooks: list[Callable[[], None]] = []
         for api in (NodesAPI(self), OpenAIAPI(self), OllamaAPI(self)):
             api.install(self.app)
         self._install_optional_apis()
@@ -117,6 +122,8 @@ class RouterService:
     async def start(self) -> tuple[str, int]:
         self.store.open()
         self._admin_token()
+        for hook in self.start_hooks:
+            hook()
         count = self.registry.load()
         self.address = await self.server.start(self.config.host, self.config.port)
         self.tasks.append(asyncio.get_running_loop().create_task(self.health.run()))
@@ -141,6 +148,8 @@ class RouterService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.pool.close()
+        for hook in self.stop_hooks:
+            hook()
         await asyncio.to_thread(self.store.close)
         log.info("event=shutdown_done")
 
