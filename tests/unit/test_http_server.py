@@ -31,15 +31,22 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 }
 
 
-@pytest.fixture(params=sorted(LOOPS))
-def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, Any]], Any]:
-    """Run a coroutine to completion on a fresh loop of the parametrized kind."""
+Runner = Callable[[Coroutine[Any, Any, Any]], Any]
+
+
+def make_runner(loop: str) -> Runner:
+    """Run a coroutine to completion on a fresh loop of the named kind."""
 
     def runner(coro: Coroutine[Any, Any, Any]) -> Any:
-        with asyncio.Runner(loop_factory=LOOPS[request.param]) as r:
+        with asyncio.Runner(loop_factory=LOOPS[loop]) as r:
             return r.run(asyncio.wait_for(coro, 60))
 
     return runner
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def run(request: pytest.FixtureRequest) -> Runner:
+    return make_runner(request.param)
 
 
 # -- helpers ---------------------------------------------------------------------------------

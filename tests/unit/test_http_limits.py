@@ -1,0 +1,452 @@
+"""Each ServerLimits field over real sockets, on the stock asyncio loop and on uvloop.
+
+Timeouts are configured small and asserted as "eventually closed", never timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+import pytest
+
+from routercore.http.messages import Request, Response
+from routercore.http.server import HTTPServer
+from tests.unit.test_http_server import (
+    LOOPS,
+    Client,
+    Runner,
+    build,
+    capture,
+    echo,
+    errors,
+    eventually,
+    make_runner,
+    serve,
+)
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def run(request: pytest.FixtureRequest) -> Runner:
+    return make_runner(request.param)
+
+
+# -- head size -----------------------------------------------------------------------------------
+
+
+def test_head_over_max_header_bytes_sent_slowly_gets_431_and_close(run: Any) -> None:
+    async def main() -> None:
+        async with serve(echo, max_header_bytes=2048) as (_, port):
+            c = await Client.connect(port)
+            await c.send(b"GET / HTTP/1.1\r\nHost: t\r\n")
+            for _ in range(40):  # 40 x 100 bytes, no end of head
+                await c.send(b"X-Fill: " + b"a" * 90 + b"\r\n")
+                if c.reader.at_eof() or c.reader._buffer:  # the answer may come early
+                    break
+            r = await c.reply()
+            assert r.status == 431
+            assert r.headers["connection"] == "close"
+            assert "error" in r.json()
+            assert await c.closed()
+
+    run(main())
+
+
+def test_whole_head_over_max_header_bytes_in_one_write_gets_431(run: Any) -> None:
+    called: list[Request] = []
+
+    async def handler(request: Request) -> Response:
+        called.append(request)
+        return Response.json({})
+
+    async def main() -> None:
+        async with serve(handler, max_header_bytes=2048) as (_, port):
+            c = await Client.connect(port)
+            await c.send(build("GET", "/", headers={"X-Big": "b" * 8000}))
+            r = await c.reply()
+            assert r.status == 431
+            assert await c.closed()
+            assert called == []
+            ok = await Client.connect(port)
+            assert (await ok.request("GET", "/", headers={"X-Small": "s" * 1000})).status == 200
+            ok.close()
+
+    run(main())
+
+
+# -- body size -----------------------------------------------------------------------------------
+
+
+def test_content_length_over_the_limit_gets_413_before_the_body_is_sent(run: Any) -> None:
+    called: list[Request] = []
+
+    async def handler(request: Request) -> Response:
+        called.append(request)
+        return Response.json({})
+
+    async def main() -> None:
+        async with serve(handler, max_body_bytes=1000) as (_, port):
+            c = await Client.connect(port)
+            # only the head: the answer must not wait for a body that never comes
+            await c.send(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n\r\n"
+            )
+            r = await c.reply()
+            assert r.status == 413
+            assert r.headers["connection"] == "close"
+            assert r.json()["error"]["type"] == "invalid_request_error"
+            assert await c.closed()
+            assert called == []
+
+    run(main())
+
+
+def test_413_is_readable_while_the_client_keeps_sending_its_body(run: Any) -> None:
+    async def main() -> None:
+        async with serve(echo, max_body_bytes=1000) as (_, port):
+            c = await Client.connect(port)
+            big = 2_000_000
+            head = f"POST /api/chat HTTP/1.1\r\nHost: t\r\nContent-Length: {big}\r\n\r\n"
+
+            async def pump() -> None:
+                c.writer.write(head.encode())
+                sent = 0
+                try:
+                    while sent < big:
+                        c.writer.write(b"x" * 65536)
+                        await c.writer.drain()
+                        sent += 65536
+                except ConnectionError:
+                    pass
+
+            sender = asyncio.create_task(pump())
+            r = await c.reply()
+            assert r.status == 413
+            assert r.json() == {"error": "request body exceeds the limit of 1000 bytes"}
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            c.abort()
+
+    run(main())
+
+
+def test_body_at_the_limit_is_accepted(run: Any) -> None:
+    async def main() -> None:
+        async with serve(echo, max_body_bytes=1000) as (_, port):
+            c = await Client.connect(port)
+            r = await c.request("POST", "/", body=b"z" * 1000)
+            assert r.status == 200
+            assert len(r.json()["body"]) == 1000
+            c.close()
+
+    run(main())
+
+
+def test_expect_100_continue_over_the_limit_gets_413_without_100(run: Any) -> None:
+    async def main() -> None:
+        async with serve(echo, max_body_bytes=1000) as (_, port):
+            c = await Client.connect(port)
+            await c.send(
+                b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
+            r = await c.reply()
+            assert r.status == 413  # the first thing on the wire: no interim 100 before it
+            assert await c.closed()
+
+    run(main())
+
+
+def test_chunked_body_growing_past_the_limit_gets_413(run: Any) -> None:
+    called: list[Request] = []
+
+    async def handler(request: Request) -> Response:
+        called.append(request)
+        return Response.json({})
+
+    async def main() -> None:
+        async with serve(handler, max_body_bytes=1000) as (_, port):
+            c = await Client.connect(port)
+            await c.send(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for _ in range(3):
+                await c.send(b"190\r\n" + b"c" * 400 + b"\r\n")  # 3 x 400 bytes > 1000
+            r = await c.reply()
+            assert r.status == 413
+            assert await c.closed()
+            assert called == []
+
+    run(main())
+
+
+def test_chunked_body_within_the_limit_with_expect_100_is_accepted(run: Any) -> None:
+    async def main() -> None:
+        async with serve(echo, max_body_bytes=1000) as (_, port):
+            c = await Client.connect(port)
+            await c.send(
+                b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
+            assert (await c.reply()).status == 100
+            await c.send(b"3\r\nabc\r\n0\r\n\r\n")
+            r = await c.reply()
+            assert r.json()["body"] == "abc"
+            c.close()
+
+    run(main())
+
+
+# -- timeouts ------------------------------------------------------------------------------------
+
+
+def test_slowloris_head_is_cut_with_408_by_an_absolute_deadline(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    capture(caplog)
+
+    async def main() -> None:
+        async with serve(echo, header_timeout=0.3) as (_, port):
+            c = await Client.connect(port)
+            drip = b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"s" * 400
+            sent = 0
+            # one byte every 20 ms, far more often than the timeout: a deadline that restarted
+            # per byte would never fire, and the drip would take 8 s to finish
+            while sent < len(drip) and not c.reader._buffer and not c.reader.at_eof():
+                try:
+                    await c.send(drip[sent : sent + 1])
+                except ConnectionError:
+                    break
+                sent += 1
+                await asyncio.sleep(0.02)
+            assert sent < len(drip), "the server never cut the slow head"
+            r = await c.reply()
+            assert r.status == 408
+            assert await c.closed()
+
+    run(main())
+    assert any("event=header_timeout" in r.getMessage() for r in caplog.records)
+
+
+def test_silent_connection_is_closed_after_the_header_timeout(run: Any) -> None:
+    async def main() -> None:
+        async with serve(echo, header_timeout=0.2) as (server, port):
+            c = await Client.connect(port)
+            assert await c.closed()  # nothing was asked, so no answer: just closed
+            await eventually(lambda: not server.state.connections)
+
+    run(main())
+
+
+def test_body_timeout_gets_408_and_close(run: Any, caplog: pytest.LogCaptureFixture) -> None:
+    capture(caplog)
+
+    async def main() -> None:
+        async with serve(echo, body_timeout=0.2) as (_, port):
+            c = await Client.connect(port)
+            await c.send(b"POST /api/x HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
+            r = await c.reply()
+            assert r.status == 408
+            assert r.json() == {"error": "timed out reading the request body"}
+            assert await c.closed()
+
+    run(main())
+    assert any("event=body_timeout" in r.getMessage() for r in caplog.records)
+
+
+def test_body_arriving_steadily_is_not_cut_by_the_body_timeout(run: Any) -> None:
+    async def main() -> None:
+        async with serve(echo, body_timeout=0.5) as (_, port):
+            c = await Client.connect(port)
+            await c.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\n")
+            for part in (b"ab", b"cd", b"ef"):
+                await asyncio.sleep(0.05)
+                await c.send(part)
+            assert (await c.reply()).json()["body"] == "abcdef"
+            c.close()
+
+    run(main())
+
+
+def test_idle_keep_alive_connection_is_closed(run: Any) -> None:
+    async def main() -> None:
+        async with serve(echo, idle_timeout=0.2) as (server, port):
+            c = await Client.connect(port)
+            assert (await c.request("GET", "/")).status == 200
+            assert await c.closed()
+            await eventually(lambda: not server.state.connections)
+
+    run(main())
+
+
+def test_keep_alive_connection_in_use_is_not_closed_by_the_idle_timeout(run: Any) -> None:
+    async def main() -> None:
+        async with serve(echo, idle_timeout=0.3) as (_, port):
+            c = await Client.connect(port)
+            for _ in range(6):  # spans twice the idle timeout in all
+                assert (await c.request("GET", "/")).status == 200
+                await asyncio.sleep(0.1)
+            c.close()
+
+    run(main())
+
+
+# -- connection cap ------------------------------------------------------------------------------
+
+
+def test_connection_over_the_cap_gets_503_and_close(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    capture(caplog)
+
+    async def main() -> None:
+        async with serve(echo, max_connections=2) as (server, port):
+            a = await Client.connect(port)
+            b = await Client.connect(port)
+            assert (await a.request("GET", "/a")).status == 200
+            assert (await b.request("GET", "/b")).status == 200
+            extra = await Client.connect(port)
+            r = await extra.reply()
+            assert r.status == 503
+            assert r.headers["connection"] == "close"
+            assert "error" in r.json()
+            assert await extra.closed()
+            a.close()
+            await eventually(lambda: len(server.state.connections) < 2)
+            again = await Client.connect(port)
+            assert (await again.request("GET", "/again")).status == 200
+            again.close()
+            b.close()
+
+    run(main())
+    assert any("reason=max_connections" in r.getMessage() for r in caplog.records)
+
+
+# -- write flow control --------------------------------------------------------------------------
+
+TOTAL = 64 * 1024 * 1024
+PIECE = 64 * 1024
+HIGH_WATER = 64 * 1024
+
+
+def test_streaming_to_a_client_that_does_not_read_awaits_drain(run: Any) -> None:
+    progress = {"written": 0, "max_buffer": 0, "done": False}
+
+    async def flood(request: Request) -> None:
+        stream = request.stream
+        assert stream is not None
+        transport = next(iter(server_ref[0].state.connections)).transport
+        assert transport is not None
+        await stream.start(200, [(b"content-type", b"application/octet-stream")])
+        piece = b"p" * PIECE
+        while progress["written"] < TOTAL:
+            await stream.write(piece)
+            progress["written"] += PIECE
+            progress["max_buffer"] = max(progress["max_buffer"], transport.get_write_buffer_size())
+        await stream.end()
+        progress["done"] = True
+
+    server_ref: list[HTTPServer] = []
+
+    async def main() -> None:
+        async with serve(flood, write_high_water=HIGH_WATER) as (server, port):
+            server_ref.append(server)
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+            reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
+            writer.write(build("GET", "/flood"))
+            await writer.drain()
+            # the client reads nothing: the handler must stall long before the total
+            conn = await eventually(lambda: next(iter(server.state.connections), None))
+            await eventually(lambda: not conn.writable.is_set(), message="pause_writing")
+            stalled_at = progress["written"]
+            await asyncio.sleep(0.2)  # a stalled handler makes no progress meanwhile
+            assert progress["written"] == stalled_at
+            assert progress["written"] < TOTAL // 2
+            assert progress["max_buffer"] <= HIGH_WATER + PIECE
+            assert conn.transport.get_write_buffer_size() <= HIGH_WATER + PIECE
+            # now read everything: the handler resumes and finishes
+            received = 0
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            while not progress["done"] or received < TOTAL:
+                chunk = await asyncio.wait_for(reader.read(2**20), 10)
+                if not chunk:
+                    break
+                received += len(chunk)
+                if received >= TOTAL and progress["done"]:
+                    break
+            assert progress["done"]
+            assert progress["max_buffer"] <= HIGH_WATER + PIECE
+            writer.close()
+
+    run(main())
+
+
+def test_websocket_and_stream_writes_share_the_drain_event(run: Any) -> None:
+    """send_whole also waits for drain, so big whole answers to slow readers stay bounded."""
+    body = b"w" * (8 * 1024 * 1024)
+
+    async def big(request: Request) -> Response:
+        return Response(200, body, content_type="application/octet-stream")
+
+    async def main() -> None:
+        async with serve(big, write_high_water=HIGH_WATER) as (_, port):
+            c = await Client.connect(port)
+            r = await c.request("GET", "/")
+            assert r.body == body
+            c.close()
+
+    run(main())
+
+
+def test_pipelined_flood_is_bounded_while_a_request_is_handled(run: Any) -> None:
+    release = asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        if request.path == "/slow":
+            await release.wait()
+        return Response.json({"path": request.path})
+
+    async def main() -> None:
+        async with serve(handler) as (server, port):
+            c = await Client.connect(port)
+            await c.send(build("GET", "/slow"))
+            conn = await eventually(lambda: next(iter(server.state.connections), None))
+            await eventually(lambda: conn.task is not None)
+            burst = build("GET", "/next") * 20000  # ~700 KB of pipelined requests
+            c.writer.write(burst)
+            await eventually(lambda: conn.reading_paused, message="reading paused")
+            assert len(conn.conn.trailing_data[0]) < 2 * 1024 * 1024
+            release.set()
+            first = await c.reply()
+            assert first.json()["path"] == "/slow"
+            for _ in range(20000):
+                assert (await c.reply()).status == 200
+            c.close()
+
+    run(main())
+
+
+def test_limits_produce_no_error_logs(run: Any, caplog: pytest.LogCaptureFixture) -> None:
+    capture(caplog)
+
+    async def main() -> None:
+        async with serve(echo, max_header_bytes=1024, max_body_bytes=10, header_timeout=0.2) as (
+            _,
+            port,
+        ):
+            c = await Client.connect(port)
+            assert (await c.request("POST", "/", body=b"x" * 11)).status == 413
+            c = await Client.connect(port)
+            assert (await c.request("GET", "/", headers={"X": "y" * 2000})).status == 431
+            c = await Client.connect(port)
+            await c.send(b"GET / HTTP/1.1\r\n")
+            assert (await c.reply()).status == 408
+
+    run(main())
+    assert errors(caplog) == []
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r for r in warnings if "shutdown_cut" not in r.getMessage()] == []
