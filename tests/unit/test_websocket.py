@@ -1,0 +1,364 @@
+"""WebSocket sessions over real sockets, with a wsproto client, on asyncio and uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    Pong,
+    TextMessage,
+)
+from wsproto.events import Request as WSRequest
+
+from routercore.http.messages import Request, Response, WebSocketAccept
+from routercore.http.websocket import WebSocket, is_upgrade
+from tests.unit.test_http_server import (
+    LOOPS,
+    Client,
+    Runner,
+    build,
+    capture,
+    errors,
+    eventually,
+    make_runner,
+    serve,
+)
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def run(request: pytest.FixtureRequest) -> Runner:
+    return make_runner(request.param)
+
+
+class WSClient:
+    """A wsproto client over asyncio streams."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.pending: list[Event] = []
+
+    @classmethod
+    async def connect(cls, port: int, path: str = "/ws") -> WSClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        c = cls(reader, writer)
+        c.send(WSRequest(host="127.0.0.1", target=path))
+        event = await c.next_event()
+        assert isinstance(event, AcceptConnection), event
+        return c
+
+    def send(self, event: Event) -> None:
+        self.writer.write(self.ws.send(event))
+
+    async def next_event(self, timeout: float = 5.0) -> Event | None:
+        """The next event, or None once the server closed the TCP connection."""
+        while not self.pending:
+            try:
+                data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            except ConnectionError:
+                data = b""
+            if not data:
+                return None
+            self.ws.receive_data(data)
+            self.pending.extend(self.ws.events())
+        return self.pending.pop(0)
+
+    async def text(self) -> str:
+        """One whole text message (wsproto hands big ones over in pieces)."""
+        parts = []
+        while True:
+            event = await self.next_event()
+            assert isinstance(event, TextMessage), event
+            parts.append(event.data)
+            if event.message_finished:
+                return "".join(parts)
+
+
+def ws_app(session: Any) -> Any:
+    """A dispatch that upgrades /ws and answers plain JSON elsewhere."""
+
+    async def dispatch(request: Request) -> Response | WebSocketAccept:
+        if request.path == "/ws":
+            if not is_upgrade(request):
+                return Response.json({"error": "upgrade required"}, status=426)
+            return WebSocketAccept(session)
+        return Response.json({"path": request.path})
+
+    return dispatch
+
+
+async def echo_session(ws: WebSocket) -> None:
+    while (text := await ws.receive()) is not None:
+        await ws.send_text("echo:" + text)
+
+
+def test_upgrade_and_echo_text(run: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="routercore.access")
+
+    async def main() -> None:
+        async with serve(ws_app(echo_session)) as (_, port):
+            c = await WSClient.connect(port)
+            for word in ("hello", "wörld ✓", "x" * 100_000):
+                c.send(TextMessage(data=word))
+                assert await c.text() == "echo:" + word
+            c.send(BytesMessage(data=b"bytes too"))
+            assert await c.text() == "echo:bytes too"
+            c.send(CloseConnection(code=1000))
+            event = await c.next_event()
+            assert isinstance(event, CloseConnection)
+            assert await c.next_event() is None
+
+    run(main())
+    lines = [r.getMessage() for r in caplog.records if r.name == "routercore.access"]
+    assert len(lines) == 1
+    assert lines[0].startswith("GET /ws 101 ")
+
+
+def test_fragmented_message_is_reassembled(run: Any) -> None:
+    async def main() -> None:
+        async with serve(ws_app(echo_session)) as (_, port):
+            c = await WSClient.connect(port)
+            c.send(TextMessage(data="part1-", message_finished=False))
+            c.send(TextMessage(data="part2", message_finished=True))
+            assert await c.text() == "echo:part1-part2"
+            c.send(CloseConnection(code=1000))
+
+    run(main())
+
+
+def test_ping_gets_pong(run: Any) -> None:
+    async def main() -> None:
+        async with serve(ws_app(echo_session)) as (_, port):
+            c = await WSClient.connect(port)
+            c.send(Ping(payload=b"are you there"))
+            event = await c.next_event()
+            assert isinstance(event, Pong)
+            assert event.payload == b"are you there"
+            c.send(TextMessage(data="still open"))
+            assert await c.text() == "echo:still open"
+
+    run(main())
+
+
+def test_client_close_handshake_ends_the_session(run: Any) -> None:
+    ended: list[str | None] = []
+
+    async def session(ws: WebSocket) -> None:
+        ended.append(await ws.receive())
+        ended.append(await ws.receive())  # stays None after the close
+
+    async def main() -> None:
+        async with serve(ws_app(session)) as (server, port):
+            c = await WSClient.connect(port)
+            c.send(CloseConnection(code=1000, reason="bye"))
+            event = await c.next_event()
+            assert isinstance(event, CloseConnection)
+            assert event.code == 1000
+            assert await c.next_event() is None
+            await eventually(lambda: not server.state.connections)
+
+    run(main())
+    assert ended == [None, None]
+
+
+def test_server_close_sends_a_close_frame(run: Any) -> None:
+    async def session(ws: WebSocket) -> None:
+        await ws.send_text("goodbye")
+        ws.close(4000)
+
+    async def main() -> None:
+        async with serve(ws_app(session)) as (_, port):
+            c = await WSClient.connect(port)
+            assert await c.text() == "goodbye"
+            event = await c.next_event()
+            assert isinstance(event, CloseConnection)
+            assert event.code == 4000
+
+    run(main())
+
+
+def test_client_vanishing_gives_none_from_receive(run: Any) -> None:
+    got: list[str | None] = []
+    done = asyncio.Event()
+
+    async def session(ws: WebSocket) -> None:
+        got.append(await ws.receive())
+        got.append(await ws.receive())
+        done.set()
+
+    async def main() -> None:
+        async with serve(ws_app(session)) as (server, port):
+            c = await WSClient.connect(port)
+            c.send(TextMessage(data="one"))
+            await eventually(lambda: got == ["one"])
+            c.writer.transport.abort()  # no close frame, no FIN: just gone
+            await asyncio.wait_for(done.wait(), 5)
+            await eventually(lambda: not server.state.connections)
+
+    run(main())
+    assert got == ["one", None]
+
+
+def test_client_eof_without_close_frame_gives_none(run: Any) -> None:
+    got: list[str | None] = []
+
+    async def session(ws: WebSocket) -> None:
+        got.append(await ws.receive())
+
+    async def main() -> None:
+        async with serve(ws_app(session)) as (_, port):
+            c = await WSClient.connect(port)
+            c.writer.write_eof()
+            await eventually(lambda: got == [None])
+
+    run(main())
+
+
+def test_sending_to_a_vanished_client_raises_connection_error(run: Any) -> None:
+    outcome: list[str] = []
+
+    async def session(ws: WebSocket) -> None:
+        await eventually(lambda: ws.closed or ws.conn.closed)
+        try:
+            await ws.send_text("anyone?")
+        except ConnectionError:
+            outcome.append("raised")
+
+    async def main() -> None:
+        async with serve(ws_app(session)) as (_, port):
+            c = await WSClient.connect(port)
+            c.writer.transport.abort()
+            await eventually(lambda: outcome == ["raised"])
+
+    run(main())
+
+
+def test_session_crash_is_logged_and_closes_with_1011(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    capture(caplog)
+
+    async def session(ws: WebSocket) -> None:
+        raise RuntimeError("session bug")
+
+    async def main() -> None:
+        async with serve(ws_app(session)) as (_, port):
+            c = await WSClient.connect(port)
+            event = await c.next_event()
+            assert isinstance(event, CloseConnection)
+            assert event.code == 1011
+
+    run(main())
+    crashes = [r for r in caplog.records if "event=ws_session_crashed" in r.getMessage()]
+    assert len(crashes) == 1
+    assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
+
+
+def test_accept_for_a_request_that_is_not_an_upgrade_gets_400(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    capture(caplog)
+
+    async def dispatch(request: Request) -> WebSocketAccept:
+        return WebSocketAccept(echo_session)  # careless: accepts without checking
+
+    async def main() -> None:
+        async with serve(dispatch) as (_, port):
+            c = await Client.connect(port)
+            r = await c.request("GET", "/ws")
+            assert r.status == 400
+            assert "error" in r.json()
+            assert await c.closed()
+            c = await Client.connect(port)
+            upgrade = {"Upgrade": "websocket", "Connection": "Upgrade"}
+            await c.send(build("GET", "/ws", headers=upgrade))
+            r = await c.reply()
+            assert r.status == 400
+            assert await c.closed()
+
+    run(main())
+    assert errors(caplog) == []
+
+
+def test_plain_request_on_the_ws_path_gets_the_handlers_answer(run: Any) -> None:
+    async def main() -> None:
+        async with serve(ws_app(echo_session)) as (_, port):
+            c = await Client.connect(port)
+            r = await c.request("GET", "/ws")
+            assert r.status == 426
+            assert (await c.request("GET", "/other")).json() == {"path": "/other"}
+            c.close()
+
+    run(main())
+
+
+def test_protocol_violation_closes_with_1002(run: Any) -> None:
+    async def main() -> None:
+        async with serve(ws_app(echo_session)) as (_, port):
+            c = await WSClient.connect(port)
+            c.writer.write(b"\x81\x05hello")  # an unmasked client frame is a protocol error
+            event = await c.next_event()
+            assert isinstance(event, CloseConnection)
+            assert event.code == 1002
+
+    run(main())
+
+
+def test_message_over_the_size_cap_closes_with_1009(run: Any) -> None:
+    async def main() -> None:
+        async with serve(ws_app(echo_session)) as (_, port):
+            c = await WSClient.connect(port)
+            c.send(TextMessage(data="m" * (1024 * 1024 + 10)))
+            event = await c.next_event()
+            assert isinstance(event, CloseConnection)
+            assert event.code == 1009
+
+    run(main())
+
+
+def test_shutdown_closes_websockets_at_once_with_1001(run: Any) -> None:
+    async def main() -> None:
+        async with serve(ws_app(echo_session)) as (server, port):
+            c = await WSClient.connect(port)
+            c.send(TextMessage(data="hi"))
+            assert await c.text() == "echo:hi"
+            stopping = asyncio.create_task(server.shutdown(30))
+            event = await c.next_event()
+            assert isinstance(event, CloseConnection)
+            assert event.code == 1001
+            await asyncio.wait_for(stopping, 5)  # did not wait for the 30 s grace
+
+    run(main())
+
+
+def masked_text_frame(text: str) -> bytes:
+    """A client text frame built by hand (wsproto will not send before the 101 arrives)."""
+    payload = text.encode()
+    assert len(payload) < 126
+    mask = b"\x01\x02\x03\x04"
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x81, 0x80 | len(payload)]) + mask + masked
+
+
+def test_frames_sent_with_the_upgrade_request_are_not_lost(run: Any) -> None:
+    async def main() -> None:
+        async with serve(ws_app(echo_session)) as (_, port):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            c = WSClient(reader, writer)
+            # the upgrade request and a first message in one write
+            writer.write(c.ws.send(WSRequest(host="t", target="/ws")) + masked_text_frame("early"))
+            event = await c.next_event()
+            assert isinstance(event, AcceptConnection)
+            assert await c.text() == "echo:early"
+
+    run(main())
