@@ -1,0 +1,1 @@
+"""`python -m routercore.bench`: the router's overhead, throughput and streaming benchmarks."""

@@ -1,0 +1,149 @@
+"""The ceiling for one Python process: a bare uvloop + h11 server answering one fixed reply.
+
+It parses each request with h11 and answers with h11 (the same work the router's server side
+does, without routing or an upstream), replaying the status, headers and body that the fake
+node sent for the benchmark's request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import h11
+
+
+class BareProtocol(asyncio.Protocol):
+    """Answers every complete request on the connection with the same reply."""
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.conn = h11.Connection(h11.SERVER)
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        conn.receive_data(data)
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError:
+                assert self.transport is not None
+                self.transport.close()
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.EndOfMessage):
+                out = conn.send(h11.Response(status_code=self.status, headers=self.headers))
+                out += conn.send(h11.Data(data=self.body))
+                out += conn.send(h11.EndOfMessage())
+                assert self.transport is not None
+                self.transport.write(out)
+                conn.start_next_cycle()
+            elif isinstance(event, h11.ConnectionClosed):
+                assert self.transport is not None
+                self.transport.close()
+                return
+
+
+class StampProtocol(asyncio.Protocol):
+    """A streaming upstream whose SSE events carry their send time (`data: {"t": ...}`).
+
+    perf_counter is CLOCK_MONOTONIC on Linux, so a client on the same machine can compute each
+    chunk's one-way delay directly and through the router.
+    """
+
+    def __init__(self, chunks: int, delay: float) -> None:
+        self.conn = h11.Connection(h11.SERVER)
+        self.chunks = chunks
+        self.delay = delay
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError:
+                assert self.transport is not None
+                self.transport.close()
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.EndOfMessage):
+                self.task = asyncio.get_running_loop().create_task(self._stream())
+                return
+
+    async def _stream(self) -> None:
+        conn, transport = self.conn, self.transport
+        assert transport is not None
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        head = conn.send(h11.Response(status_code=200, headers=headers))
+        for i in range(self.chunks):
+            if i:
+                await asyncio.sleep(self.delay)
+            event = b'data: {"t": %.9f}\n\n' % time.perf_counter()
+            transport.write(head + conn.send(h11.Data(data=event)))
+            head = b""
+        transport.write(
+            conn.send(h11.Data(data=b"data: [DONE]\n\n")) + conn.send(h11.EndOfMessage())
+        )
+        conn.start_next_cycle()
+        self.task = None
+
+
+def load_reply(path: Path) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The reply file: {"status", "headers": [[name, value], ...], "body"} (latin-1 strings)."""
+    data = json.loads(path.read_text())
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in data["headers"]]
+    return int(data["status"]), headers, data["body"].encode("latin-1")
+
+
+async def serve(port: int, reply: Path | None, stamp_chunks: int, stamp_delay: float) -> None:
+    loop = asyncio.get_running_loop()
+    factory: Callable[[], asyncio.Protocol]
+    if reply is not None:
+        status, headers, body = load_reply(reply)
+        factory = lambda: BareProtocol(status, headers, body)  # noqa: E731
+    else:
+        factory = lambda: StampProtocol(stamp_chunks, stamp_delay)  # noqa: E731
+    server = await loop.create_server(factory, "127.0.0.1", port, backlog=4096)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--reply", type=Path, help="answer every request with this reply")
+    parser.add_argument("--stamp-chunks", type=int, default=20, help="without --reply: stream")
+    parser.add_argument("--stamp-delay", type=float, default=0.005)
+    args = parser.parse_args()
+    import uvloop
+
+    uvloop.run(serve(args.port, args.reply, args.stamp_chunks, args.stamp_delay))
+
+
+if __name__ == "__main__":
+    main()

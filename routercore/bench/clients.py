@@ -1,0 +1,262 @@
+"""Load-generating clients on raw asyncio sockets (uvloop), run as pinned child processes.
+
+`paced`: fixed-rate requests over a pool of keep-alive connections; latency from send to the
+last byte of the response. `streams`: streamed requests one after another (a few at a time);
+time to first body byte and, for a stamping upstream, per-chunk one-way delay. `hold`: opens N
+streams, reports when all are flowing, keeps reading until told to stop (stdin closes).
+
+Each prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections import deque
+from typing import Any
+
+import orjson
+
+_now = time.perf_counter  # CLOCK_MONOTONIC on Linux: comparable across processes
+
+
+def build_request(host: str, port: int, path: str, body: bytes) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection; `request()` resolves when a whole response has arrived."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.need = -1  # total bytes of head + body once known; -2: chunked
+        self.done: asyncio.Future[None] | None = None
+        self.lost = False
+        self.on_data: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(ConnectionError("closed"))
+
+    def data_received(self, data: bytes) -> None:
+        if self.on_data is not None:
+            self.on_data(data)
+        buf = self.buf
+        buf += data
+        if self.need == -1:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buf[:end]).lower()
+            i = head.find(b"content-length:")
+            if i >= 0:
+                j = head.find(b"\r\n", i)
+                self.need = end + 4 + int(head[i + 15 : j if j > 0 else None])
+            else:
+                self.need = -2
+        if (self.need >= 0 and len(buf) >= self.need) or (
+            self.need == -2 and buf.endswith(b"0\r\n\r\n")
+        ):
+            self.buf = bytearray()
+            self.need = -1
+            if self.done is not None and not self.done.done():
+                self.done.set_result(None)
+
+    async def request(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.done = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        await self.done
+
+
+async def _connect(host: str, port: int) -> _Conn:
+    _, proto = await asyncio.get_running_loop().create_connection(_Conn, host, port)
+    return proto
+
+
+async def paced(
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    rate: float,
+    duration: float,
+    conns: int,
+    warmup: float,
+) -> dict[str, Any]:
+    """Send `rate` req/s for `duration` s; latencies (µs) of requests after `warmup`."""
+    req = build_request(host, port, path, body)
+    pool = deque([await _connect(host, port) for _ in range(conns)])
+    lat: list[int] = []
+    errors = 0
+    late = 0
+    tasks: set[asyncio.Task[None]] = set()
+    t0 = _now()
+    measure_from = t0 + warmup
+    end = t0 + warmup + duration
+    interval = 1.0 / rate
+    sent = 0
+
+    async def one(conn: _Conn) -> None:
+        nonlocal errors
+        start = _now()
+        try:
+            await conn.request(req)
+        except ConnectionError:
+            errors += 1
+            return
+        if start >= measure_from:
+            lat.append(int((_now() - start) * 1e6))
+        pool.append(conn)
+
+    while True:
+        now = _now()
+        if now >= end:
+            break
+        due = int((now - t0) / interval) + 1
+        while sent < due:
+            sent += 1
+            if not pool:
+                late += 1
+                continue
+            task = asyncio.ensure_future(one(pool.popleft()))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.sleep(max(0.0, t0 + sent * interval - _now()))
+    if tasks:
+        await asyncio.wait(tasks, timeout=10)
+    return {"latencies_us": lat, "errors": errors, "skipped": late, "duration": duration}
+
+
+async def streams(
+    host: str, port: int, path: str, body: bytes, count: int, parallel: int, stamped: bool
+) -> dict[str, Any]:
+    """`count` streamed requests, `parallel` at a time; TTFB and per-chunk delay (µs)."""
+    req = build_request(host, port, path, body)
+    ttfb: list[int] = []
+    chunk_delay: list[int] = []
+    sem = asyncio.Semaphore(parallel)
+
+    async def one() -> None:
+        async with sem:
+            conn = await _connect(host, port)
+            arrivals: list[tuple[float, bytes]] = []
+            conn.on_data = lambda d: arrivals.append((_now(), d))
+            start = _now()
+            await conn.request(req)
+            assert conn.transport is not None
+            conn.transport.close()
+        ttfb.append(int((arrivals[0][0] - start) * 1e6))
+        if stamped:
+            for at, data in arrivals[1:]:
+                for stamp in _stamps(data):
+                    chunk_delay.append(int((at - stamp) * 1e6))
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return {"ttfb_us": ttfb, "chunk_delay_us": chunk_delay}
+
+
+def _stamps(data: bytes) -> list[float]:
+    """Send times the stamping upstream put in its SSE events (`data: {"t": ...}`)."""
+    out = []
+    for line in data.split(b"\n"):
+        if line.startswith(b'data: {"t"'):
+            out.append(float(orjson.loads(line[6:])["t"]))
+    return out
+
+
+async def hold(host: str, port: int, path: str, body: bytes, count: int) -> None:
+    """Open `count` streams; print READY when each got its first chunk; close on stdin EOF."""
+    req = build_request(host, port, path, body)
+    loop = asyncio.get_running_loop()
+    first: list[asyncio.Future[None]] = []
+    conns: list[_Conn] = []
+    chunks = 0
+
+    def opened(fut: asyncio.Future[None]) -> Any:
+        def on_data(_data: bytes) -> None:
+            nonlocal chunks
+            chunks += 1
+            if not fut.done():
+                fut.set_result(None)
+
+        return on_data
+
+    sem = asyncio.Semaphore(200)  # don't overrun the listen backlog while connecting
+
+    async def open_one() -> None:
+        async with sem:
+            conn = await _connect(host, port)
+        fut = loop.create_future()
+        conn.on_data = opened(fut)
+        assert conn.transport is not None
+        conn.transport.write(req)
+        conns.append(conn)
+        first.append(fut)
+
+    await asyncio.gather(*(open_one() for _ in range(count)))
+    await asyncio.wait_for(asyncio.gather(*first), 120)
+    print(json.dumps({"ready": len(conns)}), flush=True)
+    await loop.run_in_executor(None, sys.stdin.read)
+    lost = sum(c.lost for c in conns)
+    for conn in conns:
+        if conn.transport is not None:
+            conn.transport.close()
+    print(json.dumps({"chunks": chunks, "lost": lost}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("mode", choices=("paced", "streams", "hold"))
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--path", default="/v1/chat/completions")
+    parser.add_argument("--body", required=True)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--conns", type=int, default=32)
+    parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--stamped", action="store_true")
+    args = parser.parse_args(argv)
+    import uvloop
+
+    body = args.body.encode()
+    if args.mode == "paced":
+        out = uvloop.run(
+            paced(
+                args.host,
+                args.port,
+                args.path,
+                body,
+                args.rate,
+                args.duration,
+                args.conns,
+                args.warmup,
+            )
+        )
+        print(json.dumps(out))
+    elif args.mode == "streams":
+        out = uvloop.run(
+            streams(args.host, args.port, args.path, body, args.count, args.parallel, args.stamped)
+        )
+        print(json.dumps(out))
+    else:
+        uvloop.run(hold(args.host, args.port, args.path, body, args.count))
+
+
+if __name__ == "__main__":
+    main()

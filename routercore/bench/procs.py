@@ -1,0 +1,282 @@
+"""Child processes for the benchmark: fake node, router, bare server, nginx; pinned to cores."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ADMIN_TOKEN = "bench-admin-token"
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(cmd: list[str], cores: str | None) -> list[str]:
+    """Prefix `cmd` with `taskset -c cores` when taskset exists and cores are given."""
+    if cores is None or shutil.which("taskset") is None:
+        return cmd
+    return ["taskset", "-c", cores, *cmd]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except OSError:
+            value = None
+        if value:
+            return value
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+
+
+def get_json(url: str, timeout: float = 2.0) -> Any:
+    req = urllib.request.Request(url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Proc:
+    """A child process that is always stopped (SIGINT, then kill) on exit."""
+
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        log_dir: Path,
+        cwd: str | None = None,
+    ) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        """True while running; an exit raises with the tail of its log."""
+        if self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{tail}")
+        return True
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+class Processes:
+    """Starts and tracks every child of one benchmark run; stops them all at the end."""
+
+    def __init__(self, log_dir: Path, *, sut_cores: str | None, load_cores: str | None) -> None:
+        self.log_dir = log_dir
+        self.sut_cores = sut_cores
+        self.load_cores = load_cores
+        self.procs: list[Proc] = []
+
+    def start(self, name: str, cmd: list[str], cores: str | None, **kw: Any) -> Proc:
+        proc = Proc(name, pinned(cmd, cores), log_dir=self.log_dir, **kw)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: Proc) -> None:
+        proc.stop()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            with contextlib.suppress(Exception):
+                proc.stop()
+        self.procs.clear()
+
+    # -- the pieces ----------------------------------------------------------------------------
+
+    def fakenode(
+        self,
+        port: int,
+        *,
+        register: str | None = None,
+        tokens: int = 8,
+        token_delay: float = 0.0,
+        first_token_delay: float = 0.0,
+        name: str = "fakenode",
+        models: str = "bench",
+    ) -> Proc:
+        cmd = [
+            sys.executable,
+            "-m",
+            "routercore.testing.fakenode",
+            "--port",
+            str(port),
+            "--models",
+            models,
+            "--tokens",
+            str(tokens),
+            "--token-delay",
+            str(token_delay),
+            "--first-token-delay",
+            str(first_token_delay),
+            "--log-level",
+            "warning",
+        ]
+        if register:
+            cmd += ["--register", register, "--name", name]
+        proc = self.start(name, cmd, self.load_cores)
+        wait_until(lambda: proc.alive() and port_open(port), 30, f"{name} on port {port}")
+        return proc
+
+    def router(self, port: int, *, extra_env: dict[str, str] | None = None) -> Proc:
+        cmd = [
+            sys.executable,
+            "-m",
+            "routercore",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--db",
+            ":memory:",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+        env = {"LLM_ROUTER_ADMIN_TOKEN": ADMIN_TOKEN, **(extra_env or {})}
+        proc = self.start("router", cmd, self.sut_cores, env=env)
+        url = f"http://127.0.0.1:{port}/healthz"
+        wait_until(lambda: proc.alive() and get_json(url).get("status") == "ok", 30, "router")
+        return proc
+
+    def wait_online(self, router_port: int, count: int) -> None:
+        url = f"http://127.0.0.1:{router_port}/api/agents"
+
+        def ready() -> bool:
+            agents = get_json(url)
+            return sum(a["status"] == "online" for a in agents) >= count
+
+        wait_until(ready, 30, f"{count} node(s) online")
+
+    def bare(self, port: int, reply_file: Path) -> Proc:
+        cmd = [
+            sys.executable,
+            "-m",
+            "routercore.bench.bare",
+            "--port",
+            str(port),
+            "--reply",
+            str(reply_file),
+        ]
+        proc = self.start("bare", cmd, self.sut_cores)
+        wait_until(lambda: proc.alive() and port_open(port), 30, "bare server")
+        return proc
+
+    def nginx(
+        self, port: int, upstream_port: int, *, static_port: int | None = None
+    ) -> Proc | None:
+        """nginx as a keep-alive reverse proxy to the fake node (and a static `return 200`)."""
+        if NGINX is None:
+            return None
+        prefix = self.log_dir / "nginx"
+        prefix.mkdir(exist_ok=True)
+        (prefix / "logs").mkdir(exist_ok=True)
+        static = ""
+        if static_port is not None:
+            static = (
+                f"server {{ listen 127.0.0.1:{static_port} backlog=4096; "
+                "location / { return 200 'ok'; } }"
+            )
+        conf = prefix / "nginx.conf"
+        conf.write_text(
+            NGINX_CONF.format(port=port, upstream=upstream_port, static=static, prefix=prefix)
+        )
+        proc = self.start("nginx", [NGINX, "-c", str(conf), "-p", str(prefix)], self.sut_cores)
+        wait_until(lambda: proc.alive() and port_open(port), 15, "nginx")
+        return proc
+
+    def cpu_times(self, proc: Proc) -> float:
+        import psutil
+
+        t = psutil.Process(proc.pid).cpu_times()
+        return float(t.user + t.system)
+
+    def rss_mb(self, proc: Proc) -> float:
+        import psutil
+
+        return float(psutil.Process(proc.pid).memory_info().rss) / 1e6
+
+
+NGINX_CONF = """
+daemon off;
+master_process off;
+worker_processes 1;
+error_log {prefix}/logs/error.log warn;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    upstream node {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://node;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+    {static}
+}}
+"""
+
+
+@contextlib.contextmanager
+def running(log_dir: Path, *, sut_cores: str | None, load_cores: str | None) -> Iterator[Processes]:
+    procs = Processes(log_dir, sut_cores=sut_cores, load_cores=load_cores)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
