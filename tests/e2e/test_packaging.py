@@ -73,6 +73,7 @@ def test_install_without_a_compiler_falls_back_to_the_twin(tmp_path):
         "from routercore.balancer import IMPLEMENTATION, Balancer;"
         "Balancer('round_robin'); print(IMPLEMENTATION)"
     )
+    # -S: no site hooks, so an editable install of the project cannot shadow the wheel.
     env = {**os.environ, "PYTHONPATH": str(target)}
     env.pop("LLM_ROUTER_REQUIRE_EXTENSIONS", None)
     proc = subprocess.run(
