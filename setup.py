@@ -19,19 +19,21 @@ class OptionalBuildExt(build_ext):
     def run(self) -> None:
         try:
             super().run()
-        except Exception as exc:  # noqa: BLE001 - any build failure means: use the twins
+        except Exception as exc:
             self._skip(exc)
 
     def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._skip(exc)
 
     def _skip(self, exc: Exception) -> None:
         if REQUIRE:
             raise exc
-        sys.stderr.write(f"warning: C extension not built ({exc}); pure-Python twins will be used\n")
+        sys.stderr.write(
+            f"warning: C extension not built ({exc}); pure-Python twins will be used\n"
+        )
 
 
 def extensions() -> list[Extension]:
@@ -43,7 +45,9 @@ def extensions() -> list[Extension]:
         sys.stderr.write("warning: Cython missing; pure-Python twins will be used\n")
         return []
     exts = [Extension("routercore._balancer", ["ext/balancer.pyx"])]
-    return cythonize(exts, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False})
+    return cythonize(
+        exts, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False}
+    )
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
