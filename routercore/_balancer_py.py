@@ -223,7 +223,7 @@ class Balancer:
                 if (
                     best_pos < 0
                     or node.in_flight < best_if
-                    or (node.in_flight == best_if and node.load <= best_score)
+                    or (node.in_flight == best_if and node.load < best_score)
                 ):
                     best_pos = pos
                     best_if = node.in_flight
