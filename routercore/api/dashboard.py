@@ -247,7 +247,7 @@ class DashboardFeed:
     async def run(self, ws: WebSocket) -> None:
         changed = asyncio.Event()
         self.sessions.add(changed)
-        reader = asyncio.get_running_loop().create_task(self._read_until_closed(ws))
+        reader = asyncio.get_running_loop().create_task(self._read_until_closed(ws, changed))
         try:
             while not ws.closed and not reader.done():
                 changed.clear()
@@ -263,10 +263,11 @@ class DashboardFeed:
                 await reader
 
     @staticmethod
-    async def _read_until_closed(ws: WebSocket) -> None:
-        """Clients send nothing we need; reading notices the close (and answers pings)."""
+    async def _read_until_closed(ws: WebSocket, changed: asyncio.Event) -> None:
+        """Clients send nothing we need; reading notices the close and wakes the session."""
         while await ws.receive() is not None:
             pass
+        changed.set()
 
 
 class DashboardAPI:

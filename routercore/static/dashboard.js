@@ -524,7 +524,8 @@
     notesInput.value = n.notes || "";
     const maxInput = el("input", { type: "number", id: "admin-max", min: 0, value: n.max_concurrency ?? "", placeholder: "none", "aria-label": "Max concurrency" });
     const path = `/api/agents/${encodeURIComponent(n.id)}`;
-    const after = async (result) => { if (result !== undefined) await refreshNode(true); };
+    // Refresh only the live part: the form keeps what the user typed (and just saved).
+    const after = async (result) => { if (result !== undefined) await refreshNode(false); };
 
     const admin = el("div", { class: "admin-box" },
       el("h3", { text: "Manage" }),

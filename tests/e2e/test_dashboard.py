@@ -1,0 +1,373 @@
+"""The dashboard in a real browser: Debian's chromium, headless, driven by Playwright.
+
+Every "within 2 s" below is a polling deadline (Playwright's expect timeout), not a speed claim.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ADMIN_TOKEN, ROOT, RouterThread, free_port, http, join, wait_for
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
+
+CHROMIUM = os.environ.get("LLM_ROUTER_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+ARTIFACTS = ROOT / "test-artifacts"
+LIVE = 2000  # ms: how soon the page must reflect a change
+DASH = "\u2013"  # the page writes ranges and missing values with an en dash
+CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield pg
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def open_dashboard(page: Any, router: RouterThread, view: str = "overview") -> None:
+    """Load the page and wait for its first snapshot (polled in the DOM: the page's CSP
+    forbids the string evaluation `wait_for_function` would need)."""
+    page.goto(f"{router.url}/dashboard#{view}")
+    expect(page.locator("#card-nodes")).not_to_have_text(DASH)
+
+
+def chat(router: RouterThread, model: str = "llama3") -> int:
+    return http("POST", router.url + "/v1/chat/completions", {**CHAT, "model": model})[0]
+
+
+def status_of(router: RouterThread, node_id: str) -> str | None:
+    for agent in router.agents():
+        if agent["id"] == node_id:
+            return str(agent["status"])
+    return None
+
+
+def node_row(page: Any, node_id: str) -> Any:
+    return page.locator(f'#nodes-table tr[data-node-id="{node_id}"]')
+
+
+# -- overview ----------------------------------------------------------------------------------
+
+
+def test_shows_nodes_and_follows_traffic_and_offline(
+    router: RouterThread, fake_nodes: Callable[..., Any], page: Any
+) -> None:
+    nodes = join(router, fake_nodes, 2)
+    agents = {a["machine_name"]: a["id"] for a in router.agents()}
+    open_dashboard(page, router)
+
+    for name, node_id in agents.items():
+        row = node_row(page, node_id)
+        expect(row.locator("button.open-node")).to_have_text(name)
+        expect(row.locator(".status")).to_have_text("online")
+    expect(page.locator("#card-nodes")).to_have_text("2 / 2")
+    expect(page.locator("#conn-state")).to_have_attribute("data-state", "live")
+
+    for _ in range(3):
+        assert chat(router) == 200
+    expect(page.locator("#card-total")).to_have_text("3", timeout=LIVE)
+    expect(page.locator("#card-success")).to_have_text("100.0%", timeout=LIVE)
+    expect(page.locator("#card-p50")).not_to_have_text(DASH, timeout=LIVE)
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+    gone = agents["fake-1"]
+    nodes[1].close()
+    wait_for(lambda: status_of(router, gone) == "offline", timeout=15, message="node offline")
+    expect(node_row(page, gone).locator(".status")).to_have_text("offline", timeout=LIVE)
+    expect(page.locator("#card-nodes")).to_have_text("1 / 2", timeout=LIVE)
+
+
+def test_table_sorts_by_name_and_status(
+    router: RouterThread, fake_nodes: Callable[..., Any], page: Any
+) -> None:
+    nodes = join(router, fake_nodes, 3)
+    ids = {a["machine_name"]: a["id"] for a in router.agents()}
+    nodes[0].close()
+    wait_for(lambda: status_of(router, ids["fake-0"]) == "offline", timeout=15, message="offline")
+    open_dashboard(page, router)
+    names = page.locator("#nodes-table tbody button.open-node")
+    expect(names).to_have_text(["fake-0", "fake-1", "fake-2"])
+    page.click('th button[data-sort="name"]')
+    expect(names).to_have_text(["fake-2", "fake-1", "fake-0"])
+    page.click('th button[data-sort="status"]')
+    expect(names).to_have_text(["fake-1", "fake-2", "fake-0"])
+    page.click('th button[data-sort="status"]')
+    expect(names.first).to_have_text("fake-0")
+
+
+def test_charts_draw_the_last_hour(
+    router: RouterThread, fake_nodes: Callable[..., Any], page: Any
+) -> None:
+    join(router, fake_nodes, 2)
+    for _ in range(4):
+        assert chat(router) == 200
+    open_dashboard(page, router)
+    for chart in ("chart-rps", "chart-latency", "chart-node-rps", "chart-node-latency"):
+        marks = page.locator(f"#{chart} path.line, #{chart} circle")
+        expect(marks.first).to_be_attached(timeout=LIVE)
+    expect(page.locator("#legend-node-rps span")).to_have_count(2)
+
+
+# -- node detail and admin actions -------------------------------------------------------------
+
+
+def test_node_detail_shows_system_history_and_requests(
+    router: RouterThread, fake_nodes: Callable[..., Any], page: Any
+) -> None:
+    join(router, fake_nodes, 1)
+    node_id = router.agents()[0]["id"]
+    assert chat(router) == 200
+    http("PATCH", router.url + f"/api/agents/{node_id}",
+         {"tags": ["rack-a"], "notes": "under the desk"}, token=ADMIN_TOKEN)  # fmt: skip
+    wait_for(lambda: len(http("GET", router.url + f"/api/dashboard/nodes/{node_id}")[2]["samples"])
+             >= 2, message="two heartbeat samples")  # fmt: skip
+    open_dashboard(page, router)
+    node_row(page, node_id).locator("button.open-node").click()
+    dialog = page.locator("#node-dialog")
+    expect(dialog).to_be_visible()
+    expect(dialog.locator("dl.kv")).to_contain_text("OS")
+    expect(dialog.locator("dl.kv")).to_contain_text("cores")
+    expect(dialog.locator("#node-live")).to_contain_text("rack-a")
+    expect(dialog.locator("#node-live")).to_contain_text("under the desk")
+    expect(dialog.locator("#node-live svg path.line").first).to_be_attached()
+    expect(dialog.locator("#node-live tbody tr")).to_have_count(1)
+    assert page.evaluate("location.hash") == f"#node/{node_id}"
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+
+
+def test_admin_action_is_refused_without_the_token_and_works_with_it(
+    router: RouterThread, fake_nodes: Callable[..., Any], page: Any
+) -> None:
+    join(router, fake_nodes, 1)
+    node_id = router.agents()[0]["id"]
+    page.goto(f"{router.url}/dashboard#node/{node_id}")
+    dialog = page.locator("#node-dialog")
+    expect(dialog.locator("#admin-toggle")).to_have_text("Disable")
+
+    # No token: the page asks, the user cancels, the action is refused with a message.
+    dialog.locator("#admin-toggle").click()
+    expect(page.locator("#token-dialog")).to_be_visible()
+    page.click("#token-cancel")
+    expect(page.locator("#notice")).to_contain_text("Refused")
+    expect(page.locator("#notice")).to_contain_text("admin token")
+    assert router.agents()[0]["enabled"] is True
+
+    # A wrong token: the router refuses, the page says so and forgets it.
+    dialog.locator("#admin-toggle").click()
+    page.fill("#token-input", "not-the-token")
+    page.click("#token-save")
+    expect(page.locator("#notice")).to_contain_text("did not accept the admin token")
+    assert router.agents()[0]["enabled"] is True
+    assert page.evaluate("sessionStorage.getItem('llmRouterAdminToken')") is None
+
+    # The right token: asked once, kept in session storage, the action goes through.
+    dialog.locator("#admin-toggle").click()
+    page.fill("#token-input", ADMIN_TOKEN)
+    page.click("#token-save")
+    expect(page.locator("#notice")).to_contain_text("Disable: done")
+    wait_for(lambda: router.agents()[0]["enabled"] is False, message="node disabled")
+    expect(dialog.locator("#admin-toggle")).to_have_text("Enable")
+    assert page.evaluate("sessionStorage.getItem('llmRouterAdminToken')") == ADMIN_TOKEN
+
+    # Further actions use the stored token without asking again.
+    dialog.locator("#admin-name").fill("front desk")
+    dialog.locator("#admin-rename").click()
+    expect(page.locator("#token-dialog")).to_be_hidden()
+    wait_for(lambda: router.agents()[0]["custom_name"] == "front desk", message="renamed")
+    dialog.locator("#admin-max").fill("3")
+    dialog.locator("#admin-set-max").click()
+    wait_for(lambda: router.agents()[0]["max_concurrency"] == 3, message="max concurrency")
+    dialog.locator("#admin-tags").fill("rack-b, quiet")
+    dialog.locator("#admin-notes").fill("fan is loud")
+    dialog.locator("#admin-save-notes").click()
+    wait_for(lambda: router.agents()[0]["tags"] == ["rack-b", "quiet"], message="tags saved")
+    assert router.agents()[0]["notes"] == "fan is loud"
+    dialog.locator("#admin-offline").click()
+    wait_for(lambda: router.agents()[0]["status"] == "offline", message="forced offline")
+    page.keyboard.press("Escape")
+    row = node_row(page, node_id)
+    expect(row.locator("button.open-node")).to_have_text("front desk", timeout=LIVE)
+    expect(row.locator(".status")).to_have_text("offline", timeout=LIVE)
+    expect(row.locator(".status")).to_have_attribute("data-disabled", "true")
+
+
+def test_delete_asks_for_confirmation(
+    router: RouterThread, fake_nodes: Callable[..., Any], page: Any
+) -> None:
+    join(router, fake_nodes, 1)
+    node_id = router.agents()[0]["id"]
+    page.goto(f"{router.url}/dashboard#node/{node_id}")
+    page.evaluate(f"sessionStorage.setItem('llmRouterAdminToken', '{ADMIN_TOKEN}')")
+    dialog = page.locator("#node-dialog")
+    dialog.locator("#admin-delete").click()
+    expect(page.locator("#confirm-dialog")).to_be_visible()
+    expect(page.locator("#confirm-text")).to_contain_text("fake-0")
+    page.click("#confirm-cancel")
+    assert len(router.agents()) == 1
+    dialog.locator("#admin-delete").click()
+    page.click("#confirm-ok")
+    wait_for(lambda: router.agents() == [], message="node deleted")
+    expect(node_row(page, node_id)).to_have_count(0, timeout=LIVE)
+    expect(page.locator("#node-dialog")).to_be_hidden()
+
+
+# -- request history ---------------------------------------------------------------------------
+
+
+def test_request_history_pages_filters_and_details(
+    router: RouterThread, fake_nodes: Callable[..., Any], page: Any
+) -> None:
+    join(router, fake_nodes, 1, models=["llama3", "qwen2"])
+    for i in range(55):
+        assert chat(router, "qwen2" if i < 5 else "llama3") == 200
+    assert chat(router, "missing") == 404
+    url = router.url + "/api/dashboard/request-history"
+    wait_for(lambda: http("GET", url)[2]["total"] == 56, message="56 stored requests")
+    open_dashboard(page, router, "requests")
+    rows = page.locator("#history-table tbody tr")
+    expect(page.locator("#history-info")).to_have_text(f"1{DASH}50 of 56")
+    expect(rows).to_have_count(50)
+    page.click("#history-next")
+    expect(page.locator("#history-info")).to_have_text(f"51{DASH}56 of 56")
+    expect(rows).to_have_count(6)
+    expect(page.locator("#history-next")).to_be_disabled()
+
+    page.select_option("#filter-model", "qwen2")
+    page.click("#history-filters button[type=submit]")
+    expect(page.locator("#history-info")).to_have_text(f"1{DASH}5 of 5")
+    page.select_option("#filter-model", "")
+    page.select_option("#filter-status", "rejected")
+    page.click("#history-filters button[type=submit]")
+    expect(page.locator("#history-info")).to_have_text(f"1{DASH}1 of 1")
+    expect(rows.first).to_contain_text("404 rejected")
+
+    rows.first.click()
+    detail = page.locator("#request-dialog")
+    expect(detail).to_be_visible()
+    expect(detail.locator("#request-body")).to_contain_text("missing")
+    expect(detail.locator("#request-body")).to_contain_text("not served by any online node")
+
+
+# -- chat --------------------------------------------------------------------------------------
+
+
+def test_chat_console_streams_the_answer_and_names_the_node(
+    router: RouterThread, fake_nodes: Callable[..., Any], page: Any
+) -> None:
+    join(router, fake_nodes, 1, tokens=30, token_delay=0.1)
+    open_dashboard(page, router, "chat")
+    expect(page.locator("#chat-model")).to_have_value("llama3")
+    page.fill("#chat-prompt", "Tell me something")
+    page.click("#chat-send")
+    answer = page.locator(".msg.assistant").last
+    # Part of the answer is on screen while the rest is still being generated.
+    expect(answer.locator(".text")).to_contain_text("tok1")
+    assert answer.get_attribute("data-done") is None
+    assert "tok29" not in answer.locator(".text").inner_text()
+    expect(answer).to_have_attribute("data-done", "true", timeout=15_000)
+    expect(answer.locator(".text")).to_contain_text("tok29")
+    expect(answer.locator(".who")).to_contain_text("served by fake-0")
+    assert answer.get_attribute("data-node") == router.agents()[0]["id"]
+    expect(page.locator("#card-total")).to_have_text("1", timeout=LIVE)
+
+
+# -- live channel: reconnect, fallback, closed reads -------------------------------------------
+
+
+def test_reconnects_after_a_router_restart(
+    router_factory: Callable[..., RouterThread], tmp_path: Path, page: Any
+) -> None:
+    port, db = free_port(), str(tmp_path / "restart.db")
+    first = router_factory(port=port, db=db)
+    open_dashboard(page, first)
+    expect(page.locator("#conn-state")).to_have_attribute("data-state", "live")
+    first.stop()
+    expect(page.locator("#conn-state")).not_to_have_attribute("data-state", "live")
+    second = router_factory(port=port, db=db)
+    assert chat(second) == 404  # counted by the new router only
+    expect(page.locator("#conn-state")).to_have_attribute("data-state", "live", timeout=15_000)
+    expect(page.locator("#card-errors")).to_have_text("1", timeout=LIVE)
+
+
+def test_falls_back_to_polling_when_the_socket_fails(
+    router: RouterThread, fake_nodes: Callable[..., Any], page: Any
+) -> None:
+    join(router, fake_nodes, 1)
+    page.route_web_socket("**/ws/dashboard*", lambda ws: ws.close())
+    page.goto(router.url + "/dashboard")
+    expect(page.locator("#conn-state")).to_have_attribute("data-state", "polling")
+    expect(page.locator("#card-nodes")).to_have_text("1 / 1")
+    assert chat(router) == 200
+    # Polling runs every 2 s, so allow one poll period on top of the live deadline.
+    expect(page.locator("#card-total")).to_have_text("1", timeout=2 * LIVE + 1000)
+
+
+def test_closed_reads_ask_for_the_token_once(
+    router_factory: Callable[..., RouterThread], fake_nodes: Callable[..., Any], page: Any
+) -> None:
+    router = router_factory(open_reads=False)
+    join(router, fake_nodes, 1)
+    page.goto(router.url + "/dashboard")
+    expect(page.locator("#token-dialog")).to_be_visible()
+    expect(page.locator("#notice")).to_contain_text("requires the admin token")
+    page.fill("#token-input", ADMIN_TOKEN)
+    page.click("#token-save")
+    expect(page.locator("#conn-state")).to_have_attribute("data-state", "live")
+    expect(page.locator("#card-nodes")).to_have_text("1 / 1")
+    expect(page.locator("#nodes-table tbody tr")).to_have_count(1)
+
+
+# -- small screens -----------------------------------------------------------------------------
+
+
+def test_phone_layout_fits_the_screen(
+    router: RouterThread, fake_nodes: Callable[..., Any], browser: Any
+) -> None:
+    join(router, fake_nodes, 2)
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
+                                  has_touch=True, device_scale_factor=2)  # fmt: skip
+    try:
+        page = context.new_page()
+        open_dashboard(page, router)
+        expect(page.locator("#nodes-table tbody tr")).to_have_count(2)
+        # Only the node table may scroll sideways (inside its own box), never the page.
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        expect(page.locator("#card-nodes")).to_be_in_viewport()
+        expect(page.locator("#nodes-table th.opt").first).to_be_hidden()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
+        page.goto(router.url + "/dashboard#chat")
+        expect(page.locator("#chat-send")).to_be_in_viewport()
+    finally:
+        context.close()
