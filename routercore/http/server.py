@@ -505,7 +505,9 @@ class HTTPConnection(asyncio.Protocol):
     def shutdown(self) -> None:
         """Close at once when idle; otherwise after the request in flight is answered."""
         self._force_close = True
-        if self.websocket is not None:
+        if self.lingering and self.transport is not None:
+            self.transport.close()  # already answered with an error: stop draining
+        elif self.websocket is not None:
             self.websocket.close(1001)
         elif self.task is None and self.request_head is None and not self.bytes_seen_this_cycle:
             self._close()
