@@ -1,0 +1,436 @@
+"""Fault injection through a real router: nodes that die, hang, talk garbage or never accept,
+upstream timeouts, and a database that is locked or full while requests keep flowing."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http.client as httpclient
+import json
+import logging
+import socket
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import apsw
+import orjson
+import pytest
+
+import routercore.service
+from routercore.store import Store
+from tests.conftest import ADMIN_TOKEN, http, join, online_ids, wait_for
+
+CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
+STREAMS = (
+    ("/v1/chat/completions", {**CHAT, "stream": True}),
+    ("/api/generate", {"model": "llama3", "prompt": "x"}),
+)
+
+
+def open_stream(router: Any, path: str, body: Any) -> tuple[Any, Any]:
+    conn = httpclient.HTTPConnection("127.0.0.1", router.port, timeout=30)
+    conn.request("POST", path, json.dumps(body), {"content-type": "application/json"})
+    return conn, conn.getresponse()
+
+
+def read_events(resp: Any) -> list[Any]:
+    """SSE `data:` events or NDJSON lines of a whole streamed body, decoded."""
+    raw = resp.read()
+    if resp.getheader("content-type", "").startswith("text/event-stream"):
+        parts = [p.strip().removeprefix(b"data: ") for p in raw.split(b"\n\n") if p.strip()]
+        return [orjson.loads(p) for p in parts if p != b"[DONE]"]
+    return [orjson.loads(line) for line in raw.split(b"\n") if line.strip()]
+
+
+def error_text(event: Any) -> str:
+    err = event.get("error")
+    return err["message"] if isinstance(err, dict) else str(err)
+
+
+def status_of(router: Any, node_id: str) -> str:
+    return str(http("GET", f"{router.url}/api/agents/{node_id}")[2]["status"])
+
+
+def ids_by_port(router: Any) -> dict[int, str]:
+    return {a["runtime_port"]: a["id"] for a in router.agents()}
+
+
+# -- a node killed mid-stream ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "body"), STREAMS)
+def test_node_killed_mid_stream(router_factory: Any, fake_nodes: Any, path: str, body: Any) -> None:
+    router = router_factory(balancer="round_robin", probe_interval=30)
+    nodes = join(router, fake_nodes, 2, token_delay=0.05, tokens=400)
+    ids = ids_by_port(router)
+    by_id = {ids[n.port]: n for n in nodes}
+    conn, resp = open_stream(router, path, body)
+    assert resp.status == 200
+    victim_id = resp.getheader("x-router-node")
+    first = resp.readline()  # at least one token went through before the kill
+    assert first.strip()
+    by_id[victim_id].close()
+    events = read_events(resp)
+    conn.close()
+    assert len(events) >= 1 and "error" in events[-1], events[-3:]
+    assert "upstream node failed" in error_text(events[-1])
+    assert not any("error" in e for e in events[:-1])
+    wait_for(lambda: status_of(router, victim_id) != "online", message="the dead node is marked")
+    # Nothing is lost afterwards: every new request goes to the survivor.
+    (survivor,) = [i for i in by_id if i != victim_id]
+    for n in nodes:
+        n.configure(token_delay=0.0, tokens=4)
+    picks = Counter(
+        http("POST", router.url + "/v1/chat/completions", CHAT)[1].get("x-router-node")
+        for _ in range(6)
+    )
+    assert picks == {survivor: 6}
+
+
+# -- a node that hangs ---------------------------------------------------------------------------
+
+
+def test_hang_before_the_head_gives_504_in_both_formats(
+    router_factory: Any, fake_nodes: Any
+) -> None:
+    router = router_factory(read_timeout=0.5)
+    (node,) = join(router, fake_nodes, 1)
+    node.set_fault("hang")
+    status, _, body = http("POST", router.url + "/v1/chat/completions", CHAT)
+    assert status == 504 and body["error"]["code"] == "upstream_timeout"
+    status, _, body = http("POST", router.url + "/api/chat", CHAT)
+    assert status == 504 and isinstance(body["error"], str)
+    # The router itself stays responsive while the node hangs.
+    assert http("GET", router.url + "/healthz")[0] == 200
+    node.clear_faults()
+    assert http("POST", router.url + "/v1/chat/completions", CHAT)[0] == 200
+
+
+@pytest.mark.parametrize(("path", "body"), STREAMS)
+def test_node_stalling_mid_stream_hits_the_read_timeout(
+    router_factory: Any, fake_nodes: Any, path: str, body: Any
+) -> None:
+    router = router_factory(read_timeout=0.5)
+    join(router, fake_nodes, 1, token_delay=3.0, tokens=2)
+    conn, resp = open_stream(router, path, body)
+    assert resp.status == 200
+    events = read_events(resp)
+    conn.close()
+    assert "error" in events[-1] and "read timeout" in error_text(events[-1])
+
+
+@pytest.mark.parametrize(("path", "body"), STREAMS)
+def test_request_timeout_cuts_a_long_stream(
+    router_factory: Any, fake_nodes: Any, path: str, body: Any
+) -> None:
+    router = router_factory(request_timeout=1, read_timeout=30)
+    (node,) = join(router, fake_nodes, 1, token_delay=0.3, tokens=400)  # ~2 min of tokens
+    conn, resp = open_stream(router, path, body)
+    assert resp.status == 200
+    events = read_events(resp)
+    conn.close()
+    assert len(events) > 1 and "error" in events[-1]
+    wait_for(lambda: node.snapshot()["cancelled"] == 1, message="the node stops generating")
+
+
+@pytest.mark.xfail(
+    reason="proxy._relay: when _timeout() finds request_timeout spent between two chunks it "
+    "raises UpstreamTimeout, which skips the error event and cuts the chunked stream",
+    strict=False,
+)
+def test_request_timeout_with_fast_tokens_ends_with_an_error_event(
+    router_factory: Any, fake_nodes: Any
+) -> None:
+    router = router_factory(request_timeout=1, read_timeout=30)
+    join(router, fake_nodes, 1, token_delay=0.001, tokens=1_000_000)
+    for _ in range(4):
+        conn, resp = open_stream(router, "/api/generate", {"model": "llama3", "prompt": "x"})
+        try:
+            events = read_events(resp)
+        finally:
+            conn.close()
+        assert "error" in events[-1]
+
+
+def test_request_timeout_before_the_head_gives_504(router_factory: Any, fake_nodes: Any) -> None:
+    router = router_factory(request_timeout=1, read_timeout=30)
+    join(router, fake_nodes, 1, token_delay=0.05, tokens=2000)  # non-streamed: head at the end
+    status, _, body = http("POST", router.url + "/v1/chat/completions", CHAT)
+    assert status == 504 and body["error"]["code"] == "upstream_timeout"
+
+
+# -- garbage -------------------------------------------------------------------------------------
+
+
+def test_garbage_fails_over_and_alone_gives_502(router_factory: Any, fake_nodes: Any) -> None:
+    router = router_factory(balancer="round_robin", probe_interval=30)
+    bad, good = join(router, fake_nodes, 2)
+    ids = ids_by_port(router)
+    bad.set_fault("garbage")
+    for path, body in (*STREAMS, ("/v1/chat/completions", CHAT)):
+        for _ in range(2):
+            status, headers, _ = http("POST", router.url + path, body)
+            assert status == 200 and headers["x-router-node"] == ids[good.port]
+    assert status_of(router, ids[bad.port]) == "unreachable"
+    good.set_fault("garbage")
+    status, _, payload = http("POST", router.url + "/v1/chat/completions", CHAT)
+    assert status == 502 and payload["error"]["code"] == "upstream_error"
+    assert http("GET", router.url + "/healthz")[0] == 200
+
+
+# -- connect timeout: a node whose port never accepts ----------------------------------------------
+
+
+class Blackhole:
+    """A local listening socket whose accept queue is full: new connects get no answer."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0)
+        self.port = self.sock.getsockname()[1]
+        self.fillers: list[socket.socket] = []
+        for _ in range(4):  # more than the backlog holds; the rest stay in SYN-SENT
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.1", self.port))
+            self.fillers.append(c)
+        probe = socket.socket()
+        probe.settimeout(0.3)
+        try:
+            probe.connect(("127.0.0.1", self.port))
+            raise AssertionError("the blackhole accepted a connection")
+        except TimeoutError:
+            pass
+        finally:
+            probe.close()
+
+    def close(self) -> None:
+        for c in self.fillers:
+            c.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def blackhole() -> Iterator[Blackhole]:
+    hole = Blackhole()
+    yield hole
+    hole.close()
+
+
+def register_at(router: Any, port: int, name: str) -> str:
+    body = {"machine_name": name, "runtime_port": port, "models": ["llama3"]}
+    status, _, reg = http("POST", router.url + "/api/agents/register", body)
+    assert status == 201
+    return str(reg["agent_id"])
+
+
+def test_connect_timeout_alone_gives_502(router_factory: Any, blackhole: Blackhole) -> None:
+    router = router_factory(
+        connect_timeout=0.3, heartbeat_interval=20, heartbeat_timeout=60, probe_interval=30
+    )
+    node_id = register_at(router, blackhole.port, "blackhole")
+    status, _, body = http("POST", router.url + "/v1/chat/completions", CHAT)
+    assert status == 502 and body["error"]["code"] == "upstream_error"
+    assert "connect" in body["error"]["message"] or "timed out" in body["error"]["message"]
+    assert status_of(router, node_id) == "unreachable"
+
+
+def test_connect_timeout_fails_over(
+    router_factory: Any, fake_nodes: Any, blackhole: Blackhole
+) -> None:
+    router = router_factory(
+        balancer="round_robin",
+        connect_timeout=0.3,
+        heartbeat_interval=0.5,
+        heartbeat_timeout=60,
+        probe_interval=30,
+    )
+    (good,) = join(router, fake_nodes, 1)
+    hole_id = register_at(router, blackhole.port, "blackhole")
+    online_ids(router, 2)
+    statuses = Counter(http("POST", router.url + "/v1/chat/completions", CHAT)[0] for _ in range(4))
+    assert statuses == {200: 4}
+    assert status_of(router, hole_id) == "unreachable"
+    assert good.snapshot()["completed"] == 4
+
+
+# -- no request lost while nodes fail in every way that allows a retry -----------------------------
+
+
+def test_no_request_lost_while_nodes_fail(router_factory: Any, fake_nodes: Any) -> None:
+    """Three nodes, two of them cycling through refuse/500/garbage/death under load."""
+    router = router_factory(balancer="round_robin", probe_interval=0.2, max_retries=2)
+    a, b, _good = join(router, fake_nodes, 3)
+    results: Counter[int] = Counter()
+    errors: list[str] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        body = {**CHAT, "stream": i % 2 == 0}
+        while not stop.is_set():
+            try:
+                status, _, payload = http("POST", router.url + "/v1/chat/completions", body)
+            except OSError as exc:
+                with lock:
+                    errors.append(repr(exc))
+                continue
+            if body["stream"] and status == 200 and b'"error"' in payload:
+                status = -1  # an error event inside a 200 stream
+            with lock:
+                results[status] += 1
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(4)]
+    for t in threads:
+        t.start()
+
+    def served_more(n: int) -> None:
+        target = sum(results.values()) + n
+        wait_for(lambda: sum(results.values()) >= target, timeout=30, message=f"{n} more")
+
+    served_more(10)
+    for fault in ("status500", "garbage", "refuse"):
+        a.set_fault(fault)
+        b.set_fault(fault)
+        served_more(20)
+        a.clear_faults()
+        b.clear_faults()
+        served_more(10)
+    a.close()  # one node dies for good, the other flaps
+    b.set_fault("status500")
+    served_more(20)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert set(results) == {200}, results
+    logging.getLogger(__name__).info("fault run requests=%d lost=0", results[200])
+
+
+# -- the database locked or full: proxying continues, rows land later ------------------------------
+
+
+class DBHook:
+    """A Store `on_connect` hook: short busy timeout, and the connections it saw."""
+
+    def __init__(self) -> None:
+        self.conns: list[apsw.Connection] = []
+
+    def __call__(self, conn: apsw.Connection) -> None:
+        conn.set_busy_timeout(100)
+        self.conns.append(conn)
+
+    @property
+    def writer(self) -> apsw.Connection:
+        return self.conns[0]  # the writer thread connects first, at open()
+
+
+@pytest.fixture
+def db_hook(monkeypatch: pytest.MonkeyPatch) -> DBHook:
+    hook = DBHook()
+    monkeypatch.setattr(routercore.service, "Store", functools.partial(Store, on_connect=hook))
+    return hook
+
+
+def history_count(router: Any) -> int:
+    fut = asyncio.run_coroutine_threadsafe(router.service.store.query_requests(), router.loop)
+    return int(fut.result(10)[1])
+
+
+def store_warnings(caplog: pytest.LogCaptureFixture, kind: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "routercore.store"
+        and "store write failed" in r.getMessage()
+        and kind in r.getMessage()
+    ]
+
+
+def test_locked_database(
+    router_factory: Any,
+    fake_nodes: Any,
+    db_hook: DBHook,
+    tmp_path: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    db = str(tmp_path / "locked.db")
+    router = router_factory(db=db)
+    join(router, fake_nodes, 1)
+    for _ in range(3):
+        assert http("POST", router.url + "/v1/chat/completions", CHAT)[0] == 200
+    wait_for(lambda: history_count(router) == 3, message="the first rows")
+    holder = apsw.Connection(db)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        for _ in range(10):
+            assert http("POST", router.url + "/v1/chat/completions", CHAT)[0] == 200
+        wait_for(lambda: store_warnings(caplog, "BusyError"), message="the store logs the lock")
+        assert history_count(router) == 3  # readers still work; nothing new committed
+        assert http("GET", router.url + "/api/dashboard/overview")[0] == 200
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    wait_for(lambda: history_count(router) == 13, timeout=20, message="the rows after the lock")
+    assert any("store write recovered" in r.getMessage() for r in caplog.records)
+
+
+def test_full_database(
+    router_factory: Any,
+    fake_nodes: Any,
+    db_hook: DBHook,
+    tmp_path: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    router = router_factory(db=str(tmp_path / "full.db"))
+    join(router, fake_nodes, 1)
+    wait_for(lambda: router.service.store.backlog == 0, message="start-up writes")
+    set_max_pages(db_hook.writer, None)  # no room for one more page from now on
+    sent = 0
+    while not store_warnings(caplog, "FullError"):
+        assert http("POST", router.url + "/v1/chat/completions", CHAT)[0] == 200
+        sent += 1
+        assert sent < 2000, "the database never filled up"
+    for _ in range(5):
+        assert http("POST", router.url + "/v1/chat/completions", CHAT)[0] == 200
+    sent += 5
+    assert history_count(router) < sent
+    set_max_pages(db_hook.writer, 1 << 30)  # space again
+    wait_for(lambda: history_count(router) == sent, timeout=20, message="rows after the disk")
+    assert any("store write recovered" in r.getMessage() for r in caplog.records)
+
+
+def set_max_pages(conn: apsw.Connection, pages: int | None) -> None:
+    """Set the writer's page limit (None: its current size); APSW serialises the call."""
+    limit = int(conn.pragma("page_count")) if pages is None else pages
+    conn.pragma("max_page_count", limit)
+
+
+def test_admin_calls_work_while_the_database_is_locked(
+    router_factory: Any, fake_nodes: Any, db_hook: DBHook, tmp_path: Any
+) -> None:
+    db = str(tmp_path / "locked.db")
+    router = router_factory(db=db)
+    holder = apsw.Connection(db)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        join(router, fake_nodes, 1)  # registration and heartbeats never wait for SQLite
+        status, _, key = http("POST", router.url + "/api/keys", {"name": "x"}, token=ADMIN_TOKEN)
+        assert status == 201
+        assert http("GET", router.url + "/v1/models", token=key["key"])[0] == 200
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    router.stop()
+    check = apsw.Connection(db)
+    try:
+        assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert check.execute("SELECT count(*) FROM nodes").fetchall() == [(1,)]
+        assert check.execute("SELECT count(*) FROM api_keys").fetchall() == [(1,)]
+    finally:
+        check.close()
