@@ -1,32 +1,38 @@
-"""Sans-IO request handling for the fake node: (method, path, body) in, a `Reply` out.
-
-Bodies are built with orjson; streamed bodies are generators so each chunk is produced only
-when the server is ready to send it (after its delay), and timings in the last chunk are real.
-"""
+"""Sans-IO request handling for the fake node: (method, path, body) in, a `Reply` out."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import itertools
-import math
-import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
 import orjson
 
+from routercore.testing.fake_bodies import (
+    DETAILS,
+    MODEL_SIZE,
+    MODIFIED_AT,
+    count_words,
+    durations,
+    embedding,
+    embedding_base64,
+    full_text,
+    limit_tokens,
+    model_object,
+    now_rfc3339,
+    ollama_stream,
+    openai_stream,
+    pull_stream,
+)
 from routercore.testing.fake_state import RUNTIME_VERSION, Settings, model_digest
 
 JSON = [(b"content-type", b"application/json; charset=utf-8")]
 NDJSON = [(b"content-type", b"application/x-ndjson")]
 SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
-SSE_DONE = b"data: [DONE]\n\n"
 # Paths that run "inference": the ones the status500 fault applies to.
 INFERENCE_PATHS = frozenset(
     {
@@ -40,16 +46,6 @@ INFERENCE_PATHS = frozenset(
     }
 )
 _ids = itertools.count(1)
-_MODEL_SIZE = 1_234_567_890
-_MODIFIED_AT = "2024-01-01T00:00:00Z"
-_DETAILS = {
-    "parent_model": "",
-    "format": "gguf",
-    "family": "fake",
-    "families": ["fake"],
-    "parameter_size": "1B",
-    "quantization_level": "Q4_0",
-}
 
 
 @dataclass(slots=True)
@@ -73,48 +69,6 @@ def error_reply(path: str, status: int, message: str, code: str | None = None) -
         kind = "invalid_request_error" if status < 500 else "server_error"
         return json_reply(status, {"error": {"message": message, "type": kind, "code": code}})
     return json_reply(status, {"error": message})
-
-
-@lru_cache(maxsize=64)
-def token_texts(n: int) -> tuple[str, ...]:
-    """The deterministic reply split into streamed pieces: "tok0", " tok1", ..."""
-    return tuple(f"tok{i}" if i == 0 else f" tok{i}" for i in range(n))
-
-
-@lru_cache(maxsize=64)
-def full_text(n: int) -> str:
-    return "".join(token_texts(n))
-
-
-@lru_cache(maxsize=4096)
-def embedding(text: str, dim: int) -> tuple[float, ...]:
-    """A unit vector derived from a hash of `text`: same input, same vector, on every node."""
-    raw: list[int] = []
-    block = 0
-    data = text.encode()
-    while len(raw) < dim:
-        digest = hashlib.blake2b(data, digest_size=64, salt=block.to_bytes(16, "little")).digest()
-        raw.extend(struct.unpack("<16I", digest))
-        block += 1
-    values = [v / 2147483648.0 - 1.0 for v in raw[:dim]]
-    norm = math.sqrt(sum(v * v for v in values)) or 1.0
-    return tuple(round(v / norm, 6) for v in values)
-
-
-def count_words(text: Any) -> int:
-    return len(text.split()) if isinstance(text, str) else 0
-
-
-def _now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _limit(requested: Any, configured: int) -> tuple[int, str]:
-    """Tokens to produce and the finish reason, honouring a smaller client limit."""
-    valid = isinstance(requested, int) and not isinstance(requested, bool)
-    if valid and 0 <= requested < configured:
-        return requested, "length"
-    return configured, "stop"
 
 
 class FakeAPI:
@@ -200,10 +154,10 @@ class FakeAPI:
             {
                 "name": m,
                 "model": m,
-                "modified_at": _MODIFIED_AT,
-                "size": _MODEL_SIZE,
+                "modified_at": MODIFIED_AT,
+                "size": MODEL_SIZE,
                 "digest": model_digest(m),
-                "details": _DETAILS,
+                "details": DETAILS,
             }
             for m in self.settings.models
         ]
@@ -219,11 +173,11 @@ class FakeAPI:
                 {
                     "name": name,
                     "model": name,
-                    "size": _MODEL_SIZE,
+                    "size": MODEL_SIZE,
                     "digest": model_digest(name),
-                    "details": _DETAILS,
+                    "details": DETAILS,
                     "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    "size_vram": _MODEL_SIZE,
+                    "size_vram": MODEL_SIZE,
                 }
             )
         return out
@@ -248,10 +202,10 @@ class FakeAPI:
         s = self.settings
         options = req.get("options")
         num_predict = options.get("num_predict") if isinstance(options, dict) else None
-        n, reason = _limit(num_predict, s.tokens)
+        n, reason = limit_tokens(num_predict, s.tokens)
         if empty:  # like Ollama: no prompt only loads the model
             n, reason = 0, "load"
-        base: dict[str, Any] = {"model": model, "created_at": _now_rfc3339()}
+        base: dict[str, Any] = {"model": model, "created_at": now_rfc3339()}
         t0 = time.perf_counter_ns()
         stats = {
             "prompt_eval_count": max(prompt_words, 1),
@@ -267,11 +221,11 @@ class FakeAPI:
                 **({} if chat else {"response": text}),
                 "done": True,
                 "done_reason": reason,
-                **_durations(total, int(s.first_token_delay * 1e9)),
+                **durations(total, int(s.first_token_delay * 1e9)),
                 **stats,
             }
             return Reply(200, JSON, orjson.dumps(obj), delay=planned if n else 0.0)
-        return Reply(200, NDJSON, chunks=_ollama_stream(base, chat, n, reason, stats, t0))
+        return Reply(200, NDJSON, chunks=ollama_stream(base, chat, n, reason, stats, t0))
 
     def _ollama_embed(self, path: str, req: dict[str, Any]) -> Reply:
         model = self._model(path, req)
@@ -310,7 +264,7 @@ class FakeAPI:
             self._on_models_changed()
         if req.get("stream", True) is False:
             return json_reply(200, {"status": "success"})
-        return Reply(200, NDJSON, chunks=_pull_stream(model))
+        return Reply(200, NDJSON, chunks=pull_stream(model))
 
     def _ollama_show(self, path: str, req: dict[str, Any]) -> Reply:
         if "model" not in req and "name" in req:
@@ -324,10 +278,10 @@ class FakeAPI:
                 "modelfile": f"FROM {model}\n",
                 "parameters": "temperature 0.7",
                 "template": "{{ .Prompt }}",
-                "details": _DETAILS,
+                "details": DETAILS,
                 "model_info": {"general.architecture": "fake", "fake.context_length": 4096},
                 "capabilities": ["completion", "embedding"],
-                "modified_at": _MODIFIED_AT,
+                "modified_at": MODIFIED_AT,
             },
         )
 
@@ -340,7 +294,7 @@ class FakeAPI:
                     "models",
                     lambda: {
                         "object": "list",
-                        "data": [_model_obj(m) for m in self.settings.models],
+                        "data": [model_object(m) for m in self.settings.models],
                     },
                 )
             if path.startswith("/v1/models/"):
@@ -348,7 +302,7 @@ class FakeAPI:
                 if self.settings.resolve(name) is None:
                     msg = f"The model `{name}` does not exist."
                     return error_reply(path, 404, msg, "model_not_found")
-                return json_reply(200, _model_obj(name))
+                return json_reply(200, model_object(name))
         elif method == "POST":
             handler = _OPENAI_POST.get(path)
             if handler is not None:
@@ -375,7 +329,7 @@ class FakeAPI:
             prompt_tokens = count_words(prompt) if isinstance(prompt, str) else len(prompt or [])
         s = self.settings
         limit = req.get("max_completion_tokens", req.get("max_tokens"))
-        n, reason = _limit(limit, s.tokens)
+        n, reason = limit_tokens(limit, s.tokens)
         prompt_tokens = max(prompt_tokens, 1)
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -395,7 +349,7 @@ class FakeAPI:
             return Reply(
                 200,
                 SSE,
-                chunks=_openai_stream(base, chat, n, reason, usage if with_usage else None),
+                chunks=openai_stream(base, chat, n, reason, usage if with_usage else None),
             )
         text = full_text(n)
         if chat:
@@ -435,90 +389,10 @@ class FakeAPI:
             words += max(count_words(text), 1)
             vec: Any = embedding(text, dim)
             if as_base64:
-                vec = base64.b64encode(struct.pack(f"<{dim}f", *vec)).decode()
+                vec = embedding_base64(vec)
             data.append({"object": "embedding", "index": i, "embedding": vec})
         usage = {"prompt_tokens": words, "total_tokens": words}
         return json_reply(200, {"object": "list", "data": data, "model": model, "usage": usage})
-
-
-def _durations(total_ns: int, prompt_ns: int) -> dict[str, int]:
-    load = min(100_000, total_ns)
-    return {
-        "total_duration": total_ns,
-        "load_duration": load,
-        "prompt_eval_duration": max(prompt_ns, 1),
-        "eval_duration": max(total_ns - load - prompt_ns, 1),
-    }
-
-
-def _ollama_stream(
-    base: dict[str, Any], chat: bool, n: int, reason: str, stats: dict[str, int], t0: int
-) -> Iterator[bytes]:
-    """NDJSON lines: one per token, then the `done` line with counts and real timings."""
-    first_ns = 0
-    dumps = orjson.dumps
-    for i, piece in enumerate(token_texts(n)):
-        if chat:
-            line = {**base, "message": {"role": "assistant", "content": piece}, "done": False}
-        else:
-            line = {**base, "response": piece, "done": False}
-        if i == 0:
-            first_ns = time.perf_counter_ns() - t0
-        yield dumps(line) + b"\n"
-    total = time.perf_counter_ns() - t0
-    last: dict[str, Any] = {**base}
-    if chat:
-        last["message"] = {"role": "assistant", "content": ""}
-    else:
-        last["response"] = ""
-    last.update(done=True, done_reason=reason, **_durations(total, first_ns or total), **stats)
-    yield dumps(last) + b"\n"
-
-
-def _openai_stream(
-    base: dict[str, Any], chat: bool, n: int, reason: str, usage: dict[str, int] | None
-) -> Iterator[bytes]:
-    """SSE events: one per token, a finish event, usage when asked for, then [DONE]."""
-    dumps = orjson.dumps
-    for i, piece in enumerate(token_texts(n)):
-        if chat:
-            delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
-        else:
-            choice = {"index": 0, "text": piece, "finish_reason": None, "logprobs": None}
-        yield b"data: " + dumps({**base, "choices": [choice]}) + b"\n\n"
-    if chat:
-        choice = {"index": 0, "delta": {}, "finish_reason": reason}
-    else:
-        choice = {"index": 0, "text": "", "finish_reason": reason, "logprobs": None}
-    if usage is None:
-        yield b"data: " + dumps({**base, "choices": [choice]}) + b"\n\n" + SSE_DONE
-    else:
-        yield b"data: " + dumps({**base, "choices": [choice]}) + b"\n\n"
-        yield b"data: " + dumps({**base, "choices": [], "usage": usage}) + b"\n\n" + SSE_DONE
-
-
-def _pull_stream(model: str) -> Iterator[bytes]:
-    """Ollama's pull progress: manifest, a few progress lines for one layer, success."""
-    digest = "sha256:" + model_digest(model)
-    total = _MODEL_SIZE
-    yield b'{"status":"pulling manifest"}\n'
-    for step in range(5):
-        completed = total * step // 4
-        line = {
-            "status": f"pulling {digest[7:19]}",
-            "digest": digest,
-            "total": total,
-            "completed": completed,
-        }
-        yield orjson.dumps(line) + b"\n"
-    yield b'{"status":"verifying sha256 digest"}\n'
-    yield b'{"status":"writing manifest"}\n'
-    yield b'{"status":"success"}\n'
-
-
-def _model_obj(name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": 1704067200, "owned_by": "fakenode"}
 
 
 _Handler = Callable[[FakeAPI, str, dict[str, Any]], Reply]

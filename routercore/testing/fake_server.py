@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024 * 1024
+_BATCH_BYTES = 64 * 1024  # a zero-delay stream is written in batches of about this size
 _READ_BUFFER_LIMIT = 1024 * 1024  # pause reading while pipelined bytes pile up past this
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 GARBAGE = b"\x00\xff\xfeSPLAT not-http \x13\x37 garbage\r\n\r\n\x00"
@@ -45,6 +46,7 @@ class FakeHTTPProtocol(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False
         self.drain: asyncio.Future[None] | None = None
+        self.chunked = True  # the current streamed response uses chunked framing
 
     # -- asyncio callbacks ------------------------------------------------------------------
 
@@ -249,17 +251,45 @@ class FakeHTTPProtocol(asyncio.Protocol):
         self._write(data)
 
     def _send(self, reply: Reply, head_only: bool = False) -> None:
-        """Write a whole reply now (streams too: all chunks in one write)."""
-        conn = self.h11
+        """Write a reply now. A stream goes out in batches and moves to a task when the
+        client's buffer fills (flow control), so a slow reader never balloons our memory."""
         if reply.chunks is None:
             self._send_full(reply, head_only)
-        else:
-            parts = [self._head(reply, None)]
-            if not head_only:
-                parts.extend(conn.send(h11.Data(data=c)) for c in reply.chunks)
-            parts.append(conn.send(h11.EndOfMessage()))
-            self._write(b"".join(parts))
+            self._finish()
+            return
+        parts = [self._stream_head(reply)]
+        if not head_only:
+            size = 0
+            frame = self._frame
+            chunks = reply.chunks
+            for data in chunks:
+                framed = frame(data)
+                parts.append(framed)
+                size += len(framed)
+                if size >= _BATCH_BYTES:
+                    self._write(b"".join(parts))
+                    parts = []
+                    size = 0
+                    if self.writing_paused:
+                        self.task = asyncio.get_running_loop().create_task(
+                            self._send_slow(reply, None, resumed=True)
+                        )
+                        return
+        parts.append(self.h11.send(h11.EndOfMessage()))
+        self._write(b"".join(parts))
         self._finish()
+
+    def _stream_head(self, reply: Reply) -> bytes:
+        head = self._head(reply, None)
+        # h11 picked the framing: chunked for HTTP/1.1, close-delimited for HTTP/1.0.
+        self.chunked = b"\r\nTransfer-Encoding: chunked\r\n" in head
+        return head
+
+    def _frame(self, data: bytes) -> bytes:
+        """Chunk framing by hand: h11's ChunkedWriter does the same, at several times the cost."""
+        if self.chunked:
+            return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+        return self.h11.send(h11.Data(data=data))
 
     def _drop(self, data: bytes = b"") -> None:
         """Cut the connection on purpose (a fault), after writing `data`."""
@@ -276,10 +306,16 @@ class FakeHTTPProtocol(asyncio.Protocol):
             self.drain = asyncio.get_running_loop().create_future()
             await self.drain
 
-    async def _send_slow(self, reply: Reply, drop_after: int | None, head_only: bool) -> None:
+    async def _send_slow(
+        self,
+        reply: Reply,
+        drop_after: int | None,
+        head_only: bool = False,
+        resumed: bool = False,
+    ) -> None:
         """Send with the configured delays, honouring flow control and the drop fault."""
         try:
-            await self._send_paced(reply, drop_after, head_only)
+            await self._send_paced(reply, drop_after, head_only, resumed)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -289,7 +325,9 @@ class FakeHTTPProtocol(asyncio.Protocol):
         if not self.busy and not self.closed:
             self._process()  # pipelined requests waiting behind this one
 
-    async def _send_paced(self, reply: Reply, drop_after: int | None, head_only: bool) -> None:
+    async def _send_paced(
+        self, reply: Reply, drop_after: int | None, head_only: bool, resumed: bool
+    ) -> None:
         settings = self.node.settings
         chunks = reply.chunks
         if chunks is None or head_only:
@@ -300,16 +338,21 @@ class FakeHTTPProtocol(asyncio.Protocol):
             else:
                 self._send(reply, head_only)
             return
-        conn = self.h11
-        pending = self._head(reply, None)  # like Ollama, the head leaves with the first chunk
         sent = 0
-        if settings.first_token_delay > 0:
-            await asyncio.sleep(settings.first_token_delay)
+        if resumed:  # head and some chunks already went out from _send
+            pending = b""
+            await self._wait_drained()
+            if self.closed:
+                return
+        else:
+            pending = self._stream_head(reply)  # like Ollama: the head leaves with chunk 1
+            if settings.first_token_delay > 0:
+                await asyncio.sleep(settings.first_token_delay)
         data = next(chunks, None)
         while data is not None:
             if drop_after is not None and sent >= drop_after:
                 break
-            self._write(pending + conn.send(h11.Data(data=data)))
+            self._write(pending + self._frame(data))
             pending = b""
             sent += 1
             await self._wait_drained()
@@ -323,5 +366,5 @@ class FakeHTTPProtocol(asyncio.Protocol):
                 self._write(pending)
             self._drop()
             return
-        self._write(pending + conn.send(h11.EndOfMessage()))
+        self._write(pending + self.h11.send(h11.EndOfMessage()))
         self._finish()

@@ -22,9 +22,10 @@ import openai
 import orjson
 import pytest
 
-from routercore.testing.fake_api import embedding, token_texts
+from routercore.testing.fake_bodies import embedding, token_texts
+from routercore.testing.fake_cli import parse_fault
 from routercore.testing.fake_state import ConfigError, Faults, Settings
-from routercore.testing.fakenode import FakeNode, parse_fault, run_in_thread
+from routercore.testing.fakenode import FakeNode, run_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ["m1", "llama3:latest"]
@@ -281,6 +282,32 @@ async def test_keep_alive_and_pipelining(node: FakeNode) -> None:
         leftover = c.trailing_data[0]
     writer.close()
     assert texts == [TEXT8] * 3
+
+
+async def test_slow_reader_pauses_a_fast_stream() -> None:
+    """A zero-delay stream to a client that does not read must wait, not buffer it all."""
+    async with FakeNode(tokens=100_000) as n:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", n.port))
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        body = b'{"model":"fake-model","prompt":"x"}'
+        writer.write(
+            b"POST /api/generate HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        await until(lambda: any(c.writing_paused for c in n.connections))
+        assert n.stats.in_flight == 1 and n.stats.completed == 0
+        received = bytearray()
+        while not received.endswith(b"\r\n0\r\n\r\n"):
+            chunk = await reader.read(1 << 20)
+            assert chunk, "connection closed early"
+            received += chunk
+        writer.close()
+        assert received.count(b'"done":false') == 100_000
+        assert received.count(b'"done":true') == 1
+        await until(lambda: n.stats.completed == 1 and n.stats.in_flight == 0)
 
 
 # -- faults -----------------------------------------------------------------------------------
@@ -560,6 +587,7 @@ UVLOOP_RERUNS: list[Callable[..., Awaitable[None]]] = [
     test_openai_chat_plain_and_streamed,
     test_ollama_chat_and_generate,
     test_keep_alive_and_pipelining,
+    test_slow_reader_pauses_a_fast_stream,
     test_fault_refuse_and_recover,
     test_fault_drop_after_n_chunks,
     test_fault_hang_times_out_and_counts_cancel,
