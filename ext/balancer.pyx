@@ -257,6 +257,8 @@ cdef class Balancer:
         if found is None:
             return None
         cands = <_Candidates>found
+        if cands.n == 0:  # never kept empty, but a modulo by zero would crash the process
+            return None
         if exclude:
             marked = []
             for node_id in exclude:

@@ -45,7 +45,9 @@ else:
                 "LLM_ROUTER_REQUIRE_EXTENSIONS=1 but routercore._balancer is not built "
                 "(run `python setup.py build_ext --inplace`)"
             ) from exc
-        COMPILED_UNAVAILABLE_REASON = f"routercore._balancer not built ({exc})"
+        COMPILED_UNAVAILABLE_REASON = (
+            f"routercore._balancer not built ({exc}); run `python setup.py build_ext --inplace`"
+        )
 
 COMPILED_AVAILABLE: bool = _compiled is not None
 IMPLEMENTATION: str = "cython" if COMPILED_AVAILABLE else "python"
