@@ -48,6 +48,8 @@ class ServerLimits:
     max_connections: int = 10000
     write_high_water: int = 256 * 1024
     access_log: bool = True
+    # A client that takes nothing from a full write buffer for this long is cut (slow-read).
+    write_timeout: float = 60.0
 
 
 def plain_error(_request: Request | None, status: int, message: str) -> Response:
@@ -134,6 +136,18 @@ class HTTPConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writable.clear()
+
+    async def drain(self) -> None:
+        """Wait while the transport's buffer is over the high-water mark; cut a stalled reader."""
+        if not self.writable.is_set():
+            try:
+                await asyncio.wait_for(self.writable.wait(), self.limits.write_timeout)
+            except TimeoutError:
+                log.info("event=write_timeout peer=%s", self.peer)
+                self.abort()
+                raise ConnectionResetError("client stopped reading") from None
+        if self.closed and not self.lingering:
+            raise ConnectionResetError("client disconnected")
 
     def resume_writing(self) -> None:
         self.writable.set()
@@ -558,10 +572,7 @@ class _Stream:
             raise ConnectionResetError("client disconnected")
         if data and not self.no_body:
             self.c._send(h11.Data(data=bytes(data)))
-        if not self.c.writable.is_set():
-            await self.c.writable.wait()
-            if self.c.closed:
-                raise ConnectionResetError("client disconnected")
+        await self.c.drain()
 
     async def end(self) -> None:
         if self.c.closed:
@@ -594,8 +605,7 @@ class _Stream:
             self.c._send(h11.Data(data=resp.body))
         self.finished = True
         self.c._send(h11.EndOfMessage())
-        if not self.c.writable.is_set():
-            await self.c.writable.wait()
+        await self.c.drain()
 
 
 def _make_request(head: h11.Request, body: bytes, peer: str) -> Request:
@@ -675,19 +685,24 @@ class HTTPServer:
         self.state.draining = True
         if self.server is not None:
             self.server.close()
+        running = [conn.task for conn in self.state.connections if conn.task is not None]
         for conn in list(self.state.connections):
             conn.shutdown()
         deadline = time.monotonic() + grace
-        while self.state.connections and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+            self.state.connections or not all(t.done() for t in running)
+        ):
             await asyncio.sleep(0.02)
         left = list(self.state.connections)
         if left:
             log.warning("event=shutdown_cut connections=%d", len(left))
-        tasks = [conn.task for conn in left if conn.task is not None]
         for conn in left:
             if conn.task is not None:
-                conn.task.cancel()
+                running.append(conn.task)
             conn.abort()
-        if tasks:
+        pending = [t for t in running if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
             # Let the cut handlers run their cleanup (accounting) before the caller moves on.
-            await asyncio.wait(tasks, timeout=1.0)
+            await asyncio.wait(pending, timeout=1.0)

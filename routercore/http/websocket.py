@@ -103,8 +103,7 @@ class WebSocket:
         if self.closed or self.conn.closed:
             raise ConnectionResetError("websocket closed")
         self._write(self.ws.send(TextMessage(data=text)))
-        if not self.conn.writable.is_set():
-            await self.conn.writable.wait()
+        await self.conn.drain()
 
     async def receive(self) -> str | None:
         if self.closed and self.inbox.empty():

@@ -385,6 +385,45 @@ def test_streaming_to_a_client_that_does_not_read_awaits_drain(run: Any) -> None
     run(main())
 
 
+def test_client_that_stops_reading_is_cut_after_the_write_timeout(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    capture(caplog)
+    outcome: list[str] = []
+
+    async def flood(request: Request) -> None:
+        stream = request.stream
+        assert stream is not None
+        await stream.start(200, [(b"content-type", b"application/octet-stream")])
+        try:
+            while True:
+                await stream.write(b"f" * PIECE)
+        except ConnectionError:
+            outcome.append("connection error")
+            raise
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+
+    async def main() -> None:
+        async with serve(flood, write_high_water=HIGH_WATER, write_timeout=0.3) as (server, port):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+            _reader, writer = await asyncio.open_connection(sock=sock)
+            writer.write(build("GET", "/"))
+            await writer.drain()
+            # never read: the server gives up on us and frees the handler
+            await eventually(lambda: outcome, message="handler released")
+            await eventually(lambda: not server.state.connections, message="connection cut")
+            writer.close()
+
+    run(main())
+    assert any("event=write_timeout" in r.getMessage() for r in caplog.records)
+    assert errors(caplog) == []
+
+
 def test_websocket_and_stream_writes_share_the_drain_event(run: Any) -> None:
     """send_whole also waits for drain, so big whole answers to slow readers stay bounded."""
     body = b"w" * (8 * 1024 * 1024)

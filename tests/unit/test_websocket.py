@@ -362,3 +362,25 @@ def test_frames_sent_with_the_upgrade_request_are_not_lost(run: Any) -> None:
             assert await c.text() == "echo:early"
 
     run(main())
+
+
+def test_shutdown_waits_for_then_cancels_a_session_that_ignores_the_close(run: Any) -> None:
+    cancelled = asyncio.Event()
+
+    async def stubborn(ws: WebSocket) -> None:
+        try:
+            await asyncio.sleep(60)  # never looks at the socket
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def main() -> None:
+        async with serve(ws_app(stubborn)) as (server, port):
+            c = await WSClient.connect(port)
+            await server.shutdown(0.2)
+            assert cancelled.is_set()  # shutdown returned only after the session was cut
+            event = await c.next_event()
+            assert isinstance(event, CloseConnection)
+            assert event.code == 1001
+
+    run(main())
