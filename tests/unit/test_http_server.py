@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 import pytest
 import uvloop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from routercore.app import error_response
 from routercore.http.messages import Request, Response, WebSocketAccept
@@ -856,3 +858,131 @@ def test_access_log_records_a_cancelled_request(run: Any, caplog: pytest.LogCapt
     lines = [r.getMessage() for r in caplog.records if r.name == "routercore.access"]
     assert len(lines) == 1
     assert lines[0].startswith("GET /gone 499 ")
+
+
+# -- framing properties and load ---------------------------------------------------------------
+
+
+def test_pipelined_requests_with_bodies_keep_their_bodies(run: Any) -> None:
+    async def main() -> None:
+        async with serve(echo) as (_, port):
+            c = await Client.connect(port)
+            chunked = (
+                b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"2\r\nch\r\n0\r\n\r\n"
+            )
+            await c.send(
+                build("POST", "/a", b"first") + chunked + build("PUT", "/b", b"third body")
+            )
+            got = [(await c.reply()).json() for _ in range(3)]
+            assert [(g["method"], g["path"], g["body"]) for g in got] == [
+                ("POST", "/a", "first"),
+                ("POST", "/c", "ch"),
+                ("PUT", "/b", "third body"),
+            ]
+            c.close()
+
+    run(main())
+
+
+def test_upgrade_request_answered_normally_keeps_the_connection(run: Any) -> None:
+    async def main() -> None:
+        async with serve(echo) as (_, port):
+            c = await Client.connect(port)
+            upgrade = {"Connection": "Upgrade", "Upgrade": "websocket"}
+            assert (await c.request("GET", "/not-ws", headers=upgrade)).status == 200
+            assert (await c.request("GET", "/after")).json()["path"] == "/after"
+            c.close()
+
+    run(main())
+
+
+def test_body_sent_without_waiting_for_100_continue(run: Any) -> None:
+    async def main() -> None:
+        async with serve(echo) as (_, port):
+            c = await Client.connect(port)
+            await c.send(
+                b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
+                b"Expect: 100-continue\r\n\r\nabc"
+            )
+            first = await c.reply()
+            final = first if first.status != 100 else await c.reply()
+            assert final.status == 200
+            assert final.json()["body"] == "abc"
+            c.close()
+
+    run(main())
+
+
+def test_many_concurrent_keep_alive_clients(run: Any) -> None:
+    async def handler(request: Request) -> Response:
+        await asyncio.sleep(0)
+        return Response.json({"path": request.path, "body": request.body.decode()})
+
+    async def one(port: int, n: int) -> None:
+        c = await Client.connect(port)
+        for i in range(5):
+            r = await c.request("POST", f"/{n}/{i}", body=f"{n}-{i}".encode())
+            assert r.json() == {"path": f"/{n}/{i}", "body": f"{n}-{i}"}
+        c.close()
+
+    async def main() -> None:
+        async with serve(handler) as (server, port):
+            await asyncio.gather(*(one(port, n) for n in range(200)))
+            await eventually(lambda: not server.state.connections, message="all closed")
+
+    run(main())
+
+
+def _split_request() -> Any:
+    bodies = st.binary(max_size=300)
+    return st.tuples(
+        bodies,
+        st.booleans(),
+        st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=30),
+    )
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_requests_split_at_any_byte_parse_the_same(loop: str) -> None:
+    """Two pipelined requests, delivered in arbitrary pieces, parse exactly as sent."""
+    runner = make_runner(loop)
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(case=_split_request())
+    def check(case: tuple[bytes, bool, list[int]]) -> None:
+        body, chunked, cuts = case
+        if chunked:
+            framed = b"".join(
+                b"%x\r\n%s\r\n" % (len(body[i : i + 7]), body[i : i + 7])
+                for i in range(0, len(body), 7)
+            )
+            first = (
+                b"POST /one?q=1 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + framed
+                + b"0\r\n\r\n"
+            )
+        else:
+            first = build("POST", "/one?q=1", body) if body else build("POST", "/one?q=1")
+        data = first + build("GET", "/two")
+
+        async def main() -> None:
+            async with serve(echo) as (_, port):
+                c = await Client.connect(port)
+                pos = 0
+                for size in cuts:
+                    if pos >= len(data):
+                        break
+                    await c.send(data[pos : pos + size])
+                    pos += size
+                    await asyncio.sleep(0)
+                await c.send(data[pos:])
+                one, two = (await c.reply()).json(), (await c.reply()).json()
+                assert one["body"].encode("latin-1") == body
+                assert one["query"] == {"q": "1"}
+                assert two["path"] == "/two"
+                c.close()
+
+        runner(main())
+
+    check()
