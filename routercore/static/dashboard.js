@@ -294,37 +294,76 @@
     return shown;
   }
 
+  // Rows are kept per node and rebuilt only when what they show changed; the relative times
+  // are patched in place. With hundreds of nodes this keeps a snapshot's render cheap.
+  const rowCache = new Map();
+  const setText = (node, text) => { if (node.textContent !== text) node.textContent = text; };
+
+  function rowSignature(n) {
+    return JSON.stringify([n.display_name, n.custom_name, n.machine_name, n.tags, n.ip_address, n.runtime_port,
+      n.runtime_version, n.status, n.enabled, n.models, n.metrics, n.gpu_count, n.in_flight,
+      n.max_concurrency, n.stats, n.error_rate]);
+  }
+
+  function buildRow(n) {
+    const m = n.metrics || {};
+    const gpu = m.gpu_usage ?? null;
+    const nameCell = el("td", { class: "name-cell" },
+      el("button", { type: "button", class: "open-node", "data-node-id": n.id, text: n.display_name }),
+      n.custom_name ? el("span", { class: "sub", text: n.machine_name }) : null,
+      ...(n.tags || []).map((t) => el("span", { class: "tag", text: t })));
+    const uptime = el("td", { class: "opt uptime" });
+    const seen = el("td", { class: "opt seen" });
+    const row = el("tr", { "data-node-id": n.id, "data-status": n.status },
+      nameCell,
+      el("td", { class: "opt", text: `${n.ip_address}:${n.runtime_port}` }),
+      el("td", { class: "opt", text: n.runtime_version || "–" }),
+      el("td", { class: "status-cell" }, statusBadge(n)),
+      uptime, seen,
+      el("td", { class: "opt models", text: (n.models || []).join(", ") || "–", title: (n.models || []).join(", ") }),
+      el("td", {}, usageBar(m.cpu_usage)),
+      el("td", {}, usageBar(m.memory_usage)),
+      el("td", { class: "opt" }, gpu === null ? el("span", { class: "muted", text: n.gpu_count ? "–" : "none" }) : usageBar(gpu)),
+      el("td", { class: "num active", text: String(n.in_flight ?? 0) + (n.max_concurrency ? ` / ${n.max_concurrency}` : "") }),
+      el("td", { class: "num opt total", text: `${num(n.stats.total_requests)}` }),
+      el("td", { class: "num opt", text: ms(n.stats.avg_latency_ms) }),
+      el("td", { class: "num opt", text: n.error_rate === null ? "–" : pct(n.error_rate) }));
+    return { row, uptime, seen, sig: rowSignature(n) };
+  }
+
   function renderNodes() {
     const nodes = sortedNodes();
     const total = state.snapshot ? state.snapshot.nodes.length : 0;
-    $("nodes-count").textContent = nodes.length === total ? `(${total})` : `(${nodes.length} of ${total})`;
+    setText($("nodes-count"), nodes.length === total ? `(${total})` : `(${nodes.length} of ${total})`);
     $("nodes-empty").hidden = total > 0;
-    const frag = document.createDocumentFragment();
+    const tbody = $("nodes-table").tBodies[0];
+    const shown = new Set();
+    const order = [];
     for (const n of nodes) {
-      const m = n.metrics || {};
-      const gpu = m.gpu_usage ?? null;
-      const nameCell = el("td", { class: "name-cell" },
-        el("button", { type: "button", class: "open-node", "data-node-id": n.id, text: n.display_name }),
-        n.custom_name ? el("span", { class: "sub", text: n.machine_name }) : null,
-        ...(n.tags || []).map((t) => el("span", { class: "tag", text: t })));
-      const row = el("tr", { "data-node-id": n.id, "data-status": n.status },
-        nameCell,
-        el("td", { class: "opt", text: `${n.ip_address}:${n.runtime_port}` }),
-        el("td", { class: "opt", text: n.runtime_version || "–" }),
-        el("td", { class: "status-cell" }, statusBadge(n)),
-        el("td", { class: "opt uptime", text: n.status === "online" ? duration(since(n.online_since)) : "–" }),
-        el("td", { class: "opt", text: ago(n.last_seen), title: n.last_seen || "" }),
-        el("td", { class: "opt models", text: (n.models || []).join(", ") || "–", title: (n.models || []).join(", ") }),
-        el("td", {}, usageBar(m.cpu_usage)),
-        el("td", {}, usageBar(m.memory_usage)),
-        el("td", { class: "opt" }, gpu === null ? el("span", { class: "muted", text: (n.gpu_devices || []).length ? "–" : "none" }) : usageBar(gpu)),
-        el("td", { class: "num active", text: String(n.in_flight ?? 0) + (n.max_concurrency ? ` / ${n.max_concurrency}` : "") }),
-        el("td", { class: "num opt total", text: `${num(n.stats.total_requests)}` }),
-        el("td", { class: "num opt", text: ms(n.stats.avg_latency_ms) }),
-        el("td", { class: "num opt", text: n.error_rate === null ? "–" : pct(n.error_rate) }));
-      frag.append(row);
+      let entry = rowCache.get(n.id);
+      const sig = rowSignature(n);
+      if (!entry || entry.sig !== sig) {
+        const fresh = buildRow(n);
+        if (entry && entry.row.parentNode) entry.row.replaceWith(fresh.row);
+        entry = fresh;
+        rowCache.set(n.id, entry);
+      }
+      setText(entry.uptime, n.status === "online" ? duration(since(n.online_since)) : "–");
+      setText(entry.seen, ago(n.last_seen));
+      entry.seen.title = n.last_seen || "";
+      shown.add(n.id);
+      order.push(entry.row);
     }
-    $("nodes-table").tBodies[0].replaceChildren(frag);
+    for (const [id, entry] of rowCache) {
+      if (shown.has(id)) continue;
+      entry.row.remove();
+      if (!state.nodesById.has(id)) rowCache.delete(id);
+    }
+    let cursor = tbody.firstChild;  // move only the rows that are out of place
+    for (const row of order) {
+      if (row === cursor) { cursor = cursor.nextSibling; continue; }
+      tbody.insertBefore(row, cursor);
+    }
     for (const b of document.querySelectorAll("th button.sort")) {
       b.dataset.dir = b.dataset.sort === state.sort.key ? String(state.sort.dir) : "";
     }
@@ -417,8 +456,12 @@
     }));
   }
 
+  let chartSig = "";
   function renderCharts(series) {
     if (!series) return;
+    const sig = JSON.stringify(series) + [...state.nodesById.values()].map((n) => n.display_name).join() + window.innerWidth;
+    if (sig === chartSig) return;  // same data, same names, same width: nothing to redraw
+    chartSig = sig;
     const step = series.step_s * 1000;
     const start = series.start_ms;
     const xMax = start + step * series.requests.length;
