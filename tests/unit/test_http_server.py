@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 from routercore.app import error_response
 from routercore.http.messages import Request, Response, WebSocketAccept
 from routercore.http.server import HTTPServer, ServerLimits
+from tests.conftest import join, wait_for
 
 Dispatch = Callable[[Request], Awaitable["Response | WebSocketAccept | None"]]
 
@@ -986,3 +988,62 @@ def test_requests_split_at_any_byte_parse_the_same(loop: str) -> None:
         runner(main())
 
     check()
+
+
+# -- the real router ---------------------------------------------------------------------------
+
+
+def test_real_router_client_disconnect_stops_the_node_generating(
+    router_factory: Any, fake_nodes: Any
+) -> None:
+    """The server cancels the proxy's handler; the proxy then closes its upstream connection."""
+    router = router_factory()
+    (node,) = join(router, fake_nodes, token_delay=0.2)
+    sock = socket.create_connection(("127.0.0.1", router.port), timeout=10)
+    body = b'{"model": "llama3", "messages": [{"role": "user", "content": "hi"}], "stream": true}'
+    sock.sendall(build("POST", "/api/chat", body, {"Content-Type": "application/json"}))
+    got = b""
+    while b"\r\n\r\n" not in got or b"\n" not in got.partition(b"\r\n\r\n")[2]:
+        got += sock.recv(65536)  # the head and a first NDJSON line
+    assert got.startswith(b"HTTP/1.1 200")
+    wait_for(lambda: node.snapshot()["in_flight"] == 1, message="node generating")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()  # reset: the client is gone mid-stream
+    wait_for(lambda: node.snapshot()["cancelled"] >= 1, message="upstream closed by the router")
+    assert node.snapshot()["in_flight"] == 0
+
+
+def test_real_router_limits_and_error_formats(router_factory: Any) -> None:
+    """413 at once from Content-Length and the per-API error shapes, through the real app."""
+    router = router_factory(max_body_bytes=1024)
+
+    def ask(data: bytes) -> tuple[int, Any]:
+        with socket.create_connection(("127.0.0.1", router.port), timeout=10) as s:
+            s.sendall(data)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += s.recv(65536)
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            length = int(
+                next(
+                    line.split(b":")[1]
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+            )
+            while len(rest) < length:
+                rest += s.recv(65536)
+            return int(head.split()[1]), orjson.loads(rest[:length])
+
+    status, payload = ask(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n"
+    )
+    assert status == 413
+    assert payload["error"]["type"] == "invalid_request_error"
+    status, payload = ask(b"POST /api/chat HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n")
+    assert (status, set(payload)) == (413, {"error"})
+    assert isinstance(payload["error"], str)
+    status, payload = ask(build("GET", "/no/such/thing"))
+    assert status == 404 and isinstance(payload["error"], str)
+    status, payload = ask(build("GET", "/v1/nothing"))
+    assert status == 404 and payload["error"]["code"] == "not_found"
