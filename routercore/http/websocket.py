@@ -43,7 +43,7 @@ class WebSocket:
         self.ws = WSConnection(ConnectionType.SERVER)
         self.inbox: asyncio.Queue[str | None] = asyncio.Queue(maxsize=_MAX_QUEUED)
         self.closed = False
-        self._text_parts: list[str] = []
+        self._text_parts: list[str | bytes] = []
         self._size = 0
 
     def accept_handshake(self) -> None:
@@ -81,16 +81,18 @@ class WebSocket:
                 pass
             self._finish()
         elif isinstance(event, TextMessage | BytesMessage) and isinstance(event, Message):
-            data = (
-                event.data if isinstance(event.data, str) else event.data.decode("utf-8", "replace")
-            )
-            self._size += len(data)
+            self._size += len(event.data)
             if self._size > _MAX_MESSAGE:
                 self.close(1009)
                 return
-            self._text_parts.append(data)
+            self._text_parts.append(event.data)
             if event.message_finished:
-                text = "".join(self._text_parts)
+                if isinstance(event, BytesMessage):
+                    # decode once whole: a multi-byte character may straddle two frames
+                    raw = b"".join(p for p in self._text_parts if isinstance(p, bytes))
+                    text = raw.decode("utf-8", "replace")
+                else:
+                    text = "".join(p for p in self._text_parts if isinstance(p, str))
                 self._text_parts, self._size = [], 0
                 if self.inbox.full():
                     log.info("event=ws_inbox_full peer=%s", self.conn.peer)

@@ -136,6 +136,19 @@ def test_fragmented_message_is_reassembled(run: Any) -> None:
     run(main())
 
 
+def test_binary_message_split_inside_a_character_is_decoded_whole(run: Any) -> None:
+    async def main() -> None:
+        async with serve(ws_app(echo_session)) as (_, port):
+            c = await WSClient.connect(port)
+            data = "é✓".encode()
+            c.send(BytesMessage(data=data[:1], message_finished=False))
+            c.send(BytesMessage(data=data[1:4], message_finished=False))
+            c.send(BytesMessage(data=data[4:], message_finished=True))
+            assert await c.text() == "echo:é✓"
+
+    run(main())
+
+
 def test_ping_gets_pong(run: Any) -> None:
     async def main() -> None:
         async with serve(ws_app(echo_session)) as (_, port):
