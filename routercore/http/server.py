@@ -277,7 +277,8 @@ class HTTPConnection(asyncio.Protocol):
             await self._handle(request, stream)
         except asyncio.CancelledError:
             # The client went away, or shutdown cut us: nothing more can reach the client.
-            stream.abort()
+            if self.upgraded is None:
+                stream.abort()
             if not stream.status:
                 stream.status = 499
             raise
@@ -352,7 +353,7 @@ class HTTPConnection(asyncio.Protocol):
             ws.feed(trailing)
         try:
             await accept.session(ws)
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:
             pass
         except Exception:
             log.exception("event=ws_session_crashed path=%s", request.path)
