@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -397,3 +398,22 @@ def test_shutdown_waits_for_then_cancels_a_session_that_ignores_the_close(run: A
             assert event.code == 1001
 
     run(main())
+
+
+def test_real_router_dashboard_feed_over_websocket(router_factory: Any) -> None:
+    """The real app's /ws/dashboard upgrades, pushes JSON snapshots and closes cleanly."""
+    router = router_factory()
+
+    async def main() -> None:
+        c = await WSClient.connect(router.port, "/ws/dashboard")
+        snapshot = json.loads(await c.text())
+        assert isinstance(snapshot, dict)
+        c.send(Ping(payload=b"p"))
+        c.send(CloseConnection(code=1000))
+        seen: list[Event] = []
+        while (event := await c.next_event()) is not None:
+            seen.append(event)
+        assert any(isinstance(e, CloseConnection) for e in seen)
+        await eventually(lambda: router.call(lambda: not router.service.server.state.connections))
+
+    make_runner("asyncio")(main())
