@@ -140,8 +140,9 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def run_service(service: AgentService) -> None:
-    loop = _new_event_loop()
+def run_service(service: AgentService, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    """Run the service to the end on `loop` (a new one by default) in the calling thread."""
+    loop = loop or _new_event_loop()
     try:
         loop.run_until_complete(service.run())
         loop.run_until_complete(loop.shutdown_default_executor())
@@ -156,15 +157,21 @@ def run_headless(service: AgentService) -> int:
 
 
 def run_with_tray(service: AgentService, config: AgentConfig, env: Mapping[str, str]) -> int:
+    """The tray's loop on the main thread (macOS requires it), the service on a worker thread.
+
+    If the tray fails after all (no system tray on this desktop, a broken backend), the agent
+    carries on headless instead of dying: serving matters more than the icon.
+    """
     from agent.tray import TrayApp
 
     tray = TrayApp(service, for_platform(env=env, command=autostart_command(config)))
     tray.build()
     failure: list[BaseException] = []
+    loop = _new_event_loop()  # made here: importing uvloop late in a thread can race exit
 
     def loop_thread() -> None:
         try:
-            run_service(service)
+            run_service(service, loop)
         except BaseException as exc:
             log.exception("agent_loop_crashed")
             failure.append(exc)
@@ -182,7 +189,12 @@ def run_with_tray(service: AgentService, config: AgentConfig, env: Mapping[str, 
     def setup(icon: Any) -> None:
         icon.visible = True
 
-    tray.run(setup=setup)
+    try:
+        tray.run(setup=setup)
+    except Exception:
+        log.exception("tray_failed; running headless")
+        while worker.is_alive():  # join in slices so signal handlers still run
+            worker.join(0.5)
     service.request_stop()
     worker.join(timeout=30)
     return 1 if failure else 0

@@ -6,6 +6,7 @@ raises, and the headless agent must not depend on it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
@@ -83,6 +84,9 @@ class TrayApp:
         self.reload_config = reload_config or (lambda path: load_config(config_file=path))
         self.icon: Any = None
         self._settings_proc: subprocess.Popen[bytes] | None = None
+        self._pending: Snapshot | None = None
+        self._dirty = threading.Event()
+        self._closed = threading.Event()
 
     # menu actions: pystray calls them as action(icon, item) on its own thread
     def on_open_dashboard(self, icon: Any = None, item: Any = None) -> None:
@@ -156,10 +160,33 @@ class TrayApp:
             menu=self.menu(),
         )
         self.service.state.subscribe(self.refresh)
+        threading.Thread(target=self._refresher, name="tray-refresh", daemon=True).start()
         return self.icon
 
     def refresh(self, snapshot: Snapshot) -> None:
-        """State listener: recolour and retitle the icon (any thread)."""
+        """State listener: hand the snapshot to the refresher thread; never blocks.
+
+        Some backends (X11) run icon updates on their own loop and wait for it: done on the
+        agent's event loop that could stall heartbeats, so a separate thread does it.
+        """
+        self._pending = snapshot
+        self._dirty.set()
+
+    def _refresher(self) -> None:
+        while True:
+            self._dirty.wait()
+            self._dirty.clear()
+            if self._closed.is_set():
+                return
+            snapshot = self._pending
+            if snapshot is not None:
+                try:
+                    self.apply(snapshot)
+                except Exception:  # a tray hiccup must not end the refresher
+                    log.debug("tray_refresh_failed", exc_info=True)
+
+    def apply(self, snapshot: Snapshot) -> None:
+        """Recolour and retitle the icon for `snapshot`."""
         icon = self.icon
         if icon is None:
             return
@@ -173,8 +200,29 @@ class TrayApp:
     def run(self, setup: Callable[[Any], None] | None = None) -> None:
         """Blocking: pystray's loop on this (the main) thread."""
         icon = self.icon or self.build()
-        icon.run(setup=setup)
+
+        def guarded_setup(icon: Any) -> None:
+            if not self._closed.is_set():
+                if setup is not None:
+                    setup(icon)
+                else:
+                    icon.visible = True
+
+        try:
+            icon.run(setup=guarded_setup)
+        except Exception:
+            self._closed.set()
+            # pystray's setup thread (not a daemon) waits for "ready" forever after a failed
+            # run, which would keep the process alive at exit: release it (it does nothing now).
+            with contextlib.suppress(Exception):
+                icon._mark_ready()
+            raise
 
     def stop(self) -> None:
+        self._closed.set()
+        self._dirty.set()
         if self.icon is not None:
-            self.icon.stop()
+            try:
+                self.icon.stop()
+            except Exception:  # a backend whose loop never ran cannot stop it
+                log.debug("tray_stop_failed", exc_info=True)

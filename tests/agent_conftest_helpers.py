@@ -238,7 +238,7 @@ def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("LLM_AGENT_", "LLM_ROUTER_"))
+        if not k.startswith(("LLM_AGENT_", "LLM_ROUTER_", "PYSTRAY_"))
         and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")
     }
     env["PYTHONUNBUFFERED"] = "1"

@@ -375,12 +375,12 @@ def test_tray_under_a_display_and_headless_without(cluster: Cluster) -> None:
     router = cluster.router()
     runtime = cluster.runtime()
 
-    def agent_with_tray_allowed(name: str, display: str) -> Proc:
+    def agent_with_tray_allowed(name: str, display: str, **env: str) -> Proc:
         proc = Proc(
             [sys.executable, "-m", "agent", "--router", router.url, "--runtime-url", runtime.url,
              "--name", name],
             cluster.tmp / f"{name}-agent.log",
-            {**cluster.env, "DISPLAY": display, "WAYLAND_DISPLAY": ""},
+            {**cluster.env, "DISPLAY": display, "WAYLAND_DISPLAY": "", **env},
         ).start()  # fmt: skip
         cluster.procs.append(proc)
         return proc
@@ -388,11 +388,20 @@ def test_tray_under_a_display_and_headless_without(cluster: Cluster) -> None:
     headless = agent_with_tray_allowed("hl", "")
     wait_until(online(router, "hl"), what="headless online")
     assert "running_headless" in headless.log()
+
+    # A tray backend that fails when run: the agent goes on headless and still stops cleanly.
+    broken = agent_with_tray_allowed("broken", ":0", PYSTRAY_BACKEND="dummy")
+    wait_until(online(router, "broken"), what="agent online despite a broken tray")
+    assert "tray_failed" in broken.log()
+    assert broken.stop(signal.SIGTERM) == 0
     if shutil.which("Xvfb") is None:
         pytest.skip("Xvfb not installed")
     with xvfb_display() as display:
         proc = agent_with_tray_allowed("tray", display)
-        wait_until(online(router, "tray"), what="tray agent online")
+        try:
+            wait_until(online(router, "tray"), what="tray agent online")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nagent log:\n{proc.log()[-4000:]}") from None
         assert "running_headless" not in proc.log()
         assert proc.stop(signal.SIGTERM) == 0
         assert "agent_stopped" in proc.log()

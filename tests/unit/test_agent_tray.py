@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-os.environ["PYSTRAY_BACKEND"] = "dummy"  # before anything imports pystray
-
 import pytest
 
 from agent.autostart import XdgAutostart
@@ -25,6 +23,22 @@ from agent.service import AgentService
 from agent.state import DEGRADED, OFFLINE, ONLINE, RouterLink, Snapshot
 from agent.tray import COLOURS, TrayApp, icon_image, settings_command, tooltip
 from tests.agent_conftest_helpers import free_port, wait_until
+
+
+@pytest.fixture(autouse=True, scope="module")
+def dummy_pystray() -> None:
+    """pystray picks its backend at first import: import it with the dummy one, env restored."""
+    saved = os.environ.get("PYSTRAY_BACKEND")
+    os.environ["PYSTRAY_BACKEND"] = "dummy"
+    try:
+        import pystray
+    finally:
+        if saved is None:
+            del os.environ["PYSTRAY_BACKEND"]
+        else:
+            os.environ["PYSTRAY_BACKEND"] = saved
+    if pystray.Icon.__module__ != "pystray._base":
+        pytest.skip(f"pystray already loaded with {pystray.Icon.__module__}")
 
 
 def make_config(tmp_path: Path) -> AgentConfig:
@@ -131,7 +145,7 @@ def test_menu_actions(running_service: AgentService, tmp_path: Path) -> None:
     assert not items["Pause serving"].checked
     items["Pause serving"](icon)
     assert service.state.snapshot.paused and items["Pause serving"].checked
-    assert icon.title.startswith("LLM Router agent: paused")
+    wait_until(lambda: icon.title.startswith("LLM Router agent: paused"), what="paused title")
     items["Pause serving"](icon)
     assert not service.state.snapshot.paused
 
@@ -143,6 +157,7 @@ def test_menu_actions(running_service: AgentService, tmp_path: Path) -> None:
 
     items["Quit"](icon)
     wait_until(lambda: service._stop is not None and service._stop.is_set(), what="stop")
+    assert tray._closed.is_set()
 
 
 def test_state_changes_recolour_icon(tmp_path: Path) -> None:
@@ -150,11 +165,16 @@ def test_state_changes_recolour_icon(tmp_path: Path) -> None:
     tray = TrayApp(service, XdgAutostart(["x"], {"XDG_CONFIG_HOME": str(tmp_path)}))
     icon: Any = tray.build()
     url = service.config.router_url[0]
+
+    def colour() -> object:
+        return icon.icon.getpixel((32, 32))
+
     service.state.update_router(url, registered=True)
     service.state.update(runtime_up=True)
-    assert icon.icon.getpixel((32, 32)) == (*COLOURS[ONLINE], 255)
+    wait_until(lambda: colour() == (*COLOURS[ONLINE], 255), what="green")
     assert icon.title.startswith("LLM Router agent: online")
     service.state.update(runtime_up=False)
-    assert icon.icon.getpixel((32, 32)) == (*COLOURS[DEGRADED], 255)
+    wait_until(lambda: colour() == (*COLOURS[DEGRADED], 255), what="amber")
     service.state.update(activity="installing runtime 12%")
-    assert "installing runtime 12%" in icon.title
+    wait_until(lambda: "installing runtime 12%" in icon.title, what="tooltip")
+    tray.stop()
