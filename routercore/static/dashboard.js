@@ -198,6 +198,7 @@
 
   function connect() {
     clearTimeout(state.reconnectTimer);
+    if (document.hidden) return;  // the visibilitychange handler reconnects
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
     const token = getToken();
     const url = `${proto}//${location.host}/ws/dashboard${token ? `?token=${encodeURIComponent(token)}` : ""}`;
@@ -815,6 +816,18 @@
   $("chat-clear").addEventListener("click", () => { state.chat.messages = []; $("chat-log").replaceChildren(); $("chat-node").textContent = ""; });
 
   // ---- start --------------------------------------------------------------------------------
+
+  // A hidden tab does not need a snapshot every second: drop the feed, resume on return.
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) {
+      clearTimeout(state.reconnectTimer);
+      stopPolling();
+      if (state.ws) { const old = state.ws; state.ws = null; old.close(); }
+      setChannel("connecting");
+    } else if (!state.ws) {
+      reconnectNow();
+    }
+  });
 
   // Relative times (uptime, last seen) move between snapshots too.
   setInterval(() => { if (state.snapshot && !document.hidden && !state.ws) renderNodes(); }, 1000);

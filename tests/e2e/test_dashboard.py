@@ -333,6 +333,32 @@ def test_falls_back_to_polling_when_the_socket_fails(
     expect(page.locator("#card-total")).to_have_text("1", timeout=2 * LIVE + 1000)
 
 
+def test_hidden_tab_drops_the_feed_and_resumes(router: RouterThread, page: Any) -> None:
+    open_dashboard(page, router)
+    badge = page.locator("#conn-state")
+    expect(badge).to_have_attribute("data-state", "live")
+    flip = """hidden => {
+        Object.defineProperty(document, "hidden", {value: hidden, configurable: true});
+        document.dispatchEvent(new Event("visibilitychange"));
+    }"""
+    page.evaluate(flip, True)
+    expect(badge).to_have_attribute("data-state", "connecting")
+    feed = router.call(lambda: _feed_sessions(router))
+    wait_for(lambda: router.call(lambda: len(feed)) == 0, message="the router dropped the feed")
+    page.evaluate(flip, False)
+    expect(badge).to_have_attribute("data-state", "live")
+
+
+def _feed_sessions(router: RouterThread) -> set[Any]:
+    from routercore.api.dashboard import DashboardAPI
+
+    for route in router.service.app.exact.values():
+        owner = getattr(route.handler, "__self__", None)
+        if isinstance(owner, DashboardAPI):
+            return owner.feed.sessions
+    raise AssertionError("dashboard API not installed")
+
+
 def test_closed_reads_ask_for_the_token_once(
     router_factory: Callable[..., RouterThread], fake_nodes: Callable[..., Any], page: Any
 ) -> None:
