@@ -65,6 +65,9 @@ class ServerState:
         self.limits = limits
         self.on_error = on_error
         self.connections: set[HTTPConnection] = set()
+        # Handler tasks outlive their connection at times (a WebSocket session notices the
+        # close only at its next receive): shutdown waits for these, not just the connections.
+        self.tasks: set[asyncio.Task[None]] = set()
         self.draining = False
 
 
@@ -83,7 +86,9 @@ class HTTPConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
         self.request_head: h11.Request | None = None
-        self.body_parts: list[bytes] = []
+        # One growing buffer, not a list of pieces: a chunked body of a million 1-byte chunks
+        # would otherwise cost ~35 bytes of object overhead per body byte.
+        self.body = bytearray()
         self.body_size = 0
         self.writable = asyncio.Event()
         self.writable.set()
@@ -190,6 +195,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def _process(self) -> None:
         """Pull h11 events until a whole request is read, more data is needed, or an error."""
+        body_progress = False
         while not self.closed and self.task is None:
             try:
                 event = self.conn.next_event()
@@ -197,7 +203,7 @@ class HTTPConnection(asyncio.Protocol):
                 self._protocol_error(exc)
                 return
             if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
+                break
             if isinstance(event, h11.Request):
                 if not self._on_head(event):
                     return
@@ -206,19 +212,22 @@ class HTTPConnection(asyncio.Protocol):
                 if self.body_size > self.limits.max_body_bytes:
                     self._reject_body_too_large()
                     return
-                self.body_parts.append(event.data)
-                self._set_timer(self.limits.body_timeout, self._on_body_timeout)
+                self.body += event.data
+                body_progress = True
             elif isinstance(event, h11.EndOfMessage):
                 self._start_handler()
                 return
             elif isinstance(event, h11.ConnectionClosed):
                 self._close()
                 return
+        if body_progress and not self.closed and self.task is None:
+            # the body timeout is the longest pause between reads: re-arm once per read
+            self._set_timer(self.limits.body_timeout, self._on_body_timeout)
 
     def _on_head(self, event: h11.Request) -> bool:
         self.request_head = event
         self.head_timer_armed = False
-        self.body_parts = []
+        self.body = bytearray()
         self.body_size = 0
         # h11 bounds only an *incomplete* head; one that arrives whole in a single read can be
         # larger, so measure it here as well.
@@ -263,9 +272,11 @@ class HTTPConnection(asyncio.Protocol):
         head = self.request_head
         assert head is not None
         self._cancel_timer()
-        body = b"".join(self.body_parts)
-        self.body_parts = []
-        self.task = self.loop.create_task(self._run(_make_request(head, body, self.peer)))
+        body = bytes(self.body)
+        self.body = bytearray()
+        self.task = task = self.loop.create_task(self._run(_make_request(head, body, self.peer)))
+        self.state.tasks.add(task)
+        task.add_done_callback(self.state.tasks.discard)
 
     # -- handling ----------------------------------------------------------------------------
 
@@ -686,22 +697,19 @@ class HTTPServer:
         self.state.draining = True
         if self.server is not None:
             self.server.close()
-        running = [conn.task for conn in self.state.connections if conn.task is not None]
         for conn in list(self.state.connections):
             conn.shutdown()
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and (
-            self.state.connections or not all(t.done() for t in running)
-        ):
+        while time.monotonic() < deadline and (self.state.connections or self.state.tasks):
             await asyncio.sleep(0.02)
         left = list(self.state.connections)
-        if left:
-            log.warning("event=shutdown_cut connections=%d", len(left))
+        if left or self.state.tasks:
+            log.warning(
+                "event=shutdown_cut connections=%d handlers=%d", len(left), len(self.state.tasks)
+            )
         for conn in left:
-            if conn.task is not None:
-                running.append(conn.task)
             conn.abort()
-        pending = [t for t in running if not t.done()]
+        pending = list(self.state.tasks)
         for task in pending:
             task.cancel()
         if pending:

@@ -489,3 +489,21 @@ def test_limits_produce_no_error_logs(run: Any, caplog: pytest.LogCaptureFixture
     assert errors(caplog) == []
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [r for r in warnings if "shutdown_cut" not in r.getMessage()] == []
+
+
+def test_body_of_many_tiny_chunks_is_reassembled(run: Any) -> None:
+    body = bytes(range(256)) * 40  # 10240 one-byte chunks
+
+    async def handler(request: Request) -> Response:
+        return Response.json({"same": request.body == body, "size": len(request.body)})
+
+    async def main() -> None:
+        async with serve(handler, max_body_bytes=len(body)) as (_, port):
+            c = await Client.connect(port)
+            framed = b"".join(b"1\r\n" + body[i : i + 1] + b"\r\n" for i in range(len(body)))
+            await c.send(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            await c.send(framed + b"0\r\n\r\n")
+            assert (await c.reply()).json() == {"same": True, "size": len(body)}
+            c.close()
+
+    run(main())

@@ -417,3 +417,23 @@ def test_real_router_dashboard_feed_over_websocket(router_factory: Any) -> None:
         await eventually(lambda: router.call(lambda: not router.service.server.state.connections))
 
     make_runner("asyncio")(main())
+
+
+def test_shutdown_waits_for_a_session_that_outlives_its_connection(run: Any) -> None:
+    finished: list[bool] = []
+
+    async def slow_to_notice(ws: WebSocket) -> None:
+        assert await ws.receive() is None
+        await asyncio.sleep(0.2)  # cleanup after the client left, e.g. a final write to a store
+        finished.append(True)
+
+    async def main() -> None:
+        async with serve(ws_app(slow_to_notice)) as (server, port):
+            c = await WSClient.connect(port)
+            c.send(CloseConnection(code=1000))
+            await eventually(lambda: not server.state.connections, message="connection gone")
+            await server.shutdown(5)
+            assert finished == [True]
+            assert not server.state.tasks
+
+    run(main())
