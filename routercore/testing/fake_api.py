@@ -147,7 +147,9 @@ class FakeAPI:
                 if isinstance(req, Reply):
                     return req
                 return handler(self, path, req)
-        return error_reply(path, 404 if method in ("GET", "POST") else 405, "404 page not found")
+        if method in ("GET", "POST"):
+            return error_reply(path, 404, "404 page not found")
+        return error_reply(path, 405, "405 method not allowed")
 
     def _tags(self) -> list[dict[str, Any]]:
         return [

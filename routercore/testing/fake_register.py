@@ -56,7 +56,9 @@ async def post_json(
     if token:
         headers.append(("authorization", f"Bearer {token}"))
 
-    async def exchange() -> tuple[int, Any]:
+    # asyncio.timeout, not wait_for: a connection opened just as the timeout fires is still
+    # closed by the `finally` below instead of leaking from a separate task.
+    async with asyncio.timeout(timeout):
         reader, writer = await asyncio.open_connection(parts.hostname, port)
         try:
             conn = h11.Connection(h11.CLIENT)
@@ -75,15 +77,13 @@ async def post_json(
                     chunks.append(bytes(event.data))
                 elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
                     break
-            raw = b"".join(chunks)
-            try:
-                return status, orjson.loads(raw) if raw else None
-            except orjson.JSONDecodeError:
-                return status, None
         finally:
             writer.close()
-
-    return await asyncio.wait_for(exchange(), timeout)
+    raw = b"".join(chunks)
+    try:
+        return status, orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return status, None
 
 
 def system_info() -> dict[str, Any]:

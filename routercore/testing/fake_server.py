@@ -118,7 +118,10 @@ class FakeHTTPProtocol(asyncio.Protocol):
                 if not self._check_length(event):
                     return
                 if conn.they_are_waiting_for_100_continue:
-                    self._write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+                    continue_ = h11.InformationalResponse(
+                        status_code=100, headers=[], reason=b"Continue"
+                    )
+                    self._write(conn.send(continue_))
             elif kind is h11.Data:
                 assert isinstance(event, h11.Data)
                 self.body.append(event.data)

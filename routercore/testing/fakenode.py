@@ -5,6 +5,15 @@ sync code. Settings and faults change at run time from Python or over `POST /_fa
 The pieces: fake_state (settings/faults/stats), fake_api + fake_bodies (sans-IO handlers),
 fake_server (asyncio + h11 transport), fake_register (router registration and heartbeats),
 fake_cli (the console script).
+
+Control endpoints (never counted in the stats, never hit by faults):
+  GET  /_fake/stats   counters (requests by path, in_flight, completed, cancelled, dropped,
+                      errors, last_body_size, connections) + settings, faults, registration
+  GET  /_fake/config  {"settings": {...}, "faults": {...}}
+  POST /_fake/config  {"tokens": 3, "token_delay": 0.01, "models": [...], "clear_faults": true,
+                       "faults": {"status500": true, "drop_after": 3,
+                                  "refuse": {"value": true, "seconds": 2, "times": null}}}
+  POST /_fake/reset   zero the counters
 """
 
 from __future__ import annotations

@@ -38,8 +38,32 @@ async def node() -> AsyncIterator[FakeNode]:
         yield n
 
 
+_open_clients: list[openai.AsyncOpenAI | ollama.AsyncClient] = []
+
+
 def oai(node: FakeNode, **kwargs: Any) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=node.url + "/v1", api_key="x", max_retries=0, **kwargs)
+    """An official OpenAI client for `node`, closed after the test (no retries: faults show)."""
+    client = openai.AsyncOpenAI(base_url=node.url + "/v1", api_key="x", max_retries=0, **kwargs)
+    _open_clients.append(client)
+    return client
+
+
+def oll(node: FakeNode, **kwargs: Any) -> ollama.AsyncClient:
+    """An official Ollama client for `node`, closed after the test."""
+    client = ollama.AsyncClient(host=node.url, **kwargs)
+    _open_clients.append(client)
+    return client
+
+
+async def close_clients() -> None:
+    while _open_clients:
+        await _open_clients.pop().close()
+
+
+@pytest.fixture(autouse=True)
+async def _closes_clients() -> AsyncIterator[None]:
+    yield
+    await close_clients()
 
 
 async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
@@ -132,7 +156,6 @@ async def test_openai_chat_plain_and_streamed(node: FakeNode) -> None:
     )
     assert short.choices[0].message.content == "tok0 tok1 tok2"
     assert short.choices[0].finish_reason == "length"
-    await client.close()
 
 
 async def test_openai_completions_embeddings_models(node: FakeNode) -> None:
@@ -154,7 +177,6 @@ async def test_openai_completions_embeddings_models(node: FakeNode) -> None:
     with pytest.raises(openai.NotFoundError) as exc:
         await client.models.retrieve("gpt-9")
     assert exc.value.code == "model_not_found"
-    await client.close()
 
 
 async def test_openai_errors(node: FakeNode) -> None:
@@ -169,14 +191,13 @@ async def test_openai_errors(node: FakeNode) -> None:
         r = await http.post("/v1/chat/completions", json={"messages": []})
         assert r.status_code == 400
         assert (await http.get("/v1/nothing")).status_code == 404
-    await client.close()
 
 
 # -- Ollama protocol --------------------------------------------------------------------------
 
 
 async def test_ollama_chat_and_generate(node: FakeNode) -> None:
-    client = ollama.AsyncClient(host=node.url)
+    client = oll(node)
     r = await client.chat(model="m1", messages=[{"role": "user", "content": "hi there"}])
     assert r.message.role == "assistant" and r.message.content == TEXT8
     assert r.done and r.done_reason == "stop" and r.eval_count == 8 and r.prompt_eval_count == 2
@@ -200,7 +221,7 @@ async def test_ollama_chat_and_generate(node: FakeNode) -> None:
 
 
 async def test_ollama_embed_list_ps_pull_show(node: FakeNode) -> None:
-    client = ollama.AsyncClient(host=node.url)
+    client = oll(node)
     e = await client.embed(model="m1", input="hello")
     assert [list(v) for v in e.embeddings] == [pytest.approx(list(embedding("hello", 8)))]
     e2 = await client.embed(model="m1", input=["a", "b"])
@@ -281,7 +302,46 @@ async def test_keep_alive_and_pipelining(node: FakeNode) -> None:
         texts.append(orjson.loads(data)["response"])
         leftover = c.trailing_data[0]
     writer.close()
+    await writer.wait_closed()
     assert texts == [TEXT8] * 3
+
+
+async def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes, read until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    out = await asyncio.wait_for(reader.read(-1), 10)
+    writer.close()
+    await writer.wait_closed()
+    return out
+
+
+async def test_raw_protocol_edges(node: FakeNode) -> None:
+    body = b'{"model":"m1","prompt":"x"}'
+    http10 = await raw_exchange(
+        node.port,
+        b"POST /api/generate HTTP/1.0\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body),
+    )
+    head, _, payload = http10.partition(b"\r\n\r\n")
+    assert b"chunked" not in head  # HTTP/1.0: close-delimited NDJSON
+    assert [orjson.loads(x)["done"] for x in payload.splitlines()] == [False] * 8 + [True]
+
+    expect = await raw_exchange(
+        node.port,
+        b"POST /api/generate HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
+        b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body),
+    )
+    assert expect.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
+
+    head_only = await raw_exchange(
+        node.port, b"HEAD / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    assert head_only.startswith(b"HTTP/1.1 200") and head_only.endswith(b"\r\n\r\n")
+    assert (await raw_exchange(node.port, b"NONSENSE\r\n\r\n")).startswith(b"HTTP/1.1 400")
+    huge = b"POST /api/chat HTTP/1.1\r\nhost: x\r\ncontent-length: 999999999999\r\n\r\n"
+    assert (await raw_exchange(node.port, huge)).startswith(b"HTTP/1.1 413")
+    delete = b"DELETE /api/tags HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    assert (await raw_exchange(node.port, delete)).startswith(b"HTTP/1.1 405")
 
 
 async def test_slow_reader_pauses_a_fast_stream() -> None:
@@ -305,6 +365,7 @@ async def test_slow_reader_pauses_a_fast_stream() -> None:
             assert chunk, "connection closed early"
             received += chunk
         writer.close()
+        await writer.wait_closed()
         assert received.count(b'"done":false') == 100_000
         assert received.count(b'"done":true') == 1
         await until(lambda: n.stats.completed == 1 and n.stats.in_flight == 0)
@@ -345,7 +406,7 @@ async def test_fault_status500(node: FakeNode) -> None:
     assert r.choices[0].message.content == TEXT8
     node.set_fault("status500")
     with pytest.raises(ollama.ResponseError) as exc:
-        await ollama.AsyncClient(host=node.url).generate(model="m1", prompt="x")
+        await oll(node).generate(model="m1", prompt="x")
     assert exc.value.status_code == 500
     async with httpx.AsyncClient() as http:  # non-inference endpoints still answer
         assert (await http.get(node.url + "/api/tags")).status_code == 200
@@ -375,7 +436,7 @@ async def test_fault_drop_after_n_chunks(node: FakeNode) -> None:
 
 async def test_fault_hang_times_out_and_counts_cancel(node: FakeNode) -> None:
     node.set_fault("hang")
-    client = ollama.AsyncClient(host=node.url, timeout=0.3)
+    client = oll(node, timeout=0.3)
     with pytest.raises(httpx.ReadTimeout):
         await client.generate(model="m1", prompt="x")
     await until(lambda: node.stats.cancelled == 1 and node.stats.in_flight == 0)
@@ -450,7 +511,7 @@ async def test_delays_apply_to_streams_and_full_replies() -> None:
     async with FakeNode(tokens=3, token_delay=0.001, first_token_delay=0.001) as n:
         r = await oai(n).chat.completions.create(model="fake-model", messages=[])
         assert r.choices[0].message.content == "tok0 tok1 tok2"
-        client = ollama.AsyncClient(host=n.url)
+        client = oll(n)
         messages = [{"role": "user", "content": "x"}]
         stream = await client.chat(model="fake-model", messages=messages, stream=True)
         parts = [p async for p in stream]
@@ -519,6 +580,7 @@ class RecordingRouter:
         writer.write(conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage()))
         await writer.drain()
         writer.close()
+        await writer.wait_closed()
 
 
 @pytest.fixture
@@ -602,11 +664,14 @@ def test_on_uvloop(scenario: Callable[..., Awaitable[None]]) -> None:
     import uvloop
 
     async def run() -> None:
-        if scenario.__code__.co_argcount == 0:
-            await scenario()
-            return
-        async with FakeNode(models=MODELS) as n:
-            await scenario(n)
+        try:
+            if scenario.__code__.co_argcount == 0:
+                await scenario()
+                return
+            async with FakeNode(models=MODELS) as n:
+                await scenario(n)
+        finally:
+            await close_clients()
 
     uvloop.run(run())
 
@@ -624,7 +689,10 @@ def test_run_in_thread_with_sync_clients() -> None:
             client.chat.completions.create(model="m1", messages=[])
         n.clear_faults()
         n.configure(tokens=1)
-        assert ollama.Client(host=n.url).generate(model="m1", prompt="x").response == "tok0"
+        sync_ollama = ollama.Client(host=n.url)
+        assert sync_ollama.generate(model="m1", prompt="x").response == "tok0"
+        sync_ollama.close()
+        client.close()
         assert n.snapshot()["requests"]["/v1/chat/completions"] == 2
     handle = run_in_thread()
     url = handle.url
@@ -658,6 +726,8 @@ def cli() -> Iterator[Callable[..., tuple[subprocess.Popen[str], str]]]:
         if p.poll() is None:
             p.kill()
             p.wait()
+        if p.stdout is not None:
+            p.stdout.close()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -665,12 +735,13 @@ def test_cli_serves_and_exits_cleanly(
     cli: Callable[..., tuple[subprocess.Popen[str], str]], sig: int
 ) -> None:
     proc, url = cli("--models", "a,b", "--tokens", "2", "--fault", "status500")
-    tags = httpx.get(url + "/api/tags").json()
-    assert [m["name"] for m in tags["models"]] == ["a", "b"]
-    assert httpx.post(url + "/api/generate", json={"model": "a"}).status_code == 500
-    httpx.post(url + "/_fake/config", json={"clear_faults": True})
-    r = httpx.post(url + "/api/generate", json={"model": "a", "prompt": "x", "stream": False})
-    assert r.json()["response"] == "tok0 tok1"
+    with httpx.Client(base_url=url) as http:
+        tags = http.get("/api/tags").json()
+        assert [m["name"] for m in tags["models"]] == ["a", "b"]
+        assert http.post("/api/generate", json={"model": "a"}).status_code == 500
+        http.post("/_fake/config", json={"clear_faults": True})
+        r = http.post("/api/generate", json={"model": "a", "prompt": "x", "stream": False})
+        assert r.json()["response"] == "tok0 tok1"
     proc.send_signal(sig)
     assert proc.wait(timeout=20) == 0
 
