@@ -1,8 +1,9 @@
 """The fake node's HTTP/1.1 transport: one asyncio.Protocol + h11 state machine per client.
 
-Fast path: a reply with no delays is written in one `transport.write` from `data_received`,
-no task. Delayed or streamed-with-delay replies run in a task that the connection cancels
-when the client goes away, which is how the node "stops generating" on cancellation.
+Fast path: a reply with no delays is written straight from `data_received` (one write, or
+64 KiB batches for long streams), no task; if the client stops reading, the rest moves to a
+task that waits for the drain. Delayed replies always run in a task, which the connection
+cancels when the client goes away: that is how the node "stops generating" on cancellation.
 """
 
 from __future__ import annotations
