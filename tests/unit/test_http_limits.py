@@ -33,6 +33,19 @@ def run(request: pytest.FixtureRequest) -> Runner:
     return make_runner(request.param)
 
 
+async def trickle(c: Client, pieces: list[bytes], pause: float) -> int:
+    """Send `pieces` one by one until done or the server answers/closes; returns how many."""
+    for sent, piece in enumerate(pieces):
+        if c.reader.at_eof() or c.answer_started():
+            return sent
+        try:
+            await c.send(piece)
+        except ConnectionError:
+            return sent
+        await asyncio.sleep(pause)
+    return len(pieces)
+
+
 # -- head size -----------------------------------------------------------------------------------
 
 
@@ -41,11 +54,10 @@ def test_head_over_max_header_bytes_sent_slowly_gets_431_and_close(run: Any) -> 
         async with serve(echo, max_header_bytes=2048) as (_, port):
             c = await Client.connect(port)
             await c.send(b"GET / HTTP/1.1\r\nHost: t\r\n")
-            for _ in range(40):  # 40 x 100 bytes, no end of head
-                await c.send(b"X-Fill: " + b"a" * 90 + b"\r\n")
-                if c.reader.at_eof() or c.reader._buffer:  # the answer may come early
-                    break
-            r = await c.reply()
+            lines = [b"X-Fill: " + b"a" * 90 + b"\r\n"] * 40  # 4000 bytes, no end of head
+            sender = asyncio.create_task(trickle(c, lines, 0.001))
+            r = await c.reply()  # may come before all lines are out
+            await sender
             assert r.status == 431
             assert r.headers["connection"] == "close"
             assert "error" in r.json()
@@ -209,19 +221,13 @@ def test_slowloris_head_is_cut_with_408_by_an_absolute_deadline(
         async with serve(echo, header_timeout=0.3) as (_, port):
             c = await Client.connect(port)
             drip = b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"s" * 400
-            sent = 0
             # one byte every 20 ms, far more often than the timeout: a deadline that restarted
             # per byte would never fire, and the drip would take 8 s to finish
-            while sent < len(drip) and not c.reader._buffer and not c.reader.at_eof():
-                try:
-                    await c.send(drip[sent : sent + 1])
-                except ConnectionError:
-                    break
-                sent += 1
-                await asyncio.sleep(0.02)
-            assert sent < len(drip), "the server never cut the slow head"
-            r = await c.reply()
+            sender = asyncio.create_task(trickle(c, [bytes([b]) for b in drip], 0.02))
+            r = await c.reply(timeout=30)
             assert r.status == 408
+            sent = await sender
+            assert sent < len(drip), "the answer came only after the whole drip"
             assert await c.closed()
 
     run(main())

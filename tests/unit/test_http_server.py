@@ -121,6 +121,10 @@ class Client:
         await self.send(build(method, path, body, headers))
         return await self.reply(method)
 
+    def answer_started(self) -> bool:
+        """Bytes from the server wait unread (the stream API has no public peek)."""
+        return bool(getattr(self.reader, "_buffer", b""))
+
     async def reply(self, method: str = "GET", timeout: float = 5.0) -> Reply:
         return await asyncio.wait_for(read_reply(self.reader, method), timeout)
 
