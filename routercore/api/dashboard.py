@@ -46,6 +46,7 @@ CSP = (
 )
 
 PUSH_INTERVAL = 1.0
+COALESCE = 0.05  # seconds to gather node changes into one push
 RATE_WINDOW = 10  # seconds behind requests/s, tokens/s
 SERIES_SECONDS = 3600
 SERIES_STEP = 10  # chart resolution in seconds: 360 points for the hour
@@ -281,15 +282,21 @@ class DashboardFeed:
         changed = asyncio.Event()
         self.sessions.add(changed)
         reader = asyncio.get_running_loop().create_task(self._read_until_closed(ws, changed))
+        log.debug(
+            "event=dashboard_feed_open peer=%s clients=%d", ws.request.peer, len(self.sessions)
+        )
         try:
             while not ws.closed and not reader.done():
                 changed.clear()
                 await ws.send_text(self.snapshots.snapshot_text())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), PUSH_INTERVAL)
+                    # A burst of changes (every node going offline at once) becomes one push.
+                    await asyncio.sleep(COALESCE)
         except ConnectionError:
             pass
         finally:
+            log.debug("event=dashboard_feed_closed peer=%s", ws.request.peer)
             self.sessions.discard(changed)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -395,7 +395,7 @@
   function lineChart(target, series, { xMin, xMax, yMax, unit = "" }) {
     // Draw at the element's own width so text stays at its CSS size on any screen.
     const W = Math.max(240, Math.round(target.parentElement ? target.parentElement.clientWidth - 2 : 600) || 600);
-    const H = 170, L = 44, R = 8, T = 10, B = 22;
+    const H = W < 500 ? 140 : 170, L = 44, R = 8, T = 10, B = 22;
     target.setAttribute("viewBox", `0 0 ${W} ${H}`);
     const parts = [];
     let top = yMax ?? 0;
@@ -768,6 +768,7 @@
       if (!resp.ok) {
         let message = `HTTP ${resp.status}`;
         try { const data = await resp.json(); message = (data.error && (data.error.message || data.error)) || message; } catch { /* keep status */ }
+        if (resp.status === 401) message += " (this router needs an API key for /v1; the admin token works too: use \"Admin token\" at the top)";
         throw new Error(message);
       }
       const reader = resp.body.getReader();
