@@ -194,6 +194,14 @@ class HTTPConnection(asyncio.Protocol):
     # -- request reading ---------------------------------------------------------------------
 
     def _process(self) -> None:
+        """Read events; a bug here must cost one connection, not the loop's error handler."""
+        try:
+            self._pump()
+        except Exception:
+            log.exception("event=connection_failed peer=%s", self.peer)
+            self.abort()
+
+    def _pump(self) -> None:
         """Pull h11 events until a whole request is read, more data is needed, or an error."""
         body_progress = False
         while not self.closed and self.task is None:

@@ -1051,3 +1051,27 @@ def test_real_router_limits_and_error_formats(router_factory: Any) -> None:
     assert status == 404 and isinstance(payload["error"], str)
     status, payload = ask(build("GET", "/v1/nothing"))
     assert status == 404 and payload["error"]["code"] == "not_found"
+
+
+def test_a_failing_error_responder_costs_one_connection_only(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    capture(caplog)
+
+    def broken_on_error(request: Request | None, status: int, message: str) -> Response:
+        if status == 400:
+            raise RuntimeError("formatter bug")
+        return Response.json({"error": message}, status=status)
+
+    async def main() -> None:
+        async with serve(echo, on_error=broken_on_error) as (_, port):
+            c = await Client.connect(port)
+            await c.send(b"NOT HTTP\r\n\r\n")
+            assert await c.closed()
+            ok = await Client.connect(port)
+            assert (await ok.request("GET", "/")).status == 200
+            ok.close()
+
+    run(main())
+    assert any("event=connection_failed" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
