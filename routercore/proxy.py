@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-
-import h11
 
 from routercore.errors import (
     ModelNotFound,
@@ -27,6 +25,7 @@ from routercore.errors import (
 from routercore.http.messages import Request, Response, ResponseStream
 from routercore.http.upstream import (
     HOP_BY_HOP,
+    ResponseHead,
     UpstreamBrokenError,
     UpstreamConnectError,
     UpstreamConnection,
@@ -45,6 +44,20 @@ log = logging.getLogger("routercore.proxy")
 
 _FORWARDED_HEADERS = (b"content-type", b"accept", b"user-agent", b"x-request-id")
 _DROP_RESPONSE_HEADERS = HOP_BY_HOP | {b"server"}
+# History rows are handed to the store in batches: one wake-up of its writer thread (and one
+# transaction) per batch instead of per request. Flushed when idle, when full, or on a timer.
+_ROWS_BATCH = 256
+_ROWS_DELAY = 0.05
+
+_ids = random.Random()  # seeded from os.urandom; request ids need to be unique, not secret
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def request_id() -> str:
+    """A random (version 4) UUID string, without uuid4()'s os.urandom system call."""
+    h = "%032x" % ((_ids.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class _Retry(Exception):
@@ -94,6 +107,8 @@ class Proxy:
         self.store = store
         self.stats = stats
         self.waiters: deque[_Waiter] = deque()
+        self._rows: list[dict[str, object]] = []
+        self._rows_timer: asyncio.TimerHandle | None = None
         registry.listeners.append(lambda _id, _node: self._drain())
 
     # -- entry point -------------------------------------------------------------------------
@@ -191,7 +206,7 @@ class Proxy:
             att.status = head.status_code
             headers = [(k, v) for k, v in head.headers if k not in _DROP_RESPONSE_HEADERS]
             headers.append((b"x-router-node", node_id.encode()))
-            chunked = not any(k == b"content-length" for k, _ in head.headers)
+            chunked = head.content_length is None
             ttfb = await self._relay(conn, stream, att, headers, api, chunked, started, deadline)
         except BaseException:
             conn.abort()
@@ -202,7 +217,7 @@ class Proxy:
 
     async def _send(
         self, request: Request, host: str, port: int, deadline: float
-    ) -> tuple[UpstreamConnection, h11.Response]:
+    ) -> tuple[UpstreamConnection, ResponseHead]:
         """Connect (pooled), send, read the head; one silent retry on a stale pooled socket."""
         headers = [(b"host", f"{host}:{port}".encode())]
         headers += [(k, v) for k, v in request.headers if k in _FORWARDED_HEADERS]
@@ -377,7 +392,7 @@ class Proxy:
             att.scanner.usage() if att.scanner is not None and att.outcome != "rejected" else None
         )
         outcome = Outcome(
-            request_id=str(uuid.uuid4()),
+            request_id=request_id(),
             node_id=att.node_id,
             model=model,
             endpoint=endpoint,
@@ -391,7 +406,7 @@ class Proxy:
         self.stats.record(outcome)
         if att.node_id is not None and att.sent_to_client:
             self.registry.record_result(att.node_id, att.outcome == "ok", duration)
-        self.store.add_request(
+        self._rows.append(
             {
                 "id": outcome.request_id,
                 "ts": ts,
@@ -410,6 +425,19 @@ class Proxy:
                 "error": att.error,
             }
         )
+        if self.stats.in_flight == 0 or len(self._rows) >= _ROWS_BATCH:
+            self.flush_rows()
+        elif self._rows_timer is None:
+            self._rows_timer = asyncio.get_running_loop().call_later(_ROWS_DELAY, self.flush_rows)
+
+    def flush_rows(self) -> None:
+        """Hand the finished requests' history rows to the store."""
+        if self._rows_timer is not None:
+            self._rows_timer.cancel()
+            self._rows_timer = None
+        rows, self._rows = self._rows, []
+        for row in rows:
+            self.store.add_request(row)
 
 
 class _StreamFailed(Exception):

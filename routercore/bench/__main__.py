@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from routercore.bench.runner import Settings, run
+from routercore.bench.runner import SECTIONS, Settings, run
 
 
 def _f(value: Any, digits: int = 2) -> str:
@@ -35,8 +35,8 @@ def render(r: dict[str, Any]) -> str:
         f"{r['settings']['wrk_connections']} connections, closed loop, best of "
         f"{r['settings']['rounds']} interleaved rounds):",
         "",
-        "| target | max req/s | p50 ms | p99 ms | errors | its CPU % |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| target | max req/s | p50 ms | p99 ms | errors | its CPU % | CPU µs/req |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     names = {
         "direct": "fake node, direct",
@@ -45,13 +45,14 @@ def render(r: dict[str, Any]) -> str:
         "bare": "bare uvloop+h11 server (same reply)",
         "wrk_ceiling": "wrk ceiling (nginx `return 200`)",
     }
-    for key, row in r["throughput"].items():
+    for key, row in r.get("throughput", {}).items():
         lines.append(
             f"| {names.get(key, key)} | {row['rps']} | {_f(row['p50_ms'])} | "
-            f"{_f(row['p99_ms'])} | {row['errors']} | {_f(row['sut_cpu_pct'], 0)} |"
+            f"{_f(row['p99_ms'])} | {row['errors']} | {_f(row['sut_cpu_pct'], 0)} | "
+            f"{_f(row['cpu_us_per_req'], 1)} |"
         )
-    lat = r["latency_at_half_max"]
-    rate = lat["router"]["rate"]
+    lat = r.get("latency_at_half_max", {})
+    rate = lat["router"]["rate"] if lat else "-"
     lines += [
         "",
         f"Latency at half the router's max ({rate} req/s, open loop, "
@@ -65,7 +66,7 @@ def render(r: dict[str, Any]) -> str:
             f"| {names.get(key, key)} | {row['achieved_rps']} | {_f(row['p50_ms'], 3)} | "
             f"{_f(row['p99_ms'], 3)} | {row['errors']} |"
         )
-    st = r["streams"]
+    st = r.get("streams", {})
     lines += [
         "",
         "Streams (SSE, stamping upstream, one at a time; chunk delay = arrival - send stamp):",
@@ -87,7 +88,7 @@ def render(r: dict[str, Any]) -> str:
         "| streams | router RSS MB | router CPU % |",
         "| ---: | ---: | ---: |",
     ]
-    for row in r["concurrent_streams"]:
+    for row in r.get("concurrent_streams", []):
         lines.append(f"| {row['streams']} | {_f(row['rss_mb'], 1)} | {_f(row['cpu_pct'], 1)} |")
     lines += [
         "",
@@ -96,7 +97,7 @@ def render(r: dict[str, Any]) -> str:
         "| nodes | twin ns | Cython ns | speed-up |",
         "| ---: | ---: | ---: | ---: |",
     ]
-    for row in r["balancer"]:
+    for row in r.get("balancer", []):
         lines.append(
             f"| {row['nodes']} | {_f(row['python_ns'], 0)} | {_f(row['cython_ns'], 0)} | "
             f"{_f(row['speedup'], 1)}x |"
@@ -133,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         "--load-cores", default="1", help="taskset cores for the load generator and fake nodes"
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help="comma list of sections to run (default: all of %(default)s)",
+    )
     parser.add_argument("--keep", type=Path, help="keep logs and configs in this directory")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -143,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         "nginx": not args.no_nginx,
         "sut_cores": args.sut_cores if pin else None,
         "load_cores": args.load_cores if pin else None,
+        "sections": tuple(x for x in args.only.split(",") if x),
     }
+    unknown = set(kw["sections"]) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) {sorted(unknown)}; valid: {','.join(SECTIONS)}")
     settings = Settings.quick(**kw) if args.quick else Settings(**kw)
     results = run(settings, keep=args.keep)
     args.json.write_text(json.dumps(results, indent=2))

@@ -21,6 +21,7 @@ from routercore.bench.procs import Proc, Processes, free_port, running
 CHAT_BODY = '{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
 STREAM_BODY = '{"model":"%s","stream":true,"messages":[{"role":"user","content":"hi"}]}'
 PATH = "/v1/chat/completions"
+SECTIONS = ("throughput", "latency", "streams", "held", "balancer")
 
 WRK_LUA = """
 wrk.method = "POST"
@@ -55,6 +56,7 @@ class Settings:
     sut_cores: str | None = "0"
     load_cores: str | None = "1"
     nginx: bool = True
+    sections: tuple[str, ...] = SECTIONS
 
     @classmethod
     def quick(cls, **kw: Any) -> Settings:
@@ -144,15 +146,19 @@ class Bench:
         t0 = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         wall = time.perf_counter() - t0
-        cpu = (self.p.cpu_times(sut) - cpu0) / wall * 100 if sut else None
+        cpu_s = self.p.cpu_times(sut) - cpu0 if sut else None
         line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
         data = json.loads(line[8:])
+        requests = max(1, data["requests"])
         return {
             "rps": round(data["requests"] / (data["duration_us"] / 1e6)),
             "p50_ms": data["p50_us"] / 1000,
             "p99_ms": data["p99_us"] / 1000,
             "errors": data["errors"],
-            "sut_cpu_pct": round(cpu, 1) if cpu is not None else None,
+            # CPU share the server got, and its CPU time per request: the second does not
+            # depend on what else the machine runs, so it is the number to compare changes by.
+            "sut_cpu_pct": round(cpu_s / wall * 100, 1) if cpu_s is not None else None,
+            "cpu_us_per_req": round(cpu_s * 1e6 / requests, 1) if cpu_s is not None else None,
         }
 
     def paced(self, port: int, rate: float) -> dict[str, Any]:
@@ -273,6 +279,44 @@ class Bench:
             "lost": done.get("lost"),
         }
 
+    def _requests(self, router: Proc, rport: int, nport: int) -> None:
+        """Non-streamed requests: max req/s (wrk) and latency at half the router's max."""
+        s, p, r = self.s, self.p, self.results
+        reply = self.work / "reply.json"
+        reply.write_text(json.dumps(_fetch_reply(nport)))
+        bport = free_port()
+        bare = p.bare(bport, reply)
+        nginx = None
+        ngport = wport = 0
+        if s.nginx and shutil.which("wrk"):
+            ngport, wport = free_port(), free_port()
+            nginx = p.nginx(ngport, nport, static_port=wport)
+
+        # Max throughput (closed loop, wrk); rounds interleave the targets, the best one counts,
+        # so a burst of load from elsewhere on the machine hits every target alike.
+        targets_ = [("direct", nport, None, PATH), ("router", rport, router, PATH)]
+        if nginx is not None:
+            targets_ += [("nginx", ngport, nginx, PATH), ("wrk_ceiling", wport, nginx, "/")]
+        targets_.append(("bare", bport, bare, PATH))
+        tp: dict[str, Any] = {}
+        for _ in range(s.rounds):
+            for name, port, sut, path in targets_:
+                row = self.wrk(port, sut, path=path)
+                if name not in tp or row["rps"] > tp[name]["rps"]:
+                    tp[name] = row
+        r["throughput"] = tp
+        if "latency" in s.sections:
+            # Latency at half of the router's max rate (open loop, paced clients).
+            rate = tp["router"]["rps"] / 2
+            lat = {"direct": self.paced(nport, rate), "router": self.paced(rport, rate)}
+            if nginx is not None:
+                lat["nginx"] = self.paced(ngport, rate)
+            lat["bare"] = self.paced(bport, rate)
+            r["latency_at_half_max"] = lat
+        p.stop(bare)
+        if nginx is not None:
+            p.stop(nginx)
+
     # -- the run -----------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -304,51 +348,18 @@ class Bench:
         r["idle_router_rss_mb"] = round(p.rss_mb(router), 1)
         r["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
 
-        reply = self.work / "reply.json"
-        reply.write_text(json.dumps(_fetch_reply(nport)))
-        bport = free_port()
-        bare = p.bare(bport, reply)
-        nginx = None
-        ngport = wport = 0
-        if s.nginx and shutil.which("wrk"):
-            ngport, wport = free_port(), free_port()
-            nginx = p.nginx(ngport, nport, static_port=wport)
-
-        # Max throughput (closed loop, wrk); rounds interleave the targets, the best one counts,
-        # so a burst of load from elsewhere on the machine hits every target alike.
-        targets_ = [("direct", nport, None, PATH), ("router", rport, router, PATH)]
-        if nginx is not None:
-            targets_ += [("nginx", ngport, nginx, PATH), ("wrk_ceiling", wport, nginx, "/")]
-        targets_.append(("bare", bport, bare, PATH))
-        tp: dict[str, Any] = {}
-        for _ in range(s.rounds):
-            for name, port, sut, path in targets_:
-                row = self.wrk(port, sut, path=path)
-                if name not in tp or row["rps"] > tp[name]["rps"]:
-                    tp[name] = row
-        r["throughput"] = tp
-
-        # Latency at half of the router's max rate (open loop, paced clients).
-        rate = tp["router"]["rps"] / 2
-        lat: dict[str, Any] = {"direct": self.paced(nport, rate), "router": self.paced(rport, rate)}
-        if nginx is not None:
-            lat["nginx"] = self.paced(ngport, rate)
-        lat["bare"] = self.paced(bport, rate)
-        r["latency_at_half_max"] = lat
-        p.stop(bare)
-        if nginx is not None:
-            p.stop(nginx)
-
-        # Streams: time to first token and per-chunk forwarding delay.
-        r["streams"] = {
-            "direct": self.streams(sport, "stamp"),
-            "router": self.streams(rport, "stamp"),
-        }
-
-        # Many concurrent streams held open.
-        r["concurrent_streams"] = [self.hold(rport, router, n, "slow") for n in s.hold_counts]
-
-        r["balancer"] = balancer_bench.run(s.balancer_sizes, s.balancer_budget)
+        if "throughput" in s.sections or "latency" in s.sections:
+            self._requests(router, rport, nport)
+        if "streams" in s.sections:
+            # Time to first token and per-chunk forwarding delay.
+            r["streams"] = {
+                "direct": self.streams(sport, "stamp"),
+                "router": self.streams(rport, "stamp"),
+            }
+        if "held" in s.sections:
+            r["concurrent_streams"] = [self.hold(rport, router, n, "slow") for n in s.hold_counts]
+        if "balancer" in s.sections:
+            r["balancer"] = balancer_bench.run(s.balancer_sizes, s.balancer_budget)
         r["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         r["targets"] = targets(r)
         return r
@@ -374,7 +385,7 @@ def _fetch_reply(port: int) -> dict[str, Any]:
         headers = [
             [k.lower(), v]
             for k, v in resp.headers.items()
-            if k.lower() not in ("content-length", "connection", "date")
+            if k.lower() not in ("connection", "date")
         ]
         return {"status": resp.status, "headers": headers, "body": resp.read().decode("latin-1")}
 
@@ -382,7 +393,38 @@ def _fetch_reply(port: int) -> dict[str, Any]:
 def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target of the issue as measured in this run: value, limit, met."""
     out: list[dict[str, Any]] = []
-    lat = r["latency_at_half_max"]
+    if "latency_at_half_max" in r:
+        out += _latency_targets(r["latency_at_half_max"])
+    if "throughput" in r:
+        tp = r["throughput"]
+        ratio = tp["router"]["rps"] / tp["bare"]["rps"]
+        out.append(
+            _target("router max req/s / bare uvloop+h11", round(ratio, 3), ">= 0.6", ratio >= 0.6)
+        )
+    if "streams" in r:
+        st = r["streams"]
+        ttft = st["router"]["ttft_p50_ms"] - st["direct"]["ttft_p50_ms"]
+        out.append(
+            _target("added time to first token, p50 (ms)", round(ttft, 3), "<= 1", ttft <= 1.0)
+        )
+    held = [h for h in r.get("concurrent_streams", []) if h["streams"] >= 2000]
+    if held:
+        rss = held[-1]["rss_mb"]
+        out.append(_target("router RSS with 2,000 streams (MB)", rss, "<= 250", rss <= 250))
+    worst = min((b["speedup"] for b in r.get("balancer", []) if b["speedup"]), default=None)
+    if worst is not None:
+        out.append(
+            _target("Cython pick speed-up over the twin (worst size)", worst, ">= 10", worst >= 10)
+        )
+    return out
+
+
+def _target(name: str, value: float, limit: str, met: bool) -> dict[str, Any]:
+    return {"target": name, "value": value, "limit": limit, "met": met}
+
+
+def _latency_targets(lat: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
     add50 = lat["router"]["p50_ms"] - lat["direct"]["p50_ms"]
     add99 = lat["router"]["p99_ms"] - lat["direct"]["p99_ms"]
     out.append(
@@ -401,47 +443,6 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             "met": add99 <= 2.0,
         }
     )
-    tp = r["throughput"]
-    ratio = tp["router"]["rps"] / tp["bare"]["rps"]
-    out.append(
-        {
-            "target": "router max req/s / bare uvloop+h11",
-            "value": round(ratio, 3),
-            "limit": ">= 0.6",
-            "met": ratio >= 0.6,
-        }
-    )
-    st = r["streams"]
-    ttft = st["router"]["ttft_p50_ms"] - st["direct"]["ttft_p50_ms"]
-    out.append(
-        {
-            "target": "added time to first token, p50 (ms)",
-            "value": round(ttft, 3),
-            "limit": "<= 1",
-            "met": ttft <= 1.0,
-        }
-    )
-    held = [h for h in r["concurrent_streams"] if h["streams"] >= 2000]
-    if held:
-        rss = held[-1]["rss_mb"]
-        out.append(
-            {
-                "target": "router RSS with 2,000 streams (MB)",
-                "value": rss,
-                "limit": "<= 250",
-                "met": rss <= 250,
-            }
-        )
-    worst = min((b["speedup"] for b in r["balancer"] if b["speedup"]), default=None)
-    if worst is not None:
-        out.append(
-            {
-                "target": "Cython pick speed-up over the twin (worst size)",
-                "value": worst,
-                "limit": ">= 10",
-                "met": worst >= 10,
-            }
-        )
     return out
 
 

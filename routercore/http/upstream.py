@@ -1,5 +1,10 @@
-"""Client side of the proxy: keep-alive connection pools per node, h11 response parsing, and
-a pull-style body reader that pauses the node's socket while the consumer is not reading."""
+"""Client side of the proxy: keep-alive connection pools per node, a small sans-IO HTTP/1.1
+response parser, and a pull-style body reader that pauses the node's socket while the consumer
+is not reading.
+
+The parser does only what relaying needs (status, headers, framing); bodies are handed on as
+the bytes objects the socket produced whenever framing allows it, never re-parsed or copied.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,12 @@ import asyncio
 import logging
 from collections import deque
 
-import h11
-
 log = logging.getLogger("routercore.http.upstream")
 
 # Bytes buffered from a node before its socket stops being read (until the client drains).
 _READ_HIGH_WATER = 64 * 1024
 _READ_LOW_WATER = 16 * 1024
+MAX_HEAD_BYTES = 64 * 1024
 
 HOP_BY_HOP = frozenset(
     {
@@ -38,14 +42,227 @@ class UpstreamBrokenError(ConnectionError):
     """The node closed, reset or sent something that is not HTTP."""
 
 
+class ResponseHead:
+    """Status line and headers of a node's response (names lower-case, as sent otherwise)."""
+
+    __slots__ = ("chunked", "content_length", "headers", "keep_alive", "reason", "status_code")
+
+    def __init__(
+        self,
+        status_code: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        content_length: int | None,
+        chunked: bool,
+        keep_alive: bool,
+    ) -> None:
+        self.status_code = status_code
+        self.reason = reason
+        self.headers = headers
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+
+
+class _End:
+    """The response is complete (a singleton event)."""
+
+    __slots__ = ()
+
+
+END = _End()
+Event = ResponseHead | bytes | _End
+
+# Parser states.
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_EOF, _DONE = range(8)
+
+
+class ProtocolError(Exception):
+    """The bytes from the node are not a valid HTTP/1.1 response."""
+
+
+class ResponseParser:
+    """Sans-IO: `feed(bytes)` returns the events it completed (head, body pieces, END)."""
+
+    __slots__ = ("_buf", "_left", "head_request", "reusable", "state")
+
+    def __init__(self, *, head_request: bool = False) -> None:
+        self.state = _HEAD
+        self._buf = b""
+        self._left = 0
+        self.head_request = head_request
+        self.reusable = False  # set at END: keep-alive and no stray bytes
+
+    def feed(self, data: bytes) -> list[Event]:
+        out: list[Event] = []
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        while data:
+            state = self.state
+            if state == _LENGTH:
+                left = self._left
+                if len(data) <= left:
+                    out.append(data)
+                    self._left = left - len(data)
+                    data = b""
+                    if self._left == 0:
+                        self._end(out)
+                else:
+                    out.append(data[:left])
+                    data = data[left:]
+                    self._left = 0
+                    self._end(out)
+            elif state == _CHUNK_DATA:
+                left = self._left
+                if len(data) <= left:
+                    out.append(data)
+                    self._left = left - len(data)
+                    data = b""
+                    if self._left == 0:
+                        self.state = _CHUNK_CRLF
+                else:
+                    out.append(data[:left])
+                    data = data[left:]
+                    self.state = _CHUNK_CRLF
+            elif state == _CHUNK_CRLF:
+                if len(data) < 2:
+                    break
+                if data[:2] != b"\r\n":
+                    raise ProtocolError("missing CRLF after a chunk")
+                data = data[2:]
+                self.state = _CHUNK_SIZE
+            elif state == _CHUNK_SIZE:
+                i = data.find(b"\r\n")
+                if i < 0:
+                    if len(data) > 1024:
+                        raise ProtocolError("chunk size line too long")
+                    break
+                size_text = data[:i].split(b";", 1)[0].strip()
+                try:
+                    size = int(size_text, 16)
+                except ValueError:
+                    raise ProtocolError(f"bad chunk size {size_text[:20]!r}") from None
+                if size < 0:
+                    raise ProtocolError("negative chunk size")
+                data = data[i + 2 :]
+                if size == 0:
+                    self.state = _TRAILERS
+                else:
+                    self._left = size
+                    self.state = _CHUNK_DATA
+            elif state == _TRAILERS:
+                i = data.find(b"\r\n")
+                if i < 0:
+                    if len(data) > MAX_HEAD_BYTES:
+                        raise ProtocolError("trailers too long")
+                    break
+                line, data = data[:i], data[i + 2 :]
+                if not line:
+                    self._end(out)
+            elif state == _UNTIL_EOF:
+                out.append(data)
+                data = b""
+            elif state == _HEAD:
+                i = data.find(b"\r\n\r\n")
+                if i < 0:
+                    if len(data) > MAX_HEAD_BYTES:
+                        raise ProtocolError("response head too long")
+                    break
+                head, data = data[:i], data[i + 4 :]
+                self._head(head, out)
+            else:  # _DONE: bytes after a complete response
+                self.reusable = False
+                data = b""
+        if data:
+            self._buf = data
+        return out
+
+    def feed_eof(self) -> list[Event]:
+        """The node closed: ends a read-until-close body, else it is an error unless done."""
+        if self.state == _UNTIL_EOF:
+            out: list[Event] = []
+            self._end(out)
+            self.reusable = False
+            return out
+        if self.state != _DONE:
+            raise ProtocolError("node closed the connection mid-response")
+        return []
+
+    @property
+    def done(self) -> bool:
+        return self.state == _DONE
+
+    def _end(self, out: list[Event]) -> None:
+        self.state = _DONE
+        out.append(END)
+
+    def _head(self, head: bytes, out: list[Event]) -> None:
+        lines = head.split(b"\r\n")
+        status_line = lines[0]
+        parts = status_line.split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+            raise ProtocolError(f"bad status line {status_line[:40]!r}")
+        try:
+            status = int(parts[1])
+        except ValueError:
+            raise ProtocolError(f"bad status code {parts[1][:10]!r}") from None
+        if not 100 <= status <= 999:
+            raise ProtocolError(f"bad status code {status}")
+        headers: list[tuple[bytes, bytes]] = []
+        length: int | None = None
+        chunked = False
+        keep_alive = parts[0] == b"HTTP/1.1"
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name[-1:] in (b" ", b"\t") or line[:1] in (b" ", b"\t"):
+                raise ProtocolError(f"bad header line {line[:40]!r}")
+            name = name.lower()
+            value = value.strip()
+            headers.append((name, value))
+            if name == b"content-length":
+                if not value.isdigit() or (length is not None and int(value) != length):
+                    raise ProtocolError("bad or conflicting content-length")
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
+                if not chunked:
+                    raise ProtocolError(f"unsupported transfer-encoding {value[:20]!r}")
+            elif name == b"connection":
+                tokens = {t.strip() for t in value.lower().split(b",")}
+                if b"close" in tokens:
+                    keep_alive = False
+                elif b"keep-alive" in tokens:
+                    keep_alive = True
+        if 100 <= status < 200:
+            if status == 101:
+                raise ProtocolError("node switched protocols")
+            return  # informational: the real head follows
+        if chunked:
+            length = None
+        out.append(ResponseHead(status, parts[2] if len(parts) > 2 else b"", headers, length,
+                                chunked, keep_alive))  # fmt: skip
+        self.reusable = keep_alive
+        if self.head_request or status in (204, 304) or length == 0:
+            self._end(out)
+        elif chunked:
+            self.state = _CHUNK_SIZE
+        elif length is not None:
+            self._left = length
+            self.state = _LENGTH
+        else:
+            self.reusable = False
+            self.state = _UNTIL_EOF
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to a node. Not shared: one request at a time."""
 
     def __init__(self, key: tuple[str, int]) -> None:
         self.key = key
-        self.conn = h11.Connection(h11.CLIENT)
+        self.parser = ResponseParser()
         self.transport: asyncio.Transport | None = None
-        self.events: deque[h11.Response | h11.Data | h11.EndOfMessage] = deque()
+        self.events: deque[Event] = deque()
         self.buffered = 0
         self.error: Exception | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -64,73 +281,62 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         if self.error is None:
             try:
-                self.conn.receive_data(b"")
-                self._pump()
-            except Exception:
-                pass
-            if self.error is None and not self._complete():
+                self._add(self.parser.feed_eof())
+            except ProtocolError:
                 self.error = UpstreamBrokenError(f"node closed the connection ({exc or 'EOF'})")
         self._wake()
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
-        try:
-            self.conn.receive_data(data)
-        except RuntimeError:
+        if self.error is not None:
             return
-        self._pump()
-        if self.buffered > _READ_HIGH_WATER and not self.paused and self.transport is not None:
-            self.transport.pause_reading()
-            self.paused = True
-        self._wake()
+        try:
+            events = self.parser.feed(data)
+        except ProtocolError as exc:
+            self.error = UpstreamBrokenError(f"node sent invalid HTTP: {exc}")
+            self._wake()
+            return
+        if events:
+            self._add(events)
+            if self.buffered > _READ_HIGH_WATER and not self.paused and self.transport:
+                self.transport.pause_reading()
+                self.paused = True
+            self._wake()
 
     def eof_received(self) -> bool | None:
         return None
 
-    # -- parsing -----------------------------------------------------------------------------
+    # -- events ------------------------------------------------------------------------------
 
-    def _pump(self) -> None:
-        while self.error is None:
-            try:
-                event = self.conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                self.error = UpstreamBrokenError(f"node sent invalid HTTP: {exc}")
-                return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
-            if isinstance(event, h11.InformationalResponse):
-                continue
-            if isinstance(event, h11.Data):
-                self.buffered += len(event.data)
-            if isinstance(event, h11.Response | h11.Data | h11.EndOfMessage):
-                self.events.append(event)
-                if isinstance(event, h11.EndOfMessage):
-                    return
-            elif isinstance(event, h11.ConnectionClosed):
-                return
-
-    def _complete(self) -> bool:
-        return bool(self.events) and isinstance(self.events[-1], h11.EndOfMessage)
+    def _add(self, events: list[Event]) -> None:
+        for event in events:
+            if type(event) is bytes:
+                self.buffered += len(event)
+        self.events.extend(events)
 
     def _wake(self) -> None:
         w = self.waiter
         if w is not None and not w.done():
             w.set_result(None)
 
-    async def _next(self, timeout: float) -> h11.Response | h11.Data | h11.EndOfMessage:
-        while not self.events:
+    async def _next(self, timeout: float) -> Event:
+        events = self.events
+        while not events:
             if self.error is not None:
                 raise self.error
             if self.closed:
                 raise UpstreamBrokenError("node closed the connection")
-            self.waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self.waiter = loop.create_future()
+            timer = loop.call_later(timeout, _expire, waiter)
             try:
-                await asyncio.wait_for(self.waiter, timeout)
+                await waiter
             finally:
+                timer.cancel()
                 self.waiter = None
-        event = self.events.popleft()
-        if isinstance(event, h11.Data):
-            self.buffered -= len(event.data)
+        event = events.popleft()
+        if type(event) is bytes:
+            self.buffered -= len(event)
             if self.paused and self.buffered < _READ_LOW_WATER and self.transport is not None:
                 self.paused = False
                 self.transport.resume_reading()
@@ -141,37 +347,54 @@ class UpstreamConnection(asyncio.Protocol):
     def send_request(
         self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> None:
+        """Write the request in one go; a body without a content-length header gets one."""
         assert self.transport is not None
-        data = self.conn.send(h11.Request(method=method, target=target, headers=headers))
-        data += self.conn.send(h11.Data(data=body)) if body else b""
-        data += self.conn.send(h11.EndOfMessage())
-        self.transport.write(data)
+        parts = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
+        has_length = False
+        for name, value in headers:
+            if name == b"content-length":
+                has_length = True
+            parts += (name, b": ", value, b"\r\n")
+        if body and not has_length:
+            parts.append(b"content-length: %d\r\n" % len(body))
+        parts.append(b"\r\n")
+        if body:
+            parts.append(body)
+        self.parser.head_request = method == "HEAD"
+        self.transport.write(b"".join(parts))
 
-    async def read_head(self, timeout: float) -> h11.Response:
+    async def read_head(self, timeout: float) -> ResponseHead:
         event = await self._next(timeout)
-        if not isinstance(event, h11.Response):
+        if type(event) is not ResponseHead:
             raise UpstreamBrokenError("node sent a body before a response head")
         return event
 
     async def read_body(self, timeout: float) -> bytes | None:
         """Next body piece as the node sent it, or None at the end of the response."""
+        events = self.events
+        if events:  # fast path: no coroutine machinery beyond this frame
+            event = events[0]
+            if type(event) is bytes:
+                events.popleft()
+                self.buffered -= len(event)
+                if self.paused and self.buffered < _READ_LOW_WATER and self.transport:
+                    self.paused = False
+                    self.transport.resume_reading()
+                return event
         event = await self._next(timeout)
-        if isinstance(event, h11.Data):
-            return bytes(event.data)
-        if isinstance(event, h11.EndOfMessage):
+        if type(event) is bytes:
+            return event
+        if event is END:
             return None
         raise UpstreamBrokenError("unexpected event in response body")
 
     def reusable(self) -> bool:
-        if self.closed or self.error is not None:
+        if self.closed or self.error is not None or self.events:
             return False
-        if self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
+        parser = self.parser
+        if not parser.done or not parser.reusable:
             return False
-        try:
-            self.conn.start_next_cycle()
-        except h11.LocalProtocolError:
-            return False
-        self.events.clear()
+        self.parser = ResponseParser()
         self.buffered = 0
         self.got_bytes = False
         return True
@@ -193,6 +416,11 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
         self._wake()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class UpstreamPool:
