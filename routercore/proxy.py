@@ -276,15 +276,20 @@ class Proxy:
         assert scanner is not None
         ttfb: float | None = None
         read_timeout = self.cfg.read_timeout
+        perf_counter = time.perf_counter
         while True:
+            left = deadline - perf_counter()
             try:
-                piece = await conn.read_body(min(read_timeout, self._timeout(deadline)))
+                if left <= 0:
+                    raise TimeoutError
+                piece = await conn.read_body(read_timeout if read_timeout < left else left)
             except (TimeoutError, UpstreamBrokenError) as exc:
-                reason = (
-                    "node stopped sending (read timeout)"
-                    if isinstance(exc, TimeoutError)
-                    else str(exc)
-                )
+                if isinstance(exc, UpstreamBrokenError):
+                    reason = str(exc)
+                elif deadline - perf_counter() <= 0:
+                    reason = "the request took longer than request_timeout"
+                else:
+                    reason = "node stopped sending (read timeout)"
                 att.outcome = "error"
                 att.error = reason
                 log.warning("event=stream_failed node=%s reason=%r", att.node_id, reason)

@@ -266,6 +266,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.buffered = 0
         self.error: Exception | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
         self.closed = False
         self.paused = False
         self.reused = False
@@ -314,6 +316,22 @@ class UpstreamConnection(asyncio.Protocol):
                 self.buffered += len(event)
         self.events.extend(events)
 
+    def _on_timer(self) -> None:
+        self.timer = None
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        loop = waiter.get_loop()
+        if loop.time() < self.deadline:
+            self.timer = loop.call_at(self.deadline, self._on_timer)
+        else:
+            waiter.set_exception(TimeoutError())
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
     def _wake(self) -> None:
         w = self.waiter
         if w is not None and not w.done():
@@ -327,12 +345,17 @@ class UpstreamConnection(asyncio.Protocol):
             if self.closed:
                 raise UpstreamBrokenError("node closed the connection")
             loop = asyncio.get_running_loop()
-            waiter = self.waiter = loop.create_future()
-            timer = loop.call_later(timeout, _expire, waiter)
+            self.waiter = loop.create_future()
+            # One lazily re-armed timer per connection instead of a timer per wait: a wait
+            # only moves the deadline; the timer re-arms itself when it fires early.
+            self.deadline = loop.time() + timeout
+            if self.timer is None or self.timer.when() > self.deadline:
+                if self.timer is not None:
+                    self.timer.cancel()
+                self.timer = loop.call_at(self.deadline, self._on_timer)
             try:
-                await waiter
+                await self.waiter
             finally:
-                timer.cancel()
                 self.waiter = None
         event = events.popleft()
         if type(event) is bytes:
@@ -395,6 +418,7 @@ class UpstreamConnection(asyncio.Protocol):
         if not parser.done or not parser.reusable:
             return False
         self.parser = ResponseParser()
+        self._cancel_timer()
         self.buffered = 0
         self.got_bytes = False
         return True
@@ -402,6 +426,7 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         if self.pool is not None:
             self.pool.active.discard(self)
+        self._cancel_timer()
         self.closed = True
         if self.transport is not None:
             self.transport.close()
@@ -410,17 +435,13 @@ class UpstreamConnection(asyncio.Protocol):
         """Cut the connection at once: the node sees a reset and stops generating."""
         if self.pool is not None:
             self.pool.active.discard(self)
+        self._cancel_timer()
         self.closed = True
         if self.error is None:
             self.error = UpstreamBrokenError("aborted")
         if self.transport is not None:
             self.transport.abort()
         self._wake()
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 class UpstreamPool:
