@@ -41,7 +41,10 @@ class WebSocket:
         self.conn = conn
         self.request = request
         self.ws = WSConnection(ConnectionType.SERVER)
-        self.inbox: asyncio.Queue[str | None] = asyncio.Queue(maxsize=_MAX_QUEUED)
+        # Unbounded queue, bounded by flow control: past _MAX_QUEUED unread messages the
+        # transport stops reading (TCP pushes back on the client) until the session catches up.
+        self.inbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self.reading_paused = False
         self.closed = False
         self._text_parts: list[str | bytes] = []
         self._size = 0
@@ -94,10 +97,11 @@ class WebSocket:
                 else:
                     text = "".join(p for p in self._text_parts if isinstance(p, str))
                 self._text_parts, self._size = [], 0
-                if self.inbox.full():
-                    log.info("event=ws_inbox_full peer=%s", self.conn.peer)
-                    return
                 self.inbox.put_nowait(text)
+                transport = self.conn.transport
+                if self.inbox.qsize() >= _MAX_QUEUED and not self.reading_paused and transport:
+                    transport.pause_reading()
+                    self.reading_paused = True
         elif isinstance(event, RejectConnection):
             self._finish()
 
@@ -108,9 +112,16 @@ class WebSocket:
         await self.conn.drain()
 
     async def receive(self) -> str | None:
+        """The next text message; None once the connection is closed (and stays None)."""
         if self.closed and self.inbox.empty():
             return None
-        return await self.inbox.get()
+        item = await self.inbox.get()
+        transport = self.conn.transport
+        if self.reading_paused and self.inbox.qsize() <= _MAX_QUEUED // 2 and transport:
+            self.reading_paused = False
+            if not self.conn.closed:
+                transport.resume_reading()
+        return item
 
     def close(self, code: int = 1000) -> None:
         if self.closed:
@@ -124,10 +135,7 @@ class WebSocket:
     def _finish(self) -> None:
         if not self.closed:
             self.closed = True
-            try:
-                self.inbox.put_nowait(None)
-            except asyncio.QueueFull:
-                pass
+            self.inbox.put_nowait(None)
             self.conn._close()
 
     def _write(self, data: bytes) -> None:

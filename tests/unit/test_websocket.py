@@ -437,3 +437,32 @@ def test_shutdown_waits_for_a_session_that_outlives_its_connection(run: Any) -> 
             assert not server.state.tasks
 
     run(main())
+
+
+def test_a_session_that_reads_late_loses_no_messages(run: Any) -> None:
+    go = asyncio.Event()
+    got: list[str] = []
+
+    async def late_reader(ws: WebSocket) -> None:
+        await go.wait()
+        while (text := await ws.receive()) is not None:
+            got.append(text)
+            if len(got) == 500:
+                await ws.send_text("all here")
+
+    async def main() -> None:
+        async with serve(ws_app(late_reader)) as (server, port):
+            c = await WSClient.connect(port)
+            for i in range(500):  # 2 MB; no drain: the client's transport buffers what waits
+                c.send(TextMessage(data=f"m{i}" + "x" * 4000))
+            conn = next(iter(server.state.connections))
+            ws = conn.websocket
+            assert ws is not None
+            await eventually(lambda: ws.reading_paused, message="reading paused")
+            # bounded: 64 plus what one socket read (<= 256 KiB) held; the rest waits upstream
+            assert ws.inbox.qsize() <= 64 + 256 * 1024 // 4000 + 1
+            go.set()
+            assert await c.text() == "all here"
+            assert got == [f"m{i}" + "x" * 4000 for i in range(500)]
+
+    run(main())
