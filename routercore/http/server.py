@@ -592,7 +592,8 @@ class _Stream:
             raise ConnectionResetError("client disconnected")
         if data and not self.no_body:
             self.c._send(h11.Data(data=bytes(data)))
-        await self.c.drain()
+        if not self.c.writable.is_set():  # the hot path skips the extra coroutine
+            await self.c.drain()
 
     async def end(self) -> None:
         if self.c.closed:
