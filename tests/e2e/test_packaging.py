@@ -77,7 +77,7 @@ def test_install_without_a_compiler_falls_back_to_the_twin(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(target)}
     env.pop("LLM_ROUTER_REQUIRE_EXTENSIONS", None)
     proc = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-S", "-c", code],
         env=env,
         capture_output=True,
         text=True,
