@@ -284,6 +284,9 @@ class AgentService:
             )
             self._pull_done = True
         except PullError as exc:
+            # pull_model already retried with backoff; trying again every poll would hammer
+            # the runtime, so give up until the next start (or settings change).
+            self._pull_done = True
             log.error("model_pull_failed model=%s error=%s", name, exc)
         finally:
             console.finish()
@@ -291,11 +294,14 @@ class AgentService:
             self._pull_task = None
 
     async def _watch_runtime(self, stop: asyncio.Event) -> None:
+        first = True
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.config.runtime_poll_interval)
-            if stop.is_set():
-                break
+            if not first:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.config.runtime_poll_interval)
+                if stop.is_set():
+                    break
+            first = False
             try:
                 await self.check_runtime()
             except Exception:  # one bad round must not end the watcher
@@ -350,6 +356,7 @@ class AgentService:
                 config.runtime_url, config.runtime_kind, config.request_timeout
             )
             self._install_failed = False
+            self._pull_done = False
             self._gpu_devices = None
             await self.check_runtime()
             if self._stop is not None and not self._stop.is_set():
@@ -379,11 +386,10 @@ class AgentService:
         )
         watcher: asyncio.Task[None] | None = None
         try:
-            # Probe first, so the registration already lists the runtime's models.
-            try:
-                await self.check_runtime()
-            except Exception:
-                log.exception("runtime_check_failed")
+            # Probe first, so the registration already lists the runtime's models. Starting
+            # or installing the runtime is left to the watcher: a long download must not keep
+            # the node from registering (it shows up with runtime_up false meanwhile).
+            self._set_runtime(await asyncio.to_thread(self._probe.probe))
             if not stop.is_set():
                 self._start_routers(stop)
                 watcher = self._loop.create_task(self._watch_runtime(stop))
