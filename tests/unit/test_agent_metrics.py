@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
 
 from agent.metrics import (
     NVIDIA_SMI_ARGS,
@@ -14,8 +18,9 @@ from agent.metrics import (
     system_info,
 )
 
-# Recorded from `nvidia-smi --query-gpu=utilization.gpu,memory.used,memory.total,name
-# --format=csv,noheader,nounits` on a two-GPU workstation and on a T4 cloud VM.
+# Output in the shape nvidia-smi prints for `--query-gpu=utilization.gpu,memory.used,
+# memory.total,name --format=csv,noheader,nounits`: two RTX 4090s, a T4 whose driver reports
+# utilization as [N/A], and an old card that supports none of the fields.
 TWO_4090 = "35, 10240, 24564, NVIDIA GeForce RTX 4090\n0, 3, 24564, NVIDIA GeForce RTX 4090\n"
 T4_NA = "[N/A], 1024, 15360, Tesla T4\n"
 NOT_SUPPORTED = "[Not Supported], [Not Supported], [Not Supported], NVIDIA GeForce GT 710\n"
@@ -90,3 +95,19 @@ def test_system_info_shape() -> None:
     assert set(info) == {"os", "cpu_model", "cpu_count", "memory_bytes"}
     assert isinstance(info["cpu_count"], int) and info["cpu_count"] >= 1
     assert isinstance(info["memory_bytes"], int) and info["memory_bytes"] > 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a POSIX shell script stands in")
+def test_real_subprocess_with_a_stand_in_nvidia_smi(tmp_path: Path) -> None:
+    """The default runner really executes the binary: a script stands in for nvidia-smi."""
+    args_file = tmp_path / "args"
+    script = tmp_path / "nvidia-smi"
+    script.write_text(f'#!/bin/sh\necho "$@" > {args_file}\nprintf "{T4_NA.strip()}\\n"\n')
+    script.chmod(0o755)
+    summary = query_gpus(which=lambda _n: str(script))
+    assert summary.devices[0]["model"] == "Tesla T4"
+    assert args_file.read_text().split() == list(NVIDIA_SMI_ARGS)
+    failing = tmp_path / "broken-smi"
+    failing.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
+    failing.chmod(0o755)
+    assert query_gpus(which=lambda _n: str(failing)).usage is None
