@@ -262,13 +262,31 @@ class AgentService:
     def _maybe_pull_default(self) -> None:
         if self._pull_done or self._pull_task is not None:
             return
-        name = self.config.default_model or choose_default_model(
-            total_memory_bytes(), self.config.model_table
+        self._pull_task = asyncio.get_running_loop().create_task(self._pull_default())
+
+    def model_memory_bytes(self) -> int:
+        """Memory a model can use: the GPUs' total when there are GPUs, else system RAM."""
+        devices = (
+            self._gpu_devices if self._gpu_devices is not None else self.collector.gpu_devices()
         )
+        vram = 0
+        for d in devices:
+            mem, count = d.get("memory_bytes"), d.get("count", 1)
+            if isinstance(mem, int) and isinstance(count, int):
+                vram += mem * count
+        return vram or total_memory_bytes()
+
+    async def _pull_default(self) -> None:
+        name = self.config.default_model
+        if name is None:
+            memory = await asyncio.to_thread(self.model_memory_bytes)
+            name = choose_default_model(memory, self.config.model_table)
+            log.info("default_model_chosen model=%s memory_gib=%.1f", name, memory / 2**30)
         if has_model(self.runtime.models, name):
             self._pull_done = True
+            self._pull_task = None
             return
-        self._pull_task = asyncio.get_running_loop().create_task(self._pull(name))
+        await self._pull(name)
 
     async def _pull(self, name: str) -> None:
         console = ConsoleProgress(f"model {name}")
