@@ -12,12 +12,13 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from agent import __version__
 from agent.autostart import for_platform, launch_command
-from agent.config import AgentConfig, ConfigError, load_config
+from agent.config import EDITABLE, AgentConfig, ConfigError, load_config
 from agent.install import InstallError
 from agent.service import AgentService
 
@@ -156,7 +157,24 @@ def run_headless(service: AgentService) -> int:
     return 0
 
 
-def run_with_tray(service: AgentService, config: AgentConfig, env: Mapping[str, str]) -> int:
+def settings_reloader(
+    flags: Mapping[str, Any], env: Mapping[str, str]
+) -> Callable[[Path], AgentConfig]:
+    """Re-read the config after the settings window saved.
+
+    The start-up flags still apply, except for the settings the window edits: what the user just
+    saved must win over a `--router` given when the agent was started.
+    """
+    kept = {k: v for k, v in flags.items() if k not in EDITABLE}
+    return lambda path: load_config(kept, env, path)
+
+
+def run_with_tray(
+    service: AgentService,
+    config: AgentConfig,
+    env: Mapping[str, str],
+    flags: Mapping[str, Any] | None = None,
+) -> int:
     """The tray's loop on the main thread (macOS requires it), the service on a worker thread.
 
     If the tray fails after all (no system tray on this desktop, a broken backend), the agent
@@ -164,7 +182,11 @@ def run_with_tray(service: AgentService, config: AgentConfig, env: Mapping[str, 
     """
     from agent.tray import TrayApp
 
-    tray = TrayApp(service, for_platform(env=env, command=autostart_command(config)))
+    tray = TrayApp(
+        service,
+        for_platform(env=env, command=autostart_command(config)),
+        reload_config=settings_reloader(flags or {}, env),
+    )
     tray.build()
     failure: list[BaseException] = []
     loop = _new_event_loop()  # made here: importing uvloop late in a thread can race exit
@@ -204,8 +226,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     parser = build_parser()
     args = parser.parse_args(argv)
+    flags = flags_from_args(args)
     try:
-        config = load_config(flags_from_args(args), env, args.config)
+        config = load_config(flags, env, args.config)
     except ConfigError as exc:
         print(f"llm-router-agent: error: {exc}", file=sys.stderr)
         return 2
@@ -238,7 +261,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         from agent.tray import pystray_available
 
         if pystray_available():
-            return run_with_tray(service, config, env)
+            return run_with_tray(service, config, env, flags)
     log.info("running_headless")
     return run_headless(service)
 

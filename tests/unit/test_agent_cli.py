@@ -69,3 +69,18 @@ def test_managed_ollama_listens_where_the_router_can_reach_it(tmp_path: Path) ->
     assert svc._runtime_env()["OLLAMA_HOST"] == "10.1.2.3:11434"
     own = AgentService(load_config({}, env), env={"OLLAMA_HOST": "192.168.0.9:1"})
     assert own._runtime_env()["OLLAMA_HOST"] == "192.168.0.9:1"
+
+
+def test_settings_reload_keeps_flags_except_edited_ones(tmp_path: Path) -> None:
+    from agent.cli import settings_reloader
+    from agent.config import save_settings
+
+    f = tmp_path / "agent.toml"
+    save_settings(f, {"router_url": ["http://saved:1"], "node_name": "saved"})
+    args = build_parser().parse_args(
+        ["--router", "http://flag:1", "--manage-runtime", "--runtime-command", "rt serve"]
+    )
+    reload = settings_reloader(flags_from_args(args), {"XDG_CONFIG_HOME": str(tmp_path)})
+    cfg = reload(f)
+    assert cfg.router_url == ("http://saved:1",) and cfg.node_name == "saved"
+    assert cfg.manage_runtime is True and cfg.runtime_command == ("rt", "serve")
