@@ -58,6 +58,7 @@ class RouterConfig:
     max_header_bytes: int = _opt(64 * 1024, "larger request heads get 431", minimum=1024)
     header_timeout: float = _opt(10.0, "seconds to receive a request head", minimum=0.1)
     body_timeout: float = _opt(60.0, "seconds between request body reads", minimum=0.1)
+    write_timeout: float = _opt(60.0, "a client that reads nothing this long is cut", minimum=0.1)
     idle_timeout: float = _opt(75.0, "idle keep-alive connections close after this", minimum=0.1)
     max_connections: int = _opt(10000, "client connections at once; more are refused", minimum=1)
     queue_max: int = _opt(1024, "requests waiting for a free node", minimum=0)

@@ -74,6 +74,7 @@ class RouterService:
             header_timeout=config.header_timeout,
             body_timeout=config.body_timeout,
             idle_timeout=config.idle_timeout,
+            write_timeout=config.write_timeout,
             max_connections=config.max_connections,
             write_high_water=config.write_high_water,
             access_log=config.access_log,
