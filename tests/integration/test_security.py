@@ -413,23 +413,28 @@ class CountingListener:
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.sock = socket.create_server((host, 0))
+        self.sock.settimeout(0.05)  # accept() wakes up to notice close()
         self.port = self.sock.getsockname()[1]
         self.accepted = 0
+        self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        while True:
+        while not self.stopped.is_set():
             try:
                 conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
             self.accepted += 1
             conn.close()
 
     def close(self) -> None:
-        self.sock.close()
+        self.stopped.set()
         self.thread.join(5)
+        self.sock.close()
 
 
 @pytest.fixture
