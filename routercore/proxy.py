@@ -109,6 +109,9 @@ class Proxy:
         self.waiters: deque[_Waiter] = deque()
         self._rows: list[dict[str, object]] = []
         self._rows_timer: asyncio.TimerHandle | None = None
+        # Header fields built once per node instead of per request.
+        self._host_headers: dict[tuple[str, int], tuple[bytes, bytes]] = {}
+        self._node_headers: dict[str, tuple[bytes, bytes]] = {}
         registry.listeners.append(lambda _id, _node: self._drain())
 
     # -- entry point -------------------------------------------------------------------------
@@ -205,7 +208,12 @@ class Proxy:
                 raise _Retry(f"node answered {head.status_code}: {detail}")
             att.status = head.status_code
             headers = [(k, v) for k, v in head.headers if k not in _DROP_RESPONSE_HEADERS]
-            headers.append((b"x-router-node", node_id.encode()))
+            node_header = self._node_headers.get(node_id)
+            if node_header is None:
+                if len(self._node_headers) > 4096:
+                    self._node_headers.clear()
+                node_header = self._node_headers[node_id] = (b"x-router-node", node_id.encode())
+            headers.append(node_header)
             chunked = head.content_length is None
             ttfb = await self._relay(conn, stream, att, headers, api, chunked, started, deadline)
         except BaseException:
@@ -219,9 +227,14 @@ class Proxy:
         self, request: Request, host: str, port: int, deadline: float
     ) -> tuple[UpstreamConnection, ResponseHead]:
         """Connect (pooled), send, read the head; one silent retry on a stale pooled socket."""
-        headers = [(b"host", f"{host}:{port}".encode())]
+        host_header = self._host_headers.get((host, port))
+        if host_header is None:
+            if len(self._host_headers) > 4096:
+                self._host_headers.clear()
+            host_header = self._host_headers[(host, port)] = (b"host", f"{host}:{port}".encode())
+        headers = [host_header]
         headers += [(k, v) for k, v in request.headers if k in _FORWARDED_HEADERS]
-        headers.append((b"content-length", str(len(request.body)).encode()))
+        headers.append((b"content-length", b"%d" % len(request.body)))
         headers.append((b"x-forwarded-for", request.peer.encode()))
         fresh = False
         while True:
