@@ -187,7 +187,11 @@ def run_with_tray(
         for_platform(env=env, command=autostart_command(config)),
         reload_config=settings_reloader(flags or {}, env),
     )
-    tray.build()
+    try:
+        tray.build()
+    except Exception:  # e.g. the X server refused the connection
+        log.exception("tray_failed; running headless")
+        return run_headless(service)
     failure: list[BaseException] = []
     loop = _new_event_loop()  # made here: importing uvloop late in a thread can race exit
 

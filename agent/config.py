@@ -67,6 +67,7 @@ class AgentConfig:
     http_proxy: str | None = None
     https_proxy: str | None = None
     no_proxy: str | None = None
+    ca_file: Path | None = None
     default_model: str | None = None
     pull_default_model: bool = False
     model_table: tuple[tuple[float, str], ...] = DEFAULT_MODEL_TABLE
@@ -225,6 +226,15 @@ def _path(value: Any) -> Path:
     return Path(str(value)).expanduser()
 
 
+def _opt_file(value: Any) -> Path | None:
+    if value in (None, ""):
+        return None
+    path = _path(value)
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r} is not a file")
+    return path
+
+
 def _model_table(value: Any) -> tuple[tuple[float, str], ...]:
     """`"16=llama3.1:8b,0=llama3.2:1b"` or a TOML array of `{min_memory_gb, model}` tables."""
     rows: list[tuple[float, str]] = []
@@ -284,6 +294,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "http_proxy": _opt_url,
     "https_proxy": _opt_url,
     "no_proxy": _opt_str,
+    "ca_file": _opt_file,
     "default_model": _opt_str,
     "pull_default_model": _bool,
     "model_table": _model_table,

@@ -11,6 +11,7 @@ import http.client
 import logging
 import os
 import re
+import ssl
 import threading
 import time
 import urllib.error
@@ -98,9 +99,28 @@ def bypass_proxy(host: str, no_proxy: str) -> bool:
     return False
 
 
-def build_opener(proxies: Mapping[str, str]) -> urllib.request.OpenerDirector:
+def build_opener(
+    proxies: Mapping[str, str], cafile: str | None = None
+) -> urllib.request.OpenerDirector:
     # An explicit ProxyHandler, even empty, stops urllib from reading the environment again.
-    return urllib.request.build_opener(urllib.request.ProxyHandler(dict(proxies)))
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler(dict(proxies))]
+    if cafile:
+        # Extra trust, e.g. for a TLS-inspecting corporate proxy; system CAs still count.
+        context = ssl.create_default_context()
+        context.load_verify_locations(cafile=cafile)
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(*handlers)
+
+
+def _transport_failure(what: str, exc: BaseException) -> Exception:
+    """A failed connection: retryable, except an untrusted certificate (retrying cannot fix)."""
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return DownloadError(
+            f"{what}: TLS certificate not trusted ({reason.verify_message}); "
+            "set ca_file if a proxy inspects TLS"
+        )
+    return _Retryable(str(reason))
 
 
 def sha256_file(path: Path) -> str:
@@ -155,9 +175,10 @@ class Downloader:
     backoff_max: float = 30.0
     sleep: Callable[[float], None] = time.sleep
     cancel: threading.Event | None = None
+    cafile: str | None = None
 
     def _opener(self, url: str) -> urllib.request.OpenerDirector:
-        return build_opener(self.proxies.for_url(url))
+        return build_opener(self.proxies.for_url(url), self.cafile)
 
     def _with_retries(self, what: str, attempt_fn: Callable[[], object]) -> object:
         backoff = Backoff(self.backoff_initial, self.backoff_max)
@@ -194,7 +215,7 @@ class Downloader:
                     raise _Retryable(f"HTTP {exc.code}") from None
                 raise DownloadError(f"GET {url}: HTTP {exc.code}") from None
             except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-                raise _Retryable(str(getattr(exc, "reason", exc))) from None
+                raise _transport_failure(url, exc) from None
 
         return str(self._with_retries(url, attempt))
 
@@ -246,7 +267,7 @@ class Downloader:
                 raise _Retryable(f"HTTP {exc.code}") from None
             raise DownloadError(f"GET {url}: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            raise _Retryable(str(getattr(exc, "reason", exc))) from None
+            raise _transport_failure(url, exc) from None
 
         with resp:
             mode = "ab"

@@ -162,6 +162,7 @@ class AgentService:
             retries=c.download_retries,
             timeout=c.download_timeout,
             cancel=self._cancel,
+            cafile=str(c.ca_file) if c.ca_file else None,
         )
 
     def _activity_progress(self, label: str) -> Any:

@@ -9,8 +9,10 @@ import contextlib
 import http.client
 import json
 import os
+import select
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -83,7 +85,7 @@ class FileServer:
     request: "503", "404", "reset" (close mid-body), "stall" (stop sending mid-body until the
     server closes), "ignore_range" (answer 200 with the whole file)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.files: dict[str, bytes] = {}
         self.faults: dict[str, list[str]] = {}
         self.requests: list[dict[str, Any]] = []
@@ -142,12 +144,18 @@ class FileServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            self.scheme = "https"
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def close(self) -> None:
         self.closing.set()
@@ -167,6 +175,33 @@ class ForwardProxy:
 
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def do_CONNECT(self) -> None:
+                """An HTTPS tunnel: after 200, copy bytes both ways until one side closes."""
+                proxy.seen.append(f"CONNECT {self.path}")
+                host, _, port = self.path.rpartition(":")
+                try:
+                    upstream = socket.create_connection((host, int(port)), timeout=10)
+                except OSError as exc:
+                    self.send_error(502, str(exc))
+                    return
+                self.send_response(200, "Connection Established")
+                self.end_headers()
+                self.wfile.flush()
+                client = self.connection
+                with upstream:
+                    sockets = [client, upstream]
+                    while True:
+                        readable, _, _ = select.select(sockets, [], [], 10)
+                        if not readable:
+                            break
+                        for sock in readable:
+                            data = sock.recv(65536)
+                            if not data:
+                                self.close_connection = True
+                                return
+                            (upstream if sock is client else client).sendall(data)
+                self.close_connection = True
 
             def do_GET(self) -> None:
                 proxy.seen.append(self.path)
@@ -219,7 +254,9 @@ def xvfb_display() -> Iterator[str]:
         if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists()
     )
     proc = subprocess.Popen(
-        ["Xvfb", f":{n}", "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+        # -noreset: an X server resets when its last client leaves, dropping connections
+        # that arrive meanwhile (pystray probes the display once before it connects for real).
+        ["Xvfb", f":{n}", "-screen", "0", "800x600x24", "-nolisten", "tcp", "-noreset"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -229,6 +266,18 @@ def xvfb_display() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (and its key), made with the openssl command."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
 
 
 # --- child processes ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from agent.download import (
     bypass_proxy,
     parse_checksum_file,
 )
-from tests.agent_conftest_helpers import FileServer, ForwardProxy
+from tests.agent_conftest_helpers import FileServer, ForwardProxy, self_signed_cert
 
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -242,3 +243,40 @@ def test_parse_checksum_file_forms() -> None:
         parse_checksum_file("<html>not found</html>", "x")
     with pytest.raises(DownloadError, match="for x"):
         parse_checksum_file(f"{'a' * 64}  y\n{'b' * 64}  z\n", "x")
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[FileServer, Path]]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl command not installed")
+    cert, key = self_signed_cert(tmp_path)
+    s = FileServer(tls=(cert, key))
+    s.files["/rt/runtime.bin"] = DATA
+    yield s, cert
+    s.close()
+
+
+def test_https_through_proxy_tunnel(
+    tls_server: tuple[FileServer, Path], proxy: ForwardProxy, tmp_path: Path
+) -> None:
+    server, cert = tls_server
+    url = server.url("/rt/runtime.bin")
+    assert url.startswith("https://")
+    proxies = ProxySettings.resolve(None, None, None, {"HTTPS_PROXY": proxy.url})
+    rec = Recorder()
+    out = downloader(rec, proxies=proxies, cafile=str(cert)).fetch(
+        url, tmp_path / "r.bin", sha256=SHA, progress=rec.on_progress
+    )
+    assert out.read_bytes() == DATA
+    assert proxy.seen == [f"CONNECT 127.0.0.1:{server.port}"]
+    assert rec.progress[-1] == (len(DATA), len(DATA))
+
+
+def test_untrusted_certificate_fails_at_once_with_advice(
+    tls_server: tuple[FileServer, Path], tmp_path: Path
+) -> None:
+    server, _cert = tls_server
+    rec = Recorder()
+    with pytest.raises(DownloadError, match=r"certificate not trusted.*ca_file"):
+        downloader(rec).fetch(server.url("/rt/runtime.bin"), tmp_path / "r.bin")
+    assert rec.delays == []

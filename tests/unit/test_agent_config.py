@@ -163,3 +163,11 @@ def test_with_overrides_validates() -> None:
     assert with_overrides(cfg, node_name="n2").node_name == "n2"
     with pytest.raises(ConfigError):
         with_overrides(cfg, runtime_url="bad")
+
+
+def test_ca_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="ca_file"):
+        load_config({}, {**NOFILE, "LLM_AGENT_CA_FILE": str(tmp_path / "nope.pem")})
+    pem = tmp_path / "ca.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert load_config({}, {**NOFILE, "LLM_AGENT_CA_FILE": str(pem)}).ca_file == pem
