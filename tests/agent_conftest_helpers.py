@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+ADMIN_TOKEN = "agent-test-admin"
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -35,7 +36,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     """Poll `predicate` until truthy (returning its value) or fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -75,6 +76,18 @@ def post_json(url: str, body: Any, timeout: float = 10.0) -> tuple[int, Any]:
         raw = exc.read()
         exc.close()
         return exc.code, raw
+
+
+def delete(url: str, token: str | None = None, timeout: float = 10.0) -> int:
+    req = urllib.request.Request(url, method="DELETE")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with _DIRECT.open(req, timeout=timeout) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return exc.code
 
 
 # --- file server with injectable faults ---------------------------------------------------------
@@ -358,7 +371,7 @@ def router_proc(port: int, db: Path, log_path: Path, heartbeat: float = 0.5) -> 
     env = {
         "LLM_ROUTER_HEARTBEAT_INTERVAL": str(heartbeat),
         "LLM_ROUTER_HEARTBEAT_TIMEOUT": "3",
-        "LLM_ROUTER_ADMIN_TOKEN": "agent-test-admin",
+        "LLM_ROUTER_ADMIN_TOKEN": ADMIN_TOKEN,
     }
     return Proc(cmd, log_path, env)
 

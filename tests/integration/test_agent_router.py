@@ -20,9 +20,11 @@ import psutil
 import pytest
 
 from tests.agent_conftest_helpers import (
+    ADMIN_TOKEN,
     FileServer,
     Proc,
     agent_cmd,
+    delete,
     fakenode_cmd,
     free_port,
     get_json,
@@ -201,14 +203,7 @@ def test_heartbeat_404_triggers_reregistration(cluster: Cluster) -> None:
     runtime = cluster.runtime()
     cluster.agent("--router", router.url, "--runtime-url", runtime.url, "--name", "deleted")
     node = wait_until(online(router, "deleted"), what="online")
-    import urllib.request
-
-    from tests.agent_conftest_helpers import _DIRECT
-
-    req = urllib.request.Request(router.url + f"/api/agents/{node['id']}", method="DELETE")
-    req.add_header("Authorization", "Bearer agent-test-admin")
-    with _DIRECT.open(req, timeout=5) as resp:
-        assert resp.status == 204
+    assert delete(router.url + f"/api/agents/{node['id']}", token=ADMIN_TOKEN) == 204
     back = wait_until(online(router, "deleted"), what="registered again after delete")
     assert back["id"] != node["id"]
 
