@@ -204,10 +204,18 @@ def _command(value: Any) -> tuple[str, ...]:
     if value in (None, ""):
         return ()
     if isinstance(value, str):
-        return tuple(shlex.split(value, posix=sys.platform != "win32"))
+        return split_command(value, sys.platform)
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
         return tuple(value)
     raise ValueError("expected a command line string or a list of strings")
+
+
+def split_command(text: str, platform: str) -> tuple[str, ...]:
+    """Split a command line: shell rules on POSIX; on Windows, keep backslashes in paths."""
+    if platform != "win32":
+        return tuple(shlex.split(text))
+    parts = shlex.split(text, posix=False)  # keeps the quotes around "C:\Program Files\..."
+    return tuple(p[1:-1] if len(p) >= 2 and p[0] == p[-1] and p[0] in "\"'" else p for p in parts)
 
 
 def _sha256(value: Any) -> str | None:

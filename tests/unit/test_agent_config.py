@@ -171,3 +171,15 @@ def test_ca_file_must_exist(tmp_path: Path) -> None:
     pem = tmp_path / "ca.pem"
     pem.write_text("-----BEGIN CERTIFICATE-----\n")
     assert load_config({}, {**NOFILE, "LLM_AGENT_CA_FILE": str(pem)}).ca_file == pem
+
+
+def test_split_command_per_platform() -> None:
+    from agent.config import split_command
+
+    assert split_command("ollama serve --x 'a b'", "linux") == ("ollama", "serve", "--x", "a b")
+    win = r'"C:\Program Files\Ollama\ollama.exe" serve C:\data\x'
+    assert split_command(win, "win32") == (
+        r"C:\Program Files\Ollama\ollama.exe",
+        "serve",
+        r"C:\data\x",
+    )
