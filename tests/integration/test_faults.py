@@ -135,11 +135,6 @@ def test_request_timeout_cuts_a_long_stream(
     wait_for(lambda: node.snapshot()["cancelled"] == 1, message="the node stops generating")
 
 
-@pytest.mark.xfail(
-    reason="proxy._relay: when _timeout() finds request_timeout spent between two chunks it "
-    "raises UpstreamTimeout, which skips the error event and cuts the chunked stream",
-    strict=False,
-)
 def test_request_timeout_with_fast_tokens_ends_with_an_error_event(
     router_factory: Any, fake_nodes: Any
 ) -> None:
@@ -159,6 +154,21 @@ def test_request_timeout_before_the_head_gives_504(router_factory: Any, fake_nod
     join(router, fake_nodes, 1, token_delay=0.05, tokens=2000)  # non-streamed: head at the end
     status, _, body = http("POST", router.url + "/v1/chat/completions", CHAT)
     assert status == 504 and body["error"]["code"] == "upstream_timeout"
+
+
+@pytest.mark.xfail(
+    reason="proxy: a timeout before the response head is not failed over and does not mark "
+    "the node, so a hung runtime keeps getting every Nth request (each a 504)",
+    strict=False,
+)
+def test_hanging_node_is_failed_over_and_marked(router_factory: Any, fake_nodes: Any) -> None:
+    router = router_factory(balancer="round_robin", read_timeout=0.5, probe_interval=30)
+    hung, _good = join(router, fake_nodes, 2)
+    ids = ids_by_port(router)
+    hung.set_fault("hang")
+    statuses = Counter(http("POST", router.url + "/v1/chat/completions", CHAT)[0] for _ in range(4))
+    assert statuses == {200: 4}
+    assert status_of(router, ids[hung.port]) == "unreachable"
 
 
 # -- garbage -------------------------------------------------------------------------------------
@@ -255,6 +265,35 @@ def test_connect_timeout_fails_over(
     assert statuses == {200: 4}
     assert status_of(router, hole_id) == "unreachable"
     assert good.snapshot()["completed"] == 4
+
+
+def test_queue_length_limit(router_factory: Any, fake_nodes: Any) -> None:
+    """One slot, two queue places: the fourth concurrent request is refused at once."""
+    router = router_factory(queue_max=2, queue_timeout=30)
+    (node,) = join(router, fake_nodes, 1, max_concurrency=1)
+    node.configure(token_delay=0.2, tokens=10)
+    busy, _ = open_stream(router, "/api/generate", {"model": "llama3", "prompt": "x"})
+    results: list[int] = []
+    waiting = [
+        threading.Thread(
+            target=lambda: results.append(
+                http("POST", router.url + "/v1/chat/completions", CHAT)[0]
+            )
+        )
+        for _ in range(2)
+    ]
+    for t in waiting:
+        t.start()
+    wait_for(lambda: router.call(lambda: len(router.service.proxy.waiters)) == 2)
+    status, headers, body = http("POST", router.url + "/v1/chat/completions", CHAT)
+    assert status == 503 and int(headers["retry-after"]) >= 1
+    assert "queue is full" in body["error"]["message"]
+    status, _, body = http("POST", router.url + "/api/chat", CHAT)
+    assert status == 503 and isinstance(body["error"], str)
+    busy.close()
+    for t in waiting:
+        t.join(30)
+    assert results == [200, 200]
 
 
 # -- no request lost while nodes fail in every way that allows a retry -----------------------------
