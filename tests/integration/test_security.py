@@ -505,3 +505,26 @@ def test_allow_listed_address_is_proxied_to(router_factory: Any, fake_nodes: Any
     wait_for(lambda: node.node.snapshot()["completed"] >= 1, message="the allow-listed node served")
     # Other foreign addresses are still refused.
     assert register(router, {**body, "ip_address": "127.0.0.3"})[0] == 403
+
+
+@pytest.mark.xfail(
+    reason="no loop guard: a node registered on the router's own address and port makes the "
+    "router proxy to itself until max_connections runs out (needs a hop header in proxy.py "
+    "or a check at registration)",
+    strict=False,
+)
+def test_router_does_not_proxy_to_itself(router_factory: Any) -> None:
+    router = router_factory(max_connections=64, heartbeat_interval=20, heartbeat_timeout=60)
+    body = {**NODE, "runtime_port": router.port}
+    status, _, _ = register(router, body)
+    if status in (400, 403):
+        return  # refused at registration: fine
+    status, _, _ = http("POST", router.url + "/v1/chat/completions", CHAT)
+    assert status in (502, 508)
+
+    def rows() -> int:
+        fut = asyncio.run_coroutine_threadsafe(router.service.store.query_requests(), router.loop)
+        return int(fut.result(10)[1])
+
+    router.service.store.flush()
+    assert rows() <= 2  # the client's request and at most one hop, not a chain
