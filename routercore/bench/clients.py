@@ -86,6 +86,86 @@ async def _connect(host: str, port: int) -> _Conn:
     return proto
 
 
+class _PacedConn(asyncio.Protocol):
+    """A keep-alive connection driven by callbacks only (no task or future per request)."""
+
+    def __init__(self, gen: _Paced) -> None:
+        self.gen = gen
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.need = -1
+        self.sent_at = 0.0
+        self.busy = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.gen.pool.append(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        gen = self.gen
+        if self.busy:
+            gen.errors += 1
+        elif self in gen.pool:
+            gen.pool.remove(self)
+        gen.reconnect()
+
+    def send(self, req: bytes, now: float) -> None:
+        assert self.transport is not None
+        self.busy = True
+        self.sent_at = now
+        self.transport.write(req)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        if self.need < 0:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            head = buf[:end].lower()
+            i = head.find(b"content-length:")
+            if i < 0:
+                raise RuntimeError("paced client needs content-length responses")
+            j = head.find(b"\r\n", i)
+            self.need = end + 4 + int(head[i + 15 : j if j > 0 else None])
+        if len(buf) < self.need:
+            self.buf = buf
+            return
+        self.buf = b""
+        self.need = -1
+        self.busy = False
+        self.gen.done(self)
+
+
+class _Paced:
+    """Open-loop generator state: idle connections, results."""
+
+    def __init__(self, host: str, port: int, measure_from: float) -> None:
+        self.host = host
+        self.port = port
+        self.measure_from = measure_from
+        self.pool: deque[_PacedConn] = deque()
+        self.lat: list[int] = []
+        self.errors = 0
+        self.closing = False
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def done(self, conn: _PacedConn) -> None:
+        now = _now()
+        if conn.sent_at >= self.measure_from:
+            self.lat.append(int((now - conn.sent_at) * 1e6))
+        self.pool.append(conn)
+
+    def reconnect(self) -> None:
+        if not self.closing:
+            loop = asyncio.get_running_loop()
+            task = loop.create_task(
+                loop.create_connection(lambda: _PacedConn(self), self.host, self.port)
+            )
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+
 async def paced(
     host: str,
     port: int,
@@ -96,31 +176,23 @@ async def paced(
     conns: int,
     warmup: float,
 ) -> dict[str, Any]:
-    """Send `rate` req/s for `duration` s; latencies (µs) of requests after `warmup`."""
+    """Send `rate` req/s for `duration` s; latencies (µs, send to last byte) after `warmup`.
+
+    Requests leave on schedule whether or not earlier ones finished (open loop); when all
+    connections are busy the request is counted as skipped rather than queued.
+    """
     req = build_request(host, port, path, body)
-    pool = deque([await _connect(host, port) for _ in range(conns)])
-    lat: list[int] = []
-    errors = 0
-    late = 0
-    tasks: set[asyncio.Task[None]] = set()
+    loop = asyncio.get_running_loop()
     t0 = _now()
-    measure_from = t0 + warmup
+    gen = _Paced(host, port, t0 + warmup)
+    for _ in range(conns):
+        await loop.create_connection(lambda: _PacedConn(gen), host, port)
+    t0 = _now()
+    gen.measure_from = t0 + warmup
     end = t0 + warmup + duration
     interval = 1.0 / rate
-    sent = 0
-
-    async def one(conn: _Conn) -> None:
-        nonlocal errors
-        start = _now()
-        try:
-            await conn.request(req)
-        except ConnectionError:
-            errors += 1
-            return
-        if start >= measure_from:
-            lat.append(int((_now() - start) * 1e6))
-        pool.append(conn)
-
+    sent = late = 0
+    pool = gen.pool
     while True:
         now = _now()
         if now >= end:
@@ -128,16 +200,21 @@ async def paced(
         due = int((now - t0) / interval) + 1
         while sent < due:
             sent += 1
-            if not pool:
+            if pool:
+                pool.popleft().send(req, now)
+            else:
                 late += 1
-                continue
-            task = asyncio.ensure_future(one(pool.popleft()))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        await asyncio.sleep(max(0.0, t0 + sent * interval - _now()))
-    if tasks:
-        await asyncio.wait(tasks, timeout=10)
-    return {"latencies_us": lat, "errors": errors, "skipped": late, "duration": duration}
+        # The loop's timers have 1 ms resolution: shorter sleeps would spin. Requests due
+        # within the same millisecond leave together.
+        await asyncio.sleep(max(0.001, t0 + sent * interval - _now()))
+    deadline = _now() + 10
+    while len(pool) < conns and _now() < deadline:  # let the last responses arrive
+        await asyncio.sleep(0.01)
+    gen.closing = True
+    for conn in list(pool):
+        if conn.transport is not None:
+            conn.transport.close()
+    return {"latencies_us": gen.lat, "errors": gen.errors, "skipped": late, "duration": duration}
 
 
 async def streams(
@@ -217,6 +294,14 @@ async def hold(host: str, port: int, path: str, body: bytes, count: int) -> None
     print(json.dumps({"chunks": chunks, "lost": lost}), flush=True)
 
 
+def _emit(result: dict[str, Any], path: str | None) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f)
+    else:
+        print(json.dumps(result), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("mode", choices=("paced", "streams", "hold"))
@@ -231,6 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--stamped", action="store_true")
+    parser.add_argument("--out", help="write the JSON result here instead of stdout")
     args = parser.parse_args(argv)
     import uvloop
 
@@ -248,12 +334,12 @@ def main(argv: list[str] | None = None) -> None:
                 args.warmup,
             )
         )
-        print(json.dumps(out))
+        _emit(out, args.out)
     elif args.mode == "streams":
         out = uvloop.run(
             streams(args.host, args.port, args.path, body, args.count, args.parallel, args.stamped)
         )
-        print(json.dumps(out))
+        _emit(out, args.out)
     else:
         uvloop.run(hold(args.host, args.port, args.path, body, args.count))
 

@@ -253,12 +253,13 @@ pid {prefix}/nginx.pid;
 events {{ worker_connections 8192; }}
 http {{
     access_log off;
+    keepalive_requests 1000000;
     client_body_temp_path {prefix}/body;
     proxy_temp_path {prefix}/proxy;
     fastcgi_temp_path {prefix}/fastcgi;
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
-    upstream node {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+    upstream node {{ server 127.0.0.1:{upstream}; keepalive 64; keepalive_requests 1000000; }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location / {{

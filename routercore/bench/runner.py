@@ -184,15 +184,13 @@ class Bench:
             "--warmup",
             "1",
         ]
-        children = [
-            subprocess.Popen(self._load_cmd(cmd), stdout=subprocess.PIPE, text=True)
-            for _ in range(n)
-        ]
+        outs = [self.work / f"paced-{port}-{i}.json" for i in range(n)]
+        children = [subprocess.Popen(self._load_cmd([*cmd, "--out", str(out)])) for out in outs]
         lat: list[int] = []
         errors = skipped = 0
-        for child in children:
-            out, _ = child.communicate(timeout=self.s.paced_seconds + 60)
-            data = json.loads(out)
+        for child, out in zip(children, outs, strict=True):
+            child.wait(timeout=self.s.paced_seconds + 60)
+            data = json.loads(out.read_text())
             lat += data["latencies_us"]
             errors += data["errors"]
             skipped += data["skipped"]
@@ -223,10 +221,9 @@ class Bench:
             "1",
             "--stamped",
         ]
-        out = subprocess.run(
-            self._load_cmd(cmd), capture_output=True, text=True, check=True, timeout=300
-        ).stdout
-        data = json.loads(out)
+        out = self.work / f"streams-{port}.json"
+        subprocess.run(self._load_cmd([*cmd, "--out", str(out)]), check=True, timeout=300)
+        data = json.loads(out.read_text())
         ttfb, delay = data["ttfb_us"], data["chunk_delay_us"]
         return {
             "streams": len(ttfb),

@@ -1,0 +1,67 @@
+"""Smoke run of `python -m routercore.bench --quick`: every section runs and reports sane shapes.
+
+Correctness only: no assertion about speed (numbers depend on the machine and its load).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(shutil.which("wrk") is None, reason="the benchmark needs wrk"),
+]
+
+
+def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "routercore.bench", "--quick", "--json", str(out),
+         "--keep", str(tmp_path / "work")],
+        cwd=str(ROOT), capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    logs = "\n".join(
+        p.read_text(errors="replace")[-1500:] for p in (tmp_path / "work").glob("*.log")
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + logs
+    r = json.loads(out.read_text())
+
+    tp = r["throughput"]
+    for name in ("direct", "router", "bare"):
+        assert tp[name]["rps"] > 0 and tp[name]["errors"] == 0, (name, tp[name])
+    assert tp["router"]["cpu_us_per_req"] > 0
+    if shutil.which("nginx") or Path("/usr/sbin/nginx").exists():
+        assert tp["nginx"]["rps"] > 0 and tp["nginx"]["errors"] == 0
+
+    lat = r["latency_at_half_max"]
+    for name in ("direct", "router", "bare"):
+        row = lat[name]
+        assert row["errors"] == 0 and row["achieved_rps"] > 0
+        assert 0 < row["p50_ms"] <= row["p99_ms"]
+
+    for name in ("direct", "router"):
+        st = r["streams"][name]
+        assert st["streams"] > 0 and st["chunks"] > 0
+        assert 0 < st["ttft_p50_ms"] <= st["ttft_p99_ms"]
+
+    held = r["concurrent_streams"]
+    assert [h["streams"] for h in held] == [100, 1000, 2000]
+    assert all(h["rss_mb"] > 0 and h["lost"] == 0 for h in held)
+
+    sizes = [b["nodes"] for b in r["balancer"]]
+    assert sizes == [16, 256, 1000]
+    assert all(b["python_ns"] > 0 for b in r["balancer"])
+
+    names = {t["target"] for t in r["targets"]}
+    assert len(names) >= 6 and all(isinstance(t["met"], bool) for t in r["targets"])
+    # The table went to stdout, with the target verdicts.
+    assert "| through the router |" in proc.stdout and "Targets:" in proc.stdout
