@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from routercore.errors import (
+    ClientError,
     ModelNotFound,
     NoCapacity,
     RouterError,
@@ -63,10 +64,11 @@ def request_id() -> str:
 class _Retry(Exception):
     """This node failed before any byte reached the client: try another one."""
 
-    def __init__(self, reason: str, *, mark: bool = True) -> None:
+    def __init__(self, reason: str, *, mark: bool = True, timeout: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.mark = mark
+        self.timeout = timeout
 
 
 @dataclass(eq=False)
@@ -107,6 +109,7 @@ class Proxy:
         self.store = store
         self.stats = stats
         self.waiters: deque[_Waiter] = deque()
+        self.via_token = f"1.1 llm-router-{random.getrandbits(48):012x}"
         self._rows: list[dict[str, object]] = []
         self._rows_timer: asyncio.TimerHandle | None = None
         # Header fields built once per node instead of per request.
@@ -151,6 +154,7 @@ class Proxy:
     async def _forward(
         self, request: Request, att: _Attempt, api: str, model: str, started: float
     ) -> None:
+        self.check_loop(request)
         if not self.balancer.serves(model):
             raise ModelNotFound(f"model '{model}' is not served by any online node")
         deadline = started + self.cfg.request_timeout
@@ -169,12 +173,29 @@ class Proxy:
                 if retry.mark:
                     self.registry.mark_unreachable(node_id, retry.reason)
                 if len(att.tried) > self.cfg.max_retries or not self._has_other(model, att.tried):
-                    raise UpstreamError(
-                        f"no node could serve model '{model}': {retry.reason}"
-                    ) from None
+                    failure = UpstreamTimeout if retry.timeout else UpstreamError
+                    raise failure(f"no node could serve model '{model}': {retry.reason}") from None
             finally:
                 self.balancer.request_finished(node_id, ttfb)
                 self._drain()
+
+    def _via(self, request: Request) -> tuple[bytes, bytes]:
+        """`Via` with this router's hop appended (RFC 9110), so a loop back to us is seen."""
+        earlier = request.header(b"via")
+        value = f"{earlier}, {self.via_token}" if earlier else self.via_token
+        return (b"via", value.encode("latin-1"))
+
+    def check_loop(self, request: Request) -> None:
+        """A request that already passed through this router is a loop (a node registered on
+        the router's own address): answer 508 instead of forwarding to ourselves forever."""
+        via = request.header(b"via")
+        if via and self.via_token in via:
+            log.warning("event=loop_detected path=%s via=%r", request.path, via)
+            raise ClientError(
+                "request loop: this router is registered as one of its own nodes",
+                status=508,
+                code="loop_detected",
+            )
 
     def _has_other(self, model: str, tried: list[str]) -> bool:
         """Some available node serving `model` was not tried yet (busy ones count)."""
@@ -236,6 +257,7 @@ class Proxy:
         headers += [(k, v) for k, v in request.headers if k in _FORWARDED_HEADERS]
         headers.append((b"content-length", b"%d" % len(request.body)))
         headers.append((b"x-forwarded-for", request.peer.encode()))
+        headers.append(self._via(request))
         fresh = False
         while True:
             try:
@@ -253,8 +275,11 @@ class Proxy:
                     continue
                 raise _Retry(str(exc)) from None
             except TimeoutError:
+                # Nothing reached the client yet: a hung node is failed over like a dead one.
                 conn.abort()
-                raise UpstreamTimeout("the node did not answer in time") from None
+                raise _Retry(
+                    f"no response head within {self.cfg.read_timeout:g}s", timeout=True
+                ) from None
             except BaseException:
                 conn.abort()
                 raise

@@ -371,7 +371,8 @@ class UpstreamConnection(asyncio.Protocol):
         self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> None:
         """Write the request in one go; a body without a content-length header gets one."""
-        assert self.transport is not None
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise UpstreamBrokenError("connection to the node is closed")
         parts = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
         has_length = False
         for name, value in headers:
@@ -384,7 +385,10 @@ class UpstreamConnection(asyncio.Protocol):
         if body:
             parts.append(body)
         self.parser.head_request = method == "HEAD"
-        self.transport.write(b"".join(parts))
+        try:
+            self.transport.write(b"".join(parts))
+        except RuntimeError as exc:  # uvloop: the transport closed under us
+            raise UpstreamBrokenError(f"cannot write to the node: {exc}") from None
 
     async def read_head(self, timeout: float) -> ResponseHead:
         event = await self._next(timeout)

@@ -156,11 +156,6 @@ def test_request_timeout_before_the_head_gives_504(router_factory: Any, fake_nod
     assert status == 504 and body["error"]["code"] == "upstream_timeout"
 
 
-@pytest.mark.xfail(
-    reason="proxy: a timeout before the response head is not failed over and does not mark "
-    "the node, so a hung runtime keeps getting every Nth request (each a 504)",
-    strict=False,
-)
 def test_hanging_node_is_failed_over_and_marked(router_factory: Any, fake_nodes: Any) -> None:
     router = router_factory(balancer="round_robin", read_timeout=0.5, probe_interval=30)
     hung, _good = join(router, fake_nodes, 2)

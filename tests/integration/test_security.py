@@ -507,12 +507,6 @@ def test_allow_listed_address_is_proxied_to(router_factory: Any, fake_nodes: Any
     assert register(router, {**body, "ip_address": "127.0.0.3"})[0] == 403
 
 
-@pytest.mark.xfail(
-    reason="no loop guard: a node registered on the router's own address and port makes the "
-    "router proxy to itself until max_connections runs out (needs a hop header in proxy.py "
-    "or a check at registration)",
-    strict=False,
-)
 def test_router_does_not_proxy_to_itself(router_factory: Any) -> None:
     router = router_factory(max_connections=64, heartbeat_interval=20, heartbeat_timeout=60)
     body = {**NODE, "runtime_port": router.port}
