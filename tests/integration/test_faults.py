@@ -100,6 +100,8 @@ def test_hang_before_the_head_gives_504_in_both_formats(
     node.set_fault("hang")
     status, _, body = http("POST", router.url + "/v1/chat/completions", CHAT)
     assert status == 504 and body["error"]["code"] == "upstream_timeout"
+    # The hang marked the node unreachable; its next heartbeat brings it back.
+    online_ids(router, 1)
     status, _, body = http("POST", router.url + "/api/chat", CHAT)
     assert status == 504 and isinstance(body["error"], str)
     # The router itself stays responsive while the node hangs.
