@@ -107,6 +107,7 @@ def test_hang_before_the_head_gives_504_in_both_formats(
     # The router itself stays responsive while the node hangs.
     assert http("GET", router.url + "/healthz")[0] == 200
     node.clear_faults()
+    online_ids(router, 1)
     assert http("POST", router.url + "/v1/chat/completions", CHAT)[0] == 200
 
 
