@@ -21,98 +21,99 @@ def _f(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+_NAMES = {
+    "direct": "fake node, direct",
+    "router": "through the router",
+    "nginx": "through nginx (keepalive upstream)",
+    "bare": "bare uvloop+h11 server (same reply)",
+    "wrk_ceiling": "wrk ceiling (nginx `return 200`)",
+}
+
+
+def _table(title: str, header: str, align: str, rows: list[str]) -> list[str]:
+    return ["", title, "", header, align, *rows]
+
+
 def render(r: dict[str, Any]) -> str:
-    """The Markdown tables of one run."""
-    m = r["machine"]
+    """The Markdown tables of one run (sections that did not run are left out)."""
+    m, s = r["machine"], r["settings"]
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Linux {m['kernel']}, "
         f"Python {m['python']}, uvloop {m['uvloop']}, h11 {m['h11']}",
-        f"Pinning: system under test on core(s) {r['settings']['sut_cores']}, load generator "
-        f"and fake node on core(s) {r['settings']['load_cores']}; load average at start "
-        f"{r['loadavg_start']}, at end {r['loadavg_end']}",
-        "",
-        "Non-streamed chat completions (wrk, 1 thread, "
-        f"{r['settings']['wrk_connections']} connections, closed loop, best of "
-        f"{r['settings']['rounds']} interleaved rounds):",
-        "",
-        "| target | max req/s | p50 ms | p99 ms | errors | its CPU % | CPU µs/req |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"Pinning: system under test on core(s) {s['sut_cores']}, load generator and fake "
+        f"nodes on core(s) {s['load_cores']}; load average at start {r['loadavg_start']}, "
+        f"at end {r['loadavg_end']}",
     ]
-    names = {
-        "direct": "fake node, direct",
-        "router": "through the router",
-        "nginx": "through nginx (keepalive upstream)",
-        "bare": "bare uvloop+h11 server (same reply)",
-        "wrk_ceiling": "wrk ceiling (nginx `return 200`)",
-    }
-    for key, row in r.get("throughput", {}).items():
-        lines.append(
-            f"| {names.get(key, key)} | {row['rps']} | {_f(row['p50_ms'])} | "
-            f"{_f(row['p99_ms'])} | {row['errors']} | {_f(row['sut_cpu_pct'], 0)} | "
-            f"{_f(row['cpu_us_per_req'], 1)} |"
+    if "throughput" in r:
+        lines += _table(
+            f"Non-streamed chat completions, max throughput (wrk, 1 thread, "
+            f"{s['wrk_connections']} connections, closed loop, best of {s['rounds']} "
+            "interleaved rounds):",
+            "| target | max req/s | p50 ms | p99 ms | errors | its CPU % | CPU µs/req |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            [
+                f"| {_NAMES.get(k, k)} | {v['rps']} | {_f(v['p50_ms'])} | {_f(v['p99_ms'])} | "
+                f"{v['errors']} | {_f(v['sut_cpu_pct'], 0)} | {_f(v['cpu_us_per_req'], 1)} |"
+                for k, v in r["throughput"].items()
+            ],
         )
-    lat = r.get("latency_at_half_max", {})
-    rate = lat["router"]["rate"] if lat else "-"
-    lines += [
-        "",
-        f"Latency at half the router's max ({rate} req/s, open loop, "
-        f"{r['settings']['paced_processes']} paced asyncio client processes):",
-        "",
-        "| target | achieved req/s | p50 ms | p99 ms | errors |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for key, row in lat.items():
-        lines.append(
-            f"| {names.get(key, key)} | {row['achieved_rps']} | {_f(row['p50_ms'], 3)} | "
-            f"{_f(row['p99_ms'], 3)} | {row['errors']} |"
+    if "latency_at_half_max" in r:
+        lat = r["latency_at_half_max"]
+        lines += _table(
+            f"Latency at half the router's max ({lat['router']['rate']} req/s, open loop, "
+            f"{s['paced_processes']} paced client processes, send to last byte):",
+            "| target | achieved req/s | p50 ms | p99 ms | errors |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            [
+                f"| {_NAMES.get(k, k)} | {v['achieved_rps']} | {_f(v['p50_ms'], 3)} | "
+                f"{_f(v['p99_ms'], 3)} | {v['errors']} |"
+                for k, v in lat.items()
+            ],
         )
-    st = r.get("streams", {})
-    lines += [
-        "",
-        "Streams (SSE, stamping upstream, one at a time; chunk delay = arrival - send stamp):",
-        "",
-        "| path | streams | TTFT p50 ms | TTFT p99 ms | chunk delay p50 ms | p99 ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for key, row in st.items():
-        lines.append(
-            f"| {names.get(key, key)} | {row['streams']} | {_f(row['ttft_p50_ms'], 3)} | "
-            f"{_f(row['ttft_p99_ms'], 3)} | {_f(row['chunk_p50_ms'], 3)} | "
-            f"{_f(row['chunk_p99_ms'], 3)} |"
+    if "streams" in r:
+        lines += _table(
+            "Streams (SSE from a stamping upstream, one at a time; TTFT = first response byte; "
+            "chunk delay = arrival - the upstream's send stamp):",
+            "| path | streams | TTFT p50 ms | TTFT p99 ms | chunk delay p50 ms | p99 ms |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            [
+                f"| {_NAMES.get(k, k)} | {v['streams']} | {_f(v['ttft_p50_ms'], 3)} | "
+                f"{_f(v['ttft_p99_ms'], 3)} | {_f(v['chunk_p50_ms'], 3)} | "
+                f"{_f(v['chunk_p99_ms'], 3)} |"
+                for k, v in r["streams"].items()
+            ],
         )
-    lines += [
-        "",
-        f"Concurrent streams held through the router (1 chunk/s each; idle RSS "
-        f"{r['idle_router_rss_mb']} MB):",
-        "",
-        "| streams | router RSS MB | router CPU % |",
-        "| ---: | ---: | ---: |",
-    ]
-    for row in r.get("concurrent_streams", []):
-        lines.append(f"| {row['streams']} | {_f(row['rss_mb'], 1)} | {_f(row['cpu_pct'], 1)} |")
-    lines += [
-        "",
-        "Balancer pick (least_loaded, every node eligible):",
-        "",
-        "| nodes | twin ns | Cython ns | speed-up |",
-        "| ---: | ---: | ---: | ---: |",
-    ]
-    for row in r.get("balancer", []):
-        lines.append(
-            f"| {row['nodes']} | {_f(row['python_ns'], 0)} | {_f(row['cython_ns'], 0)} | "
-            f"{_f(row['speedup'], 1)}x |"
+    if "concurrent_streams" in r:
+        lines += _table(
+            f"Concurrent streams held open through the router (1 chunk/s each; router RSS at "
+            f"start {r['idle_router_rss_mb']} MB):",
+            "| streams | router RSS MB | router CPU % |",
+            "| ---: | ---: | ---: |",
+            [
+                f"| {v['streams']} | {_f(v['rss_mb'], 1)} | {_f(v['cpu_pct'], 1)} |"
+                for v in r["concurrent_streams"]
+            ],
         )
-    lines += [
-        "",
+    if "balancer" in r:
+        lines += _table(
+            "Balancer pick (least_loaded, every node eligible):",
+            "| nodes | twin ns | Cython ns | speed-up |",
+            "| ---: | ---: | ---: | ---: |",
+            [
+                f"| {v['nodes']} | {_f(v['python_ns'], 0)} | {_f(v['cython_ns'], 0)} | "
+                f"{_f(v['speedup'], 1)}x |"
+                for v in r["balancer"]
+            ],
+        )
+    lines += _table(
         "Targets:",
-        "",
         "| target | measured | limit | met |",
         "| --- | ---: | --- | --- |",
-    ]
-    for t in r["targets"]:
-        lines.append(
+        [
             f"| {t['target']} | {t['value']} | {t['limit']} | {'yes' if t['met'] else 'NO'} |"
-        )
+            for t in r["targets"]
+        ],
+    )
     return "\n".join(lines)
 
 

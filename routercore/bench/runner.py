@@ -398,6 +398,15 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(
             _target("router max req/s / bare uvloop+h11", round(ratio, 3), ">= 0.6", ratio >= 0.6)
         )
+        cpu_ratio = tp["bare"]["cpu_us_per_req"] / tp["router"]["cpu_us_per_req"]
+        out.append(
+            _target(
+                "same from CPU time per request (bare / router)",
+                round(cpu_ratio, 3),
+                ">= 0.6",
+                cpu_ratio >= 0.6,
+            )
+        )
     if "streams" in r:
         st = r["streams"]
         ttft = st["router"]["ttft_p50_ms"] - st["direct"]["ttft_p50_ms"]
