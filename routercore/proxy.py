@@ -110,6 +110,7 @@ class Proxy:
         self.stats = stats
         self.waiters: deque[_Waiter] = deque()
         self.via_token = f"1.1 llm-router-{random.getrandbits(48):012x}"
+        self._via_header = (b"via", self.via_token.encode("latin-1"))
         self._rows: list[dict[str, object]] = []
         self._rows_timer: asyncio.TimerHandle | None = None
         # Header fields built once per node instead of per request.
@@ -182,8 +183,9 @@ class Proxy:
     def _via(self, request: Request) -> tuple[bytes, bytes]:
         """`Via` with this router's hop appended (RFC 9110), so a loop back to us is seen."""
         earlier = request.header(b"via")
-        value = f"{earlier}, {self.via_token}" if earlier else self.via_token
-        return (b"via", value.encode("latin-1"))
+        if not earlier:
+            return self._via_header  # the common case: built once
+        return (b"via", f"{earlier}, {self.via_token}".encode("latin-1"))
 
     def check_loop(self, request: Request) -> None:
         """A request that already passed through this router is a loop (a node registered on
