@@ -122,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m routercore.bench",
         description="Start fake nodes, the router and the baselines; measure; print a table.",
     )
-    parser.add_argument("--quick", action="store_true", help="short runs (~30 s), for smoke tests")
+    parser.add_argument(
+        "--quick", action="store_true", help="short runs (about 40 s), for smoke tests"
+    )
     parser.add_argument(
         "--json",
         type=Path,
