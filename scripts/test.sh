@@ -12,9 +12,20 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip setuptools wheel Cython
 LLM_ROUTER_REQUIRE_EXTENSIONS=1 .venv/bin/python -m pip install -q -e '.[dev]'
 
-# Browser tests use Debian's chromium (no browser downloads are possible here).
-if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+# Debian packages the tests use: chromium (browser tests; no browser downloads are possible
+# here), wrk and nginx (benchmark smoke test). Installed when missing and we are root.
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null
+fi
+if [ "${CI:-}" = true ]; then
+  # In CI nothing may be skipped for a missing tool.
+  for tool in chromium wrk; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "CI needs $tool and could not install it" >&2; exit 1; }
+  done
 fi
 
 export LLM_ROUTER_REQUIRE_EXTENSIONS=1
