@@ -74,6 +74,7 @@ class RouterConfig:
     history_max_rows: int = _opt(100_000, "request history rows kept", minimum=1)
     samples_max_rows: int = _opt(200_000, "health samples kept", minimum=1)
     write_high_water: int = _opt(256 * 1024, "client write buffer high-water mark", minimum=1024)
+    http_fast_path: bool = _opt(True, "parse common requests without h11 (false: h11 for all)")
 
     def db_path(self) -> str:
         return self.db or default_db_path()

@@ -78,6 +78,7 @@ class RouterService:
             max_connections=config.max_connections,
             write_high_water=config.write_high_water,
             access_log=config.access_log,
+            fast_path=config.http_fast_path,
         )
         self.server = HTTPServer(self.app.dispatch, limits, error_response)
         self.tasks: list[asyncio.Task[Any]] = []

@@ -1,4 +1,5 @@
-"""HTTP/1.1 server: one asyncio.Protocol per client connection driving an h11 state machine.
+"""HTTP/1.1 server: one asyncio.Protocol per client connection driving a sans-IO `ServerWire`
+(wire.py: a fast path for plain requests, h11 for the rest).
 
 The protocol only moves bytes and enforces limits; what to answer is decided by the `Dispatch`
 callable (app.py). Handles keep-alive, pipelining (one request at a time, in order),
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 import h11
 
 from routercore.http.messages import Request, Response, WebSocketAccept
+from routercore.http.wire import CLOSED, END, NEED_DATA, PAUSED, Head, ServerWire
 
 if TYPE_CHECKING:
     from routercore.http.websocket import WebSocket
@@ -50,6 +52,8 @@ class ServerLimits:
     access_log: bool = True
     # A client that takes nothing from a full write buffer for this long is cut (slow-read).
     write_timeout: float = 60.0
+    # Plain requests skip h11 (wire.py); False sends every request through h11.
+    fast_path: bool = True
 
 
 def plain_error(_request: Request | None, status: int, message: str) -> Response:
@@ -78,17 +82,15 @@ class HTTPConnection(asyncio.Protocol):
         self.state = state
         self.limits = state.limits
         self.loop = asyncio.get_running_loop()
-        self.conn = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes
-        )
+        self.wire = ServerWire(self.limits.max_header_bytes, fast=self.limits.fast_path)
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
-        self.request_head: h11.Request | None = None
+        self.request_head: Head | None = None
         # One growing buffer, not a list of pieces: a chunked body of a million 1-byte chunks
         # would otherwise cost ~35 bytes of object overhead per body byte.
-        self.body = bytearray()
+        self.body: bytes | bytearray = b""
         self.body_size = 0
         self.writable = asyncio.Event()
         self.writable.set()
@@ -164,7 +166,7 @@ class HTTPConnection(asyncio.Protocol):
         if self.lingering or self.closed or self.task is not None:
             # A half-close while we work on its request: treat the client as gone.
             return None
-        self.conn.receive_data(b"")
+        self.wire.receive_data(b"")
         self._process()
         return None
 
@@ -179,13 +181,13 @@ class HTTPConnection(asyncio.Protocol):
             if not self.head_timer_armed and self.request_head is None:
                 self._arm_head_timer()
         try:
-            self.conn.receive_data(data)
+            self.wire.receive_data(data)
         except RuntimeError:
             # Data after the peer's EOF: the transport is closing.
             return
         if self.task is not None:
-            # Pipelined bytes while a response is in flight: h11 buffers them; bound the buffer.
-            if len(self.conn.trailing_data[0]) > _MAX_PIPELINED_BUFFER and not self.reading_paused:
+            # Pipelined bytes while a response is in flight: the wire buffers them; bound that.
+            if self.wire.buffered > _MAX_PIPELINED_BUFFER and not self.reading_paused:
                 self.transport.pause_reading()  # type: ignore[union-attr]
                 self.reading_paused = True
             return
@@ -202,40 +204,47 @@ class HTTPConnection(asyncio.Protocol):
             self.abort()
 
     def _pump(self) -> None:
-        """Pull h11 events until a whole request is read, more data is needed, or an error."""
+        """Pull wire events until a whole request is read, more data is needed, or an error."""
         body_progress = False
+        wire = self.wire
         while not self.closed and self.task is None:
             try:
-                event = self.conn.next_event()
+                event = wire.next_event()
             except h11.RemoteProtocolError as exc:
                 self._protocol_error(exc)
                 return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
+            if event is NEED_DATA or event is PAUSED:
                 break
-            if isinstance(event, h11.Request):
+            if type(event) is Head:
                 if not self._on_head(event):
                     return
-            elif isinstance(event, h11.Data):
-                self.body_size += len(event.data)
+            elif event is END:
+                self._start_handler()
+                return
+            elif event is CLOSED:
+                self._close()
+                return
+            else:
+                assert isinstance(event, bytes | bytearray)
+                self.body_size += len(event)
                 if self.body_size > self.limits.max_body_bytes:
                     self._reject_body_too_large()
                     return
-                self.body += event.data
+                if self.body_size == len(event):
+                    self.body = event  # the whole body so far: no copy
+                else:
+                    if type(self.body) is not bytearray:
+                        self.body = bytearray(self.body)
+                    self.body += event
                 body_progress = True
-            elif isinstance(event, h11.EndOfMessage):
-                self._start_handler()
-                return
-            elif isinstance(event, h11.ConnectionClosed):
-                self._close()
-                return
         if body_progress and not self.closed and self.task is None:
             # the body timeout is the longest pause between reads: re-arm once per read
             self._set_timer(self.limits.body_timeout, self._on_body_timeout)
 
-    def _on_head(self, event: h11.Request) -> bool:
+    def _on_head(self, event: Head) -> bool:
         self.request_head = event
         self.head_timer_armed = False
-        self.body = bytearray()
+        self.body = b""
         self.body_size = 0
         # h11 bounds only an *incomplete* head; one that arrives whole in a single read can be
         # larger, so measure it here as well.
@@ -253,7 +262,7 @@ class HTTPConnection(asyncio.Protocol):
             )
             self._error_and_close(505, "only HTTP/1.0 and HTTP/1.1 are supported")
             return False
-        names = {name for name, _ in event.headers}
+        names = {name for name, _ in event.headers} if not self.wire.fast else ()
         if b"transfer-encoding" in names and b"content-length" in names:
             # Both framings at once is how request smuggling starts (RFC 9112 6.3): refuse.
             log.info(
@@ -265,14 +274,16 @@ class HTTPConnection(asyncio.Protocol):
                 400, "malformed HTTP request: both Content-Length and Transfer-Encoding"
             )
             return False
-        length = _content_length(event.headers)
+        length = event.content_length
+        if length is None:
+            length = _content_length(event.headers)
         if length is not None and length > self.limits.max_body_bytes:
             self._reject_body_too_large()
             return False
         if self.state.draining:
             self._force_close = True
-        if self.conn.they_are_waiting_for_100_continue:
-            self._send(h11.InformationalResponse(status_code=100, headers=[]))
+        if self.wire.waiting_for_100_continue:
+            self._write(self.wire.send_continue())
         self._set_timer(self.limits.body_timeout, self._on_body_timeout)
         return True
 
@@ -281,7 +292,7 @@ class HTTPConnection(asyncio.Protocol):
         assert head is not None
         self._cancel_timer()
         body = bytes(self.body)
-        self.body = bytearray()
+        self.body = b""
         self.task = task = self.loop.create_task(self._run(_make_request(head, body, self.peer)))
         self.state.tasks.add(task)
         task.add_done_callback(self.state.tasks.discard)
@@ -341,7 +352,7 @@ class HTTPConnection(asyncio.Protocol):
         except Exception:
             # An answer h11 refuses to send (bad header bytes, a 1xx status, ...).
             log.exception("event=response_failed method=%s path=%s", request.method, request.path)
-            if stream.head_sent or self.conn.our_state is not h11.SEND_RESPONSE:
+            if stream.head_sent or not self.wire.can_start_response:
                 stream.abort()
             else:
                 await stream.send_whole(self.state.on_error(request, 500, "internal server error"))
@@ -350,7 +361,7 @@ class HTTPConnection(asyncio.Protocol):
         from routercore.http.websocket import WebSocket
 
         ws = WebSocket(self, request)
-        trailing, _ = self.conn.trailing_data
+        trailing = self.wire.trailing_data()
         try:
             ws.accept_handshake()
         except Exception as exc:
@@ -382,12 +393,7 @@ class HTTPConnection(asyncio.Protocol):
             self._close()
 
     def _next_cycle(self) -> None:
-        if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is h11.MUST_CLOSE:
-            self._close()
-            return
-        try:
-            self.conn.start_next_cycle()
-        except h11.LocalProtocolError:
+        if not self.wire.start_next_cycle():
             self._close()
             return
         self.request_head = None
@@ -397,7 +403,7 @@ class HTTPConnection(asyncio.Protocol):
         if self.reading_paused and self.transport is not None:
             self.transport.resume_reading()
             self.reading_paused = False
-        self.bytes_seen_this_cycle = bool(self.conn.trailing_data[0])
+        self.bytes_seen_this_cycle = bool(self.wire.buffered)
         if self.bytes_seen_this_cycle:
             self._arm_head_timer()
         else:
@@ -427,19 +433,14 @@ class HTTPConnection(asyncio.Protocol):
         if request is None:
             request = self._partial_request()
         resp = self.state.on_error(request, status, message)
-        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+        if self.wire.can_start_response:
+            wire = self.wire
             try:
                 headers = _response_headers(resp, close=True)
-                self._send(
-                    h11.Response(
-                        status_code=resp.status,
-                        headers=headers,
-                        reason=_reason(resp.status).encode(),
-                    )
-                )
+                out = wire.send_head(resp.status, headers, _reason(resp.status))
                 if request is None or request.method != "HEAD":
-                    self._send(h11.Data(data=resp.body))
-                self._send(h11.EndOfMessage())
+                    out += wire.send_data(resp.body)
+                self._write(out + wire.send_end())
             except h11.LocalProtocolError:
                 self._write_raw_response(resp)
         if request is not None and self.limits.access_log:
@@ -481,8 +482,7 @@ class HTTPConnection(asyncio.Protocol):
 
     # -- output ------------------------------------------------------------------------------
 
-    def _send(self, event: h11._events.Event) -> None:
-        data = self.conn.send(event)
+    def _write(self, data: bytes) -> None:
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
 
@@ -490,7 +490,7 @@ class HTTPConnection(asyncio.Protocol):
         """For answers outside an h11 cycle (connection refused at the cap)."""
         if self.transport is None:
             return
-        lines = [f"HTTP/1.1 {resp.status} {_reason(resp.status)}".encode()]
+        lines = [b"HTTP/1.1 %d %s" % (resp.status, _reason(resp.status))]
         for name, value in _response_headers(resp, close=True):
             lines.append(name + b": " + value)
         self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + resp.body)
@@ -548,7 +548,12 @@ class HTTPConnection(asyncio.Protocol):
 
 
 class _Stream:
-    """The ResponseStream handed to handlers: writes through h11 with drain-awaiting writes."""
+    """The ResponseStream handed to handlers: framed by the wire, drain-awaiting writes.
+
+    The head is held back until the first body piece or the end, so a small answer leaves in
+    one write (one system call); a handler that starts and then waits gets its head sent at
+    the end of the current loop iteration.
+    """
 
     def __init__(self, conn: HTTPConnection, request: Request) -> None:
         self.c = conn
@@ -560,6 +565,7 @@ class _Stream:
         self.status = 0
         self.node = ""
         self.no_body = request.method == "HEAD"
+        self._held = b""  # the framed head, not written yet
 
     @property
     def client_gone(self) -> bool:
@@ -584,52 +590,66 @@ class _Stream:
         if self.c._force_close:
             out.append((b"connection", b"close"))
         self.no_body = self.no_body or status in _NO_BODY_STATUSES
-        self.c._send(h11.Response(status_code=status, headers=out, reason=_reason(status).encode()))
+        self._held = self.c.wire.send_head(status, out, _reason(status))
         self.head_sent = True
+        self.c.loop.call_soon(self._release_head)
+
+    def _release_head(self) -> None:
+        if self._held:
+            held, self._held = self._held, b""
+            self.c._write(held)
 
     async def write(self, data: bytes) -> None:
-        if self.c.closed:
+        c = self.c
+        if c.closed:
             raise ConnectionResetError("client disconnected")
         if data and not self.no_body:
-            self.c._send(h11.Data(data=bytes(data)))
-        if not self.c.writable.is_set():  # the hot path skips the extra coroutine
-            await self.c.drain()
+            framed = c.wire.send_data(data)
+            if self._held:
+                framed = self._held + framed
+                self._held = b""
+            c._write(framed)
+        if not c.writable.is_set():  # the hot path skips the extra coroutine
+            await c.drain()
 
     async def end(self) -> None:
         if self.c.closed:
             raise ConnectionResetError("client disconnected")
         self.finished = True
-        self.c._send(h11.EndOfMessage())
+        tail = self.c.wire.send_end()
+        if self._held:
+            tail = self._held + tail
+            self._held = b""
+        self.c._write(tail)
 
     def abort(self) -> None:
         """Cut the connection: the only honest signal once a response is half sent."""
         self.aborted = True
+        self._held = b""
         self.c.abort()
 
     async def send_whole(self, resp: Response) -> None:
-        if self.c.closed:
+        c = self.c
+        if c.closed:
             return
         no_body = resp.status in _NO_BODY_STATUSES
-        headers = _response_headers(resp, close=self.c._force_close)
+        headers = _response_headers(resp, close=c._force_close)
         self.status = resp.status
         for name, value in resp.headers:
             if name.lower() == "x-router-node":
                 self.node = value
         self.started = True
-        self.c._send(
-            h11.Response(
-                status_code=resp.status, headers=headers, reason=_reason(resp.status).encode()
-            )
-        )
+        wire = c.wire
+        out = wire.send_head(resp.status, headers, _reason(resp.status))
         self.head_sent = True
         if resp.body and self.request.method != "HEAD" and not no_body:
-            self.c._send(h11.Data(data=resp.body))
+            out += wire.send_data(resp.body)
         self.finished = True
-        self.c._send(h11.EndOfMessage())
-        await self.c.drain()
+        c._write(out + wire.send_end())
+        await c.drain()
 
 
-def _make_request(head: h11.Request, body: bytes, peer: str) -> Request:
+def _make_request(head: Head, body: bytes, peer: str) -> Request:
     try:
         target = head.target.decode("ascii")
     except UnicodeDecodeError:
@@ -643,7 +663,7 @@ def _make_request(head: h11.Request, body: bytes, peer: str) -> Request:
     )
 
 
-def _head_size(head: h11.Request) -> int:
+def _head_size(head: Head) -> int:
     """Bytes of the request line and header lines, as sent (give or take whitespace)."""
     size = len(head.method) + len(head.target) + len(b"  HTTP/1.1\r\n\r\n")
     for name, value in head.headers:
@@ -672,11 +692,17 @@ def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
+def _reason(status: int) -> bytes:
+    reason = _REASONS.get(status)
+    if reason is None:
+        try:
+            reason = HTTPStatus(status).phrase.encode()
+        except ValueError:
+            reason = b"Unknown"
+    return reason
+
+
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
 class HTTPServer:

@@ -1,8 +1,9 @@
 """The HTTP server over real sockets: keep-alive, pipelining, framing, errors, shutdown, logs.
 
-Every test runs on the stock asyncio loop and on uvloop (the `run` fixture). The helpers at the
-top (raw client, reply parser, polling) are shared with test_http_limits.py and
-test_websocket.py.
+Every test runs on the stock asyncio loop and on uvloop, and on uvloop once more with the wire's
+fast path off so that h11 reads every request (the `run` fixture): one suite for both paths.
+The helpers at the top (raw client, reply parser, polling) are shared with test_http_limits.py
+and test_websocket.py.
 """
 
 from __future__ import annotations
@@ -35,20 +36,35 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 }
 
 
+# variant name -> (event loop, ServerLimits.fast_path)
+VARIANTS: dict[str, tuple[str, bool]] = {
+    "asyncio": ("asyncio", True),
+    "uvloop": ("uvloop", True),
+    "uvloop-h11": ("uvloop", False),
+}
+_fast_path = True  # what `serve` uses unless a test says; set by the runner
+
+
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 
 
-def make_runner(loop: str) -> Runner:
-    """Run a coroutine to completion on a fresh loop of the named kind."""
+def make_runner(variant: str) -> Runner:
+    """Run a coroutine to completion on a fresh loop, with servers of the named variant."""
+    loop, fast = VARIANTS[variant]
 
     def runner(coro: Coroutine[Any, Any, Any]) -> Any:
-        with asyncio.Runner(loop_factory=LOOPS[loop]) as r:
-            return r.run(asyncio.wait_for(coro, 60))
+        global _fast_path
+        _fast_path = fast
+        try:
+            with asyncio.Runner(loop_factory=LOOPS[loop]) as r:
+                return r.run(asyncio.wait_for(coro, 60))
+        finally:
+            _fast_path = True
 
     return runner
 
 
-@pytest.fixture(params=sorted(LOOPS))
+@pytest.fixture(params=sorted(VARIANTS))
 def run(request: pytest.FixtureRequest) -> Runner:
     return make_runner(request.param)
 
@@ -75,6 +91,7 @@ async def serve(
     dispatch: Dispatch, *, on_error: Any = error_response, **limits: Any
 ) -> AsyncIterator[tuple[HTTPServer, int]]:
     """A real HTTPServer on 127.0.0.1:<free port> in the running loop, stopped afterwards."""
+    limits.setdefault("fast_path", _fast_path)
     server = HTTPServer(dispatch, ServerLimits(**limits), on_error)
     _, port = await server.start("127.0.0.1", 0)
     try:
@@ -949,7 +966,7 @@ def _split_request() -> Any:
     )
 
 
-@pytest.mark.parametrize("loop", sorted(LOOPS))
+@pytest.mark.parametrize("loop", sorted(VARIANTS))
 def test_requests_split_at_any_byte_parse_the_same(loop: str) -> None:
     """Two pipelined requests, delivered in arbitrary pieces, parse exactly as sent."""
     runner = make_runner(loop)
