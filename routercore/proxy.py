@@ -111,7 +111,7 @@ class Proxy:
         self.waiters: deque[_Waiter] = deque()
         self.via_token = f"1.1 llm-router-{random.getrandbits(48):012x}"
         self._via_header = (b"via", self.via_token.encode("latin-1"))
-        self._rows: list[dict[str, object]] = []
+        self._rows: list[tuple[object, ...]] = []  # in store.REQUEST_COLUMNS order
         self._rows_timer: asyncio.TimerHandle | None = None
         # Header fields built once per node instead of per request.
         self._host_headers: dict[tuple[str, int], tuple[bytes, bytes]] = {}
@@ -452,23 +452,23 @@ class Proxy:
         if att.node_id is not None and att.sent_to_client:
             self.registry.record_result(att.node_id, att.outcome == "ok", duration)
         self._rows.append(
-            {
-                "id": outcome.request_id,
-                "ts": ts,
-                "node_id": att.node_id,
-                "model": model,
-                "endpoint": endpoint,
-                "method": request.method,
-                "status_code": att.status,
-                "outcome": att.outcome,
-                "duration_ms": round(duration, 3),
-                "ttfb_ms": round(att.ttfb_ms, 3) if att.ttfb_ms is not None else None,
-                "prompt_tokens": outcome.prompt_tokens,
-                "completion_tokens": outcome.completion_tokens,
-                "stream": int(streaming),
-                "client": request.peer,
-                "error": att.error,
-            }
+            (
+                outcome.request_id,
+                ts,
+                att.node_id,
+                model,
+                endpoint,
+                request.method,
+                att.status,
+                att.outcome,
+                round(duration, 3),
+                round(att.ttfb_ms, 3) if att.ttfb_ms is not None else None,
+                outcome.prompt_tokens,
+                outcome.completion_tokens,
+                int(streaming),
+                request.peer,
+                att.error,
+            )
         )
         if self.stats.in_flight == 0 or len(self._rows) >= _ROWS_BATCH:
             self.flush_rows()
@@ -481,8 +481,9 @@ class Proxy:
             self._rows_timer.cancel()
             self._rows_timer = None
         rows, self._rows = self._rows, []
+        add = self.store.add_request_row
         for row in rows:
-            self.store.add_request(row)
+            add(row)
 
 
 class _StreamFailed(Exception):

@@ -7,7 +7,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from routercore.auth import hash_token, new_token, token_matches
@@ -20,8 +19,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("routercore.registry")
 
 
+_second_text: tuple[int, str] = (-1, "")
+
+
 def now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC now as `2026-01-02T03:04:05.678Z`; the seconds part is formatted once per second
+    (this runs once per proxied request)."""
+    global _second_text
+    now = time.time()
+    second = int(now)
+    if second != _second_text[0]:
+        _second_text = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_second_text[1]}.{int((now - second) * 1000):03d}Z"
 
 
 class NodeStore(Protocol):

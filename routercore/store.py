@@ -334,6 +334,10 @@ class Store:
             row[12] = int(bool(row[12]))
         self._queue.put((_SQL_REQUEST, tuple(row)))
 
+    def add_request_row(self, row: tuple[Any, ...]) -> None:
+        """The proxy's hot path: one complete row in REQUEST_COLUMNS order (stream as 0/1)."""
+        self._queue.put((_SQL_REQUEST, row))
+
     def set_meta(self, key: str, value: str) -> None:
         self._queue.put((_SQL_META, (key, value)))
 

@@ -176,10 +176,6 @@ class HTTPConnection(asyncio.Protocol):
             return
         if self.closed:
             return  # lingering after an error answer, or closing: drop it
-        if self.task is None:
-            self.bytes_seen_this_cycle = True
-            if not self.head_timer_armed and self.request_head is None:
-                self._arm_head_timer()
         try:
             self.wire.receive_data(data)
         except RuntimeError:
@@ -191,7 +187,14 @@ class HTTPConnection(asyncio.Protocol):
                 self.transport.pause_reading()  # type: ignore[union-attr]
                 self.reading_paused = True
             return
+        self.bytes_seen_this_cycle = True
+        head_deadline_due = not self.head_timer_armed and self.request_head is None
         self._process()
+        if head_deadline_due and self.request_head is None and self.task is None:
+            # The head is still incomplete: its deadline runs from this first byte. (Armed only
+            # now, so a request that arrives whole costs no timer.)
+            if not self.closed:
+                self._arm_head_timer()
 
     # -- request reading ---------------------------------------------------------------------
 
@@ -205,7 +208,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def _pump(self) -> None:
         """Pull wire events until a whole request is read, more data is needed, or an error."""
-        body_progress = False
+        body_progress = False  # body bytes or a new head: the body deadline starts over
         wire = self.wire
         while not self.closed and self.task is None:
             try:
@@ -218,6 +221,7 @@ class HTTPConnection(asyncio.Protocol):
             if type(event) is Head:
                 if not self._on_head(event):
                     return
+                body_progress = True
             elif event is END:
                 self._start_handler()
                 return
@@ -284,7 +288,6 @@ class HTTPConnection(asyncio.Protocol):
             self._force_close = True
         if self.wire.waiting_for_100_continue:
             self._write(self.wire.send_continue())
-        self._set_timer(self.limits.body_timeout, self._on_body_timeout)
         return True
 
     def _start_handler(self) -> None:

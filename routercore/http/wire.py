@@ -120,6 +120,27 @@ def parse_simple_head(buf: bytes, max_head: int) -> tuple[Head, int] | _Marker:
     return Head(method, request_line[2], b"1.1", headers, length), end + 4
 
 
+_FRAMING_OR_CONNECTION = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+# Response fields already validated, with their lower-case name and their line: most answers
+# repeat the same few fields (server, content-type, x-router-node, ...).
+_FIELD_LINES: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
+_FIELD_LINES_MAX = 4096
+
+
+def _field_line(field: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+    """Validate one response field as h11 does; remember it with its output line."""
+    name, value = field
+    if _FIELD_NAME.fullmatch(name) is None:
+        raise h11.LocalProtocolError(f"Illegal header name {name!r}")
+    if _FIELD_VALUE_RE.fullmatch(value) is None:
+        raise h11.LocalProtocolError(f"Illegal header value {value!r}")
+    entry = (name.lower(), b"%s: %s\r\n" % (name, value))
+    if len(_FIELD_LINES) >= _FIELD_LINES_MAX:
+        _FIELD_LINES.clear()
+    _FIELD_LINES[(bytes(name), bytes(value))] = entry
+    return entry
+
+
 # Fast-path progress through one request/response cycle.
 _IDLE, _BODY, _DONE = 0, 1, 2
 # Response framings.
@@ -363,29 +384,29 @@ class ServerWire:
         length: bytes | None = None
         chunked = False
         keep_alive = self._keep_alive
-        name_ok = _FIELD_NAME.fullmatch
-        value_ok = _FIELD_VALUE_RE.fullmatch
-        for name, value in headers:
-            if name_ok(name) is None:
-                raise h11.LocalProtocolError(f"Illegal header name {name!r}")
-            if value_ok(value) is None:
-                raise h11.LocalProtocolError(f"Illegal header value {value!r}")
-            lower = name.lower()
-            if lower == b"content-length":
-                if not value.isdigit():
-                    raise h11.LocalProtocolError("bad Content-Length")
-                if length is not None:
-                    if value != length:
-                        raise h11.LocalProtocolError("conflicting Content-Length headers")
-                    continue  # a repeat of the same length is sent once
-                length = value
-            elif lower == b"transfer-encoding":
-                if chunked or value.lower() != b"chunked":
-                    raise h11.LocalProtocolError("Only Transfer-Encoding: chunked is supported")
-                chunked = True
-            elif lower == b"connection" and b"close" in value.lower():
-                keep_alive = False
-            out.append(b"%s: %s\r\n" % (name, value))
+        known = _FIELD_LINES
+        for field in headers:
+            entry = known.get(field)
+            if entry is None:
+                entry = _field_line(field)
+            lower, line = entry
+            if lower in _FRAMING_OR_CONNECTION:
+                value = field[1]
+                if lower == b"content-length":
+                    if not value.isdigit():
+                        raise h11.LocalProtocolError("bad Content-Length")
+                    if length is not None:
+                        if value != length:
+                            raise h11.LocalProtocolError("conflicting Content-Length headers")
+                        continue  # a repeat of the same length is sent once
+                    length = value
+                elif lower == b"transfer-encoding":
+                    if chunked or value.lower() != b"chunked":
+                        raise h11.LocalProtocolError("Only Transfer-Encoding: chunked is supported")
+                    chunked = True
+                elif b"close" in value.lower():
+                    keep_alive = False
+            out.append(line)
         send_left = 0
         if status == 204 or status == 304:
             framing = _LENGTH
