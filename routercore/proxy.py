@@ -46,18 +46,25 @@ log = logging.getLogger("routercore.proxy")
 _FORWARDED_HEADERS = (b"content-type", b"accept", b"user-agent", b"x-request-id")
 _DROP_RESPONSE_HEADERS = HOP_BY_HOP | {b"server"}
 # History rows are handed to the store in batches: one wake-up of its writer thread (and one
-# transaction) per batch instead of per request. Flushed when idle, when full, or on a timer.
+# transaction) per batch instead of per request. Flushed when full, on a timer, and at shutdown
+# (RouterService.stop).
 _ROWS_BATCH = 256
 _ROWS_DELAY = 0.05
 
 _ids = random.Random()  # seeded from os.urandom; request ids need to be unique, not secret
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+_UUID7_BITS = (0x7 << 76) | (0b10 << 62)  # version 7, RFC 9562 variant
 
 
 def request_id() -> str:
-    """A random (version 4) UUID string, without uuid4()'s os.urandom system call."""
-    h = "%032x" % ((_ids.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET)
+    """A version 7 UUID (RFC 9562): milliseconds since the epoch, then 74 random bits.
+
+    Time-ordered, so the history table's unique id index grows at its end instead of at a
+    random place per row (cheaper for the store's writer, which shares the router's core);
+    the random bits come from a seeded PRNG instead of an os.urandom system call.
+    """
+    ms = int(time.time() * 1000) & 0xFFFF_FFFF_FFFF
+    value = (ms << 80) | _UUID7_BITS | (_ids.getrandbits(12) << 64) | _ids.getrandbits(62)
+    h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -470,7 +477,7 @@ class Proxy:
                 att.error,
             )
         )
-        if self.stats.in_flight == 0 or len(self._rows) >= _ROWS_BATCH:
+        if len(self._rows) >= _ROWS_BATCH:
             self.flush_rows()
         elif self._rows_timer is None:
             self._rows_timer = asyncio.get_running_loop().call_later(_ROWS_DELAY, self.flush_rows)

@@ -144,6 +144,7 @@ class RouterService:
     async def stop(self) -> None:
         log.info("event=shutdown_started grace=%ss", self.config.shutdown_grace)
         await self.server.shutdown(self.config.shutdown_grace)
+        self.proxy.flush_rows()  # the last requests' history rows, before the store closes
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:

@@ -190,11 +190,15 @@ class HTTPConnection(asyncio.Protocol):
         self.bytes_seen_this_cycle = True
         head_deadline_due = not self.head_timer_armed and self.request_head is None
         self._process()
-        if head_deadline_due and self.request_head is None and self.task is None:
+        if (
+            head_deadline_due
+            and self.request_head is None
+            and self.task is None
+            and not self.closed
+        ):
             # The head is still incomplete: its deadline runs from this first byte. (Armed only
             # now, so a request that arrives whole costs no timer.)
-            if not self.closed:
-                self._arm_head_timer()
+            self._arm_head_timer()
 
     # -- request reading ---------------------------------------------------------------------
 

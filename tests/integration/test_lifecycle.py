@@ -144,3 +144,18 @@ def test_new_connections_are_refused_while_draining(router_process, fake_nodes, 
     wait_for(refused, timeout=5, message="listener closed during drain")
     resp.read()
     assert router.proc.wait(30) == 0
+
+
+def test_stop_right_after_requests_keeps_every_history_row(router_factory, fake_nodes, tmp_path):
+    """History rows wait up to 50 ms in a batch; a stop in that window must still save them."""
+    db = str(tmp_path / "batch.db")
+    router = router_factory(db=db)
+    join(router, fake_nodes, 1)
+    body = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(20):
+        status, _, _ = http("POST", router.url + "/v1/chat/completions", body)
+        assert status == 200
+    router.stop()  # at once: the last rows are still in the proxy's batch
+    conn_db = apsw.Connection(db)
+    count = conn_db.execute("SELECT count(*) FROM requests WHERE outcome = 'ok'").fetchone()[0]
+    assert count == 20
