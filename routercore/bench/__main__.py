@@ -22,7 +22,7 @@ def _f(value: Any, digits: int = 2) -> str:
 
 
 _NAMES = {
-    "direct": "fake node, direct",
+    "direct": "node, direct",
     "router": "through the router",
     "nginx": "through nginx (keepalive upstream)",
     "bare": "bare uvloop+h11 server (same reply)",
@@ -43,6 +43,8 @@ def render(r: dict[str, Any]) -> str:
         f"Pinning: system under test on core(s) {s['sut_cores']}, load generator and fake "
         f"nodes on core(s) {s['load_cores']}; load average at start {r['loadavg_start']}, "
         f"at end {r['loadavg_end']}",
+        "Node for the request sections: the fake node's recorded reply replayed as raw bytes "
+        "(bench/bare.py --replay), so the node on the load core never limits the router.",
     ]
     if "throughput" in r:
         lines += _table(
@@ -60,13 +62,14 @@ def render(r: dict[str, Any]) -> str:
     if "latency_at_half_max" in r:
         lat = r["latency_at_half_max"]
         lines += _table(
-            f"Latency at half the router's max ({lat['router']['rate']} req/s, open loop, "
-            f"{s['paced_processes']} paced client processes, send to last byte):",
-            "| target | achieved req/s | p50 ms | p99 ms | errors |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            f"Latency at half the router's max ({lat['router']['rate']} req/s, open loop with "
+            f"Poisson arrivals, {s['paced_processes']} paced client processes, send to last "
+            "byte; skipped = due while all 16 connections of a client were busy):",
+            "| target | achieved req/s | p50 ms | p99 ms | errors | skipped |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
             [
                 f"| {_NAMES.get(k, k)} | {v['achieved_rps']} | {_f(v['p50_ms'], 3)} | "
-                f"{_f(v['p99_ms'], 3)} | {v['errors']} |"
+                f"{_f(v['p99_ms'], 3)} | {v['errors']} | {v['skipped']} |"
                 for k, v in lat.items()
             ],
         )

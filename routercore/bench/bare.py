@@ -1,8 +1,12 @@
-"""The ceiling for one Python process: a bare uvloop + h11 server answering one fixed reply.
+"""Servers the benchmark measures against, each replaying the fake node's recorded reply.
 
-It parses each request with h11 and answers with h11 (the same work the router's server side
-does, without routing or an upstream), replaying the status, headers and body that the fake
-node sent for the benchmark's request.
+- `--reply`: the ceiling for one Python process, a bare uvloop + h11 server. It parses each
+  request with h11 and answers with h11, replaying the status, headers and body that the fake
+  node sent for the benchmark's request.
+- `--reply --replay`: the node for the throughput and latency sections, as cheap as Python gets
+  (finds each request's end, writes the recorded bytes), so that the node sharing the load
+  generator's core is never what limits the router.
+- neither: a streaming node whose events carry their send time (`--stamp-*`).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -54,6 +59,47 @@ class BareProtocol(asyncio.Protocol):
                 assert self.transport is not None
                 self.transport.close()
                 return
+
+
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)", re.IGNORECASE)
+
+
+class ReplayProtocol(asyncio.Protocol):
+    """Answers each complete request (head plus Content-Length body) with the same bytes."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        self.buf = b""
+        self.body_left = 0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        answers = 0
+        while True:
+            if self.body_left:
+                if len(buf) < self.body_left:
+                    self.body_left -= len(buf)
+                    buf = b""
+                    break
+                buf = buf[self.body_left :]
+                self.body_left = 0
+                answers += 1
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            length = _CONTENT_LENGTH.search(buf, 0, end + 2)
+            buf = buf[end + 4 :]
+            if length is not None and int(length[1]):
+                self.body_left = int(length[1])
+            else:
+                answers += 1
+        self.buf = buf
+        if answers and self.transport is not None:
+            self.transport.write(self.reply * answers)
 
 
 class StampProtocol(asyncio.Protocol):
@@ -110,6 +156,14 @@ class StampProtocol(asyncio.Protocol):
         self.task = None
 
 
+def reply_bytes(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """The recorded reply as one HTTP/1.1 message (with its own Content-Length)."""
+    lines = [b"HTTP/1.1 %d OK" % status]
+    lines += [k + b": " + v for k, v in headers if k != b"content-length"]
+    lines.append(b"content-length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
 def load_reply(path: Path) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """The reply file: {"status", "headers": [[name, value], ...], "body"} (latin-1 strings)."""
     data = json.loads(path.read_text())
@@ -117,10 +171,15 @@ def load_reply(path: Path) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     return int(data["status"]), headers, data["body"].encode("latin-1")
 
 
-async def serve(port: int, reply: Path | None, stamp_chunks: int, stamp_delay: float) -> None:
+async def serve(
+    port: int, reply: Path | None, replay: bool, stamp_chunks: int, stamp_delay: float
+) -> None:
     loop = asyncio.get_running_loop()
     factory: Callable[[], asyncio.Protocol]
-    if reply is not None:
+    if reply is not None and replay:
+        data = reply_bytes(*load_reply(reply))
+        factory = lambda: ReplayProtocol(data)  # noqa: E731
+    elif reply is not None:
         status, headers, body = load_reply(reply)
         factory = lambda: BareProtocol(status, headers, body)  # noqa: E731
     else:
@@ -137,12 +196,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--reply", type=Path, help="answer every request with this reply")
+    parser.add_argument("--replay", action="store_true", help="with --reply: no h11, raw bytes")
     parser.add_argument("--stamp-chunks", type=int, default=20, help="without --reply: stream")
     parser.add_argument("--stamp-delay", type=float, default=0.005)
     args = parser.parse_args()
     import uvloop
 
-    uvloop.run(serve(args.port, args.reply, args.stamp_chunks, args.stamp_delay))
+    uvloop.run(serve(args.port, args.reply, args.replay, args.stamp_chunks, args.stamp_delay))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
-"""Load-generating clients on raw asyncio sockets (uvloop), run as pinned child processes.
+"""Load-generating clients on raw asyncio sockets, run as pinned child processes.
 
-`paced`: fixed-rate requests over a pool of keep-alive connections; latency from send to the
-last byte of the response. `streams`: streamed requests one after another (a few at a time);
-time to first body byte and, for a stamping upstream, per-chunk one-way delay. `hold`: opens N
-streams, reports when all are flowing, keeps reading until told to stop (stdin closes).
+`paced`: open-loop requests at a fixed mean rate with Poisson arrivals (independent clients)
+over a pool of keep-alive connections; latency from send to the last byte of the response. It
+runs on the stock loop with a select() selector, whose timeouts have microsecond resolution:
+uvloop's and epoll's timers have 1 ms, which would send each millisecond's requests as one
+burst and measure that burst's queueing instead of the server.
+
+`streams`: streamed requests one after another (a few at a time); time to first body byte
+and, for a stamping upstream, per-chunk one-way delay. `hold`: opens N streams, reports when
+all are flowing, keeps reading until told to stop (stdin closes).
 
 Each prints one JSON object on stdout.
 """
@@ -13,6 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
+import selectors
 import sys
 import time
 from collections import deque
@@ -178,8 +185,9 @@ async def paced(
 ) -> dict[str, Any]:
     """Send `rate` req/s for `duration` s; latencies (µs, send to last byte) after `warmup`.
 
-    Requests leave on schedule whether or not earlier ones finished (open loop); when all
-    connections are busy the request is counted as skipped rather than queued.
+    Requests leave on schedule (exponential gaps, a fixed seed per process) whether or not
+    earlier ones finished (open loop); when all connections are busy the request is counted
+    as skipped rather than queued.
     """
     req = build_request(host, port, path, body)
     loop = asyncio.get_running_loop()
@@ -190,23 +198,21 @@ async def paced(
     t0 = _now()
     gen.measure_from = t0 + warmup
     end = t0 + warmup + duration
-    interval = 1.0 / rate
-    sent = late = 0
+    gap = random.Random(port * 7919 + int(rate)).expovariate
+    late = 0
     pool = gen.pool
+    due = t0 + gap(rate)
     while True:
         now = _now()
         if now >= end:
             break
-        due = int((now - t0) / interval) + 1
-        while sent < due:
-            sent += 1
+        while due <= now:
             if pool:
                 pool.popleft().send(req, now)
             else:
                 late += 1
-        # The loop's timers have 1 ms resolution: shorter sleeps would spin. Requests due
-        # within the same millisecond leave together.
-        await asyncio.sleep(max(0.001, t0 + sent * interval - _now()))
+            due += gap(rate)
+        await asyncio.sleep(due - _now())
     deadline = _now() + 10
     while len(pool) < conns and _now() < deadline:  # let the last responses arrive
         await asyncio.sleep(0.01)
@@ -302,6 +308,11 @@ def _emit(result: dict[str, Any], path: str | None) -> None:
         print(json.dumps(result), flush=True)
 
 
+def _fine_timer_loop() -> asyncio.AbstractEventLoop:
+    """The stock loop on select(): sleeps shorter than a millisecond are kept."""
+    return asyncio.SelectorEventLoop(selectors.SelectSelector())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("mode", choices=("paced", "streams", "hold"))
@@ -322,18 +333,19 @@ def main(argv: list[str] | None = None) -> None:
 
     body = args.body.encode()
     if args.mode == "paced":
-        out = uvloop.run(
-            paced(
-                args.host,
-                args.port,
-                args.path,
-                body,
-                args.rate,
-                args.duration,
-                args.conns,
-                args.warmup,
+        with asyncio.Runner(loop_factory=_fine_timer_loop) as runner:
+            out = runner.run(
+                paced(
+                    args.host,
+                    args.port,
+                    args.path,
+                    body,
+                    args.rate,
+                    args.duration,
+                    args.conns,
+                    args.warmup,
+                )
             )
-        )
         _emit(out, args.out)
     elif args.mode == "streams":
         out = uvloop.run(

@@ -209,6 +209,22 @@ class Processes:
         wait_until(lambda: proc.alive() and port_open(port), 30, "bare server")
         return proc
 
+    def replay(self, port: int, reply_file: Path) -> Proc:
+        """The recorded reply as a node (raw bytes, no h11) on the load core."""
+        cmd = [
+            sys.executable,
+            "-m",
+            "routercore.bench.bare",
+            "--port",
+            str(port),
+            "--reply",
+            str(reply_file),
+            "--replay",
+        ]
+        proc = self.start("replay", cmd, self.load_cores)
+        wait_until(lambda: proc.alive() and port_open(port), 30, "replay node")
+        return proc
+
     def nginx(
         self, port: int, upstream_port: int, *, static_port: int | None = None
     ) -> Proc | None:

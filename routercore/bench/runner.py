@@ -19,6 +19,8 @@ from routercore.bench import balancer as balancer_bench
 from routercore.bench.procs import Proc, Processes, free_port, running
 
 CHAT_BODY = '{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
+# The throughput and latency sections ask for the replay node's model (see bare.py).
+REPLAY_BODY = '{"model":"replay","messages":[{"role":"user","content":"hi"}]}'
 STREAM_BODY = '{"model":"%s","stream":true,"messages":[{"role":"user","content":"hi"}]}'
 PATH = "/v1/chat/completions"
 SECTIONS = ("throughput", "latency", "streams", "held", "balancer")
@@ -126,7 +128,7 @@ class Bench:
         return pinned(cmd, self.s.load_cores)
 
     def wrk(
-        self, port: int, sut: Proc | None, *, path: str = PATH, body: str = CHAT_BODY
+        self, port: int, sut: Proc | None, *, path: str = PATH, body: str = REPLAY_BODY
     ) -> dict[str, Any]:
         """Closed-loop max throughput with wrk (one thread, fixed connections) on the load core."""
         script = self.work / "post.lua"
@@ -174,7 +176,7 @@ class Bench:
             "--path",
             PATH,
             "--body",
-            CHAT_BODY,
+            REPLAY_BODY,
             "--rate",
             f"{rate / n:.1f}",
             "--duration",
@@ -276,11 +278,13 @@ class Bench:
             "lost": done.get("lost"),
         }
 
-    def _requests(self, router: Proc, rport: int, nport: int) -> None:
-        """Non-streamed requests: max req/s (wrk) and latency at half the router's max."""
+    def _requests(self, router: Proc, rport: int, nport: int, reply: Path) -> None:
+        """Non-streamed requests: max req/s (wrk) and latency at half the router's max.
+
+        `nport` is the replay node (bare.py --replay): the fake node's recorded reply from a
+        node cheap enough that it, on the load generator's core, never limits the router.
+        """
         s, p, r = self.s, self.p, self.results
-        reply = self.work / "reply.json"
-        reply.write_text(json.dumps(_fetch_reply(nport)))
         bport = free_port()
         bare = p.bare(bport, reply)
         nginx = None
@@ -322,6 +326,11 @@ class Bench:
         router = p.router(rport, extra_env={"LLM_ROUTER_HEARTBEAT_TIMEOUT": "86400"})
         router_url = f"http://127.0.0.1:{rport}"
         p.fakenode(nport, register=router_url)
+        reply = self.work / "reply.json"
+        reply.write_text(json.dumps(_fetch_reply(nport)))
+        replay_port = free_port()
+        p.replay(replay_port, reply)
+        _register(router_url, "replay", replay_port, ["replay"])
         p.fakenode(
             hport, register=router_url, tokens=100000, token_delay=1.0, name="slow", models="slow"
         )
@@ -341,12 +350,12 @@ class Bench:
             s.load_cores,
         )
         _register(router_url, "stamp", sport, ["stamp"])
-        p.wait_online(rport, 3)
+        p.wait_online(rport, 4)
         r["idle_router_rss_mb"] = round(p.rss_mb(router), 1)
         r["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
 
         if "throughput" in s.sections or "latency" in s.sections:
-            self._requests(router, rport, nport)
+            self._requests(router, rport, replay_port, reply)
         if "streams" in s.sections:
             # Time to first token and per-chunk forwarding delay.
             r["streams"] = {
