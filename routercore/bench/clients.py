@@ -182,12 +182,13 @@ async def paced(
     duration: float,
     conns: int,
     warmup: float,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Send `rate` req/s for `duration` s; latencies (µs, send to last byte) after `warmup`.
 
-    Requests leave on schedule (exponential gaps, a fixed seed per process) whether or not
-    earlier ones finished (open loop); when all connections are busy the request is counted
-    as skipped rather than queued.
+    Requests leave on schedule (exponential gaps from `seed`, so every target gets the same
+    arrival times) whether or not earlier ones finished (open loop); when all connections are
+    busy the request is counted as skipped rather than queued.
     """
     req = build_request(host, port, path, body)
     loop = asyncio.get_running_loop()
@@ -198,7 +199,7 @@ async def paced(
     t0 = _now()
     gen.measure_from = t0 + warmup
     end = t0 + warmup + duration
-    gap = random.Random(port * 7919 + int(rate)).expovariate
+    gap = random.Random(seed).expovariate
     late = 0
     pool = gen.pool
     due = t0 + gap(rate)
@@ -327,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--stamped", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="paced: seed of the arrival times")
     parser.add_argument("--out", help="write the JSON result here instead of stdout")
     args = parser.parse_args(argv)
     import uvloop
@@ -344,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
                     args.duration,
                     args.conns,
                     args.warmup,
+                    args.seed,
                 )
             )
         _emit(out, args.out)

@@ -187,7 +187,10 @@ class Bench:
             "1",
         ]
         outs = [self.work / f"paced-{port}-{i}.json" for i in range(n)]
-        children = [subprocess.Popen(self._load_cmd([*cmd, "--out", str(out)])) for out in outs]
+        children = [
+            subprocess.Popen(self._load_cmd([*cmd, "--out", str(out), "--seed", str(i)]))
+            for i, out in enumerate(outs)
+        ]
         lat: list[int] = []
         errors = skipped = 0
         for child, out in zip(children, outs, strict=True):
