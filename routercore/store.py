@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -98,6 +99,12 @@ def _upsert_sql(table: str, cols: Sequence[str], key: str) -> str:
         f"ON CONFLICT({key}) DO UPDATE SET {updates}"
     )
 
+
+# The writer thread often shares a core with the event loop (one core per router process in
+# the benchmark, small machines in life). A waking event loop would wait behind a long batch for
+# the rest of the writer's time slice (~1 ms), so the writer offers the CPU every few rows.
+_YIELD_EVERY = 32
+_yield_cpu: Callable[[], None] = getattr(os, "sched_yield", lambda: None)
 
 _SQL_NODE = _upsert_sql("nodes", NODE_COLUMNS, "id")
 _SQL_REQUEST = _upsert_sql("requests", REQUEST_COLUMNS, "id")
@@ -584,10 +591,12 @@ class Store:
                 i = 0
                 while i < len(batch):  # runs of the same statement go through executemany
                     j = i
-                    while j < len(batch) and batch[j][0] is batch[i][0]:
+                    while j < len(batch) and batch[j][0] is batch[i][0] and j - i < _YIELD_EVERY:
                         j += 1
                     conn.executemany(batch[i][0], [p for _, p in batch[i:j]])
                     i = j
+                    if i < len(batch):
+                        _yield_cpu()
                 return 0
             for sql, params in batch:
                 conn.execute("SAVEPOINT item")
