@@ -116,14 +116,9 @@ _SQL_SAMPLE = (
 _SQL_DELETE_SAMPLES = "DELETE FROM health_samples WHERE node_id = ?"
 _SQL_DELETE_NODE = "DELETE FROM nodes WHERE id = ?"
 # Keep the newest N rows: delete the (N+1)-th newest and everything older, by insertion order.
-_SQL_TRIM_REQUESTS = (
-    "DELETE FROM requests WHERE seq <= "
-    "(SELECT seq FROM requests ORDER BY seq DESC LIMIT 1 OFFSET ?)"
-)
-_SQL_TRIM_SAMPLES = (
-    "DELETE FROM health_samples WHERE seq <= "
-    "(SELECT seq FROM health_samples ORDER BY seq DESC LIMIT 1 OFFSET ?)"
-)
+_SQL_SEQ_RANGE = {t: f"SELECT min(seq), max(seq) FROM {t}" for t in ("requests", "health_samples")}
+_SQL_TRIM = {t: f"DELETE FROM {t} WHERE seq <= ?" for t in ("requests", "health_samples")}
+_TRIM_CHUNK = 512
 
 # Errors that say "the database cannot take this write right now", not "this write is bad".
 _TRANSIENT = (
@@ -583,6 +578,30 @@ class Store:
             self.backlog_max, counts.get("samples", 0), counts.get("requests", 0),
         )  # fmt: skip
 
+    def _trim_table(self, conn: apsw.Connection, table: str, keep: int) -> int:
+        """Delete the rows older than the newest `keep` sequence numbers.
+
+        In transactions of a few hundred rows with the CPU offered in between: one DELETE of
+        thousands of rows held the event loop's core for milliseconds. Sequence numbers only
+        have gaps where a node's samples were deleted, so `max(seq) - keep` is the exact cutoff
+        for requests and at most keeps fewer samples for a while after a node was removed.
+        """
+        with self._guard():
+            row = conn.execute(_SQL_SEQ_RANGE[table]).fetchone()
+        low, high = row if row is not None else (None, None)
+        if low is None or high is None:
+            return 0
+        cutoff = high - keep
+        removed = 0
+        while low <= cutoff:
+            upto = min(cutoff, low + _TRIM_CHUNK - 1)
+            with self._guard(), _transaction(conn):
+                conn.execute(_SQL_TRIM[table], (upto,))
+                removed += conn.changes()
+            low = upto + 1
+            _yield_cpu()
+        return removed
+
     def _commit(self, conn: apsw.Connection, batch: list[Op], isolate: bool) -> int:
         """Write `batch` in one transaction; return how many items were dropped as invalid."""
         bad = 0
@@ -614,11 +633,8 @@ class Store:
     def _trim(self, conn: apsw.Connection) -> None:
         """Retention: keep the newest N requests and samples; a failure waits for next time."""
         try:
-            with self._guard(), _transaction(conn):
-                conn.execute(_SQL_TRIM_REQUESTS, (self.history_max_rows,))
-                removed = conn.changes()
-                conn.execute(_SQL_TRIM_SAMPLES, (self.samples_max_rows,))
-                removed += conn.changes()
+            removed = self._trim_table(conn, "requests", self.history_max_rows)
+            removed += self._trim_table(conn, "health_samples", self.samples_max_rows)
             self.trimmed += removed
             if removed:
                 log.debug("store trimmed rows=%d", removed)

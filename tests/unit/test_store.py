@@ -245,6 +245,18 @@ def test_retention_trims_oldest(db: Path, opened: Any) -> None:
     assert samples == list(range(20, 25))
 
 
+def test_retention_deletes_a_large_excess_in_chunks_exactly(db: Path, opened: Any) -> None:
+    s = opened(history_max_rows=100, trim_every=1, batch_max=2000)
+    for i in range(1800):  # one batch, then one trim of 1,700 rows (four chunks)
+        s.add_request(req(i))
+    assert s.flush()
+    s.close()
+    conn = apsw.Connection(str(db))
+    ids = [r[0] for r in conn.execute("SELECT id FROM requests ORDER BY seq")]
+    conn.close()
+    assert ids == [req(i)["id"] for i in range(1700, 1800)]
+
+
 def test_flush_and_close_are_durable(db: Path, opened: Any) -> None:
     s = opened()
     for i in range(1200):  # more than two batches
