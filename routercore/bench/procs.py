@@ -195,7 +195,9 @@ class Processes:
 
         wait_until(ready, 30, f"{count} node(s) online")
 
-    def bare(self, port: int, reply_file: Path) -> Proc:
+    def bare(self, port: int, reply_file: Path, *, replay: bool = False) -> Proc:
+        """The bare uvloop+h11 server on the core under test, or with `replay` the recorded
+        reply as a node (raw bytes, no h11) on the load core."""
         cmd = [
             sys.executable,
             "-m",
@@ -205,24 +207,9 @@ class Processes:
             "--reply",
             str(reply_file),
         ]
-        proc = self.start("bare", cmd, self.sut_cores)
-        wait_until(lambda: proc.alive() and port_open(port), 30, "bare server")
-        return proc
-
-    def replay(self, port: int, reply_file: Path) -> Proc:
-        """The recorded reply as a node (raw bytes, no h11) on the load core."""
-        cmd = [
-            sys.executable,
-            "-m",
-            "routercore.bench.bare",
-            "--port",
-            str(port),
-            "--reply",
-            str(reply_file),
-            "--replay",
-        ]
-        proc = self.start("replay", cmd, self.load_cores)
-        wait_until(lambda: proc.alive() and port_open(port), 30, "replay node")
+        name, cores = ("replay", self.load_cores) if replay else ("bare", self.sut_cores)
+        proc = self.start(name, [*cmd, "--replay"] if replay else cmd, cores)
+        wait_until(lambda: proc.alive() and port_open(port), 30, f"{name} server")
         return proc
 
     def nginx(

@@ -332,7 +332,7 @@ class Bench:
         reply = self.work / "reply.json"
         reply.write_text(json.dumps(_fetch_reply(nport)))
         replay_port = free_port()
-        p.replay(replay_port, reply)
+        p.bare(replay_port, reply, replay=True)
         _register(router_url, "replay", replay_port, ["replay"])
         p.fakenode(
             hport, register=router_url, tokens=100000, token_delay=1.0, name="slow", models="slow"
