@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import apsw
 import psutil
 import pytest
 
@@ -184,7 +185,17 @@ def test_router_restart_with_empty_db_reregisters(cluster: Cluster) -> None:
     cluster.agent("--router", router.url, "--runtime-url", runtime.url, "--name", "phoenix")
     first = wait_until(online(router, "phoenix"), what="first registration")
 
-    # Same DB after a crash: the node is known; the agent comes back on its own.
+    # Same DB after a crash: the node is known; the agent comes back on its own. (The row is
+    # committed by the store's writer thread a moment after the 201; kill only once it is.)
+    def stored() -> bool:
+        db = apsw.Connection(str(cluster.tmp / "first.db"))
+        try:
+            row = db.execute("SELECT 1 FROM nodes WHERE id = ?", (first["id"],)).fetchone()
+        finally:
+            db.close()
+        return row is not None
+
+    wait_until(stored, what="registration committed")
     router.stop(signal.SIGKILL)
     router = cluster.router(port=port, db="first.db")
     again = wait_until(online(router, "phoenix", runtime_up=True), what="back after restart")
