@@ -564,14 +564,16 @@ class _Stream:
 
     def __init__(self, conn: HTTPConnection, request: Request) -> None:
         self.c = conn
-        self.request = request
+        # Not the request itself: it holds this stream, and the pair would be a reference cycle
+        # per request, left for the cyclic garbage collector instead of freed on the spot.
+        self.head_request = request.method == "HEAD"
         self.started = False
         self.head_sent = False
         self.finished = False
         self.aborted = False
         self.status = 0
         self.node = ""
-        self.no_body = request.method == "HEAD"
+        self.no_body = self.head_request
         self._held = b""  # the framed head, not written yet
 
     @property
@@ -649,7 +651,7 @@ class _Stream:
         wire = c.wire
         out = wire.send_head(resp.status, headers, _reason(resp.status))
         self.head_sent = True
-        if resp.body and self.request.method != "HEAD" and not no_body:
+        if resp.body and not self.head_request and not no_body:
             out += wire.send_data(resp.body)
         self.finished = True
         c._write(out + wire.send_end())

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -252,6 +254,33 @@ def test_keep_alive_serves_several_requests_on_one_connection(run: Any) -> None:
             c.close()
 
     run(main())
+
+
+def test_answered_requests_are_freed_without_the_cycle_collector(run: Any) -> None:
+    """A request and its response stream must not reference each other: a cycle per request
+    is work for the cyclic garbage collector, whose pauses stall the loop at high rates."""
+
+    async def main() -> None:
+        async with serve(echo) as (_, port):
+            c = await Client.connect(port)
+            for i in range(20):
+                assert (await c.request("POST", f"/n/{i}", body=b"x")).status == 200
+            c.close()
+
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        run(main())
+        gc.collect()
+        # Per request and per connection; the server's own objects live as long as it does.
+        per_request = {"Request", "_Stream", "HTTPConnection", "ServerWire"}
+        leaked = Counter(name for o in gc.garbage if (name := type(o).__qualname__) in per_request)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert not leaked, f"objects freed only by the cycle collector: {dict(leaked)}"
 
 
 def test_pipelined_requests_are_answered_in_order(run: Any) -> None:
