@@ -160,7 +160,15 @@ def test_request_timeout_before_the_head_gives_504(router_factory: Any, fake_nod
 
 
 def test_hanging_node_is_failed_over_and_marked(router_factory: Any, fake_nodes: Any) -> None:
-    router = router_factory(balancer="round_robin", read_timeout=0.5, probe_interval=30)
+    # No heartbeat may land between the failure and the check: a heartbeat brings an
+    # unreachable node back online (by design), and at 0.5 s apart one sometimes did.
+    router = router_factory(
+        balancer="round_robin",
+        read_timeout=0.5,
+        probe_interval=30,
+        heartbeat_interval=30,
+        heartbeat_timeout=120,
+    )
     hung, _good = join(router, fake_nodes, 2)
     ids = ids_by_port(router)
     hung.set_fault("hang")
@@ -471,3 +479,4 @@ def test_admin_calls_work_while_the_database_is_locked(
         assert check.execute("SELECT count(*) FROM api_keys").fetchall() == [(1,)]
     finally:
         check.close()
+
