@@ -73,6 +73,9 @@ class RouterConfig:
     shutdown_grace: float = _opt(10.0, "seconds in-flight requests get at shutdown", minimum=0)
     history_max_rows: int = _opt(100_000, "request history rows kept", minimum=1)
     samples_max_rows: int = _opt(200_000, "health samples kept", minimum=1)
+    store_commit_timeout: float = _opt(
+        5.0, "a management change waits this long for its commit before it is answered", minimum=0
+    )
     write_high_water: int = _opt(256 * 1024, "client write buffer high-water mark", minimum=1024)
     http_fast_path: bool = _opt(True, "parse common requests without h11 (false: h11 for all)")
 

@@ -141,6 +141,20 @@ class RouterService:
         log.info("listening on http://%s:%d", host, port)
         return self.address
 
+    async def persisted(self, what: str) -> None:
+        """Hold a management answer until its change is committed, so that a crash right
+        after the answer cannot undo it. Past `store_commit_timeout` (a stuck database) the
+        change stays in effect in memory, is answered, and is written once the store recovers.
+        """
+        timeout = self.config.store_commit_timeout
+        if not await self.store.committed(timeout):
+            log.warning(
+                "event=answered_before_commit change=%s backlog=%d timeout=%.1fs",
+                what,
+                self.store.backlog,
+                timeout,
+            )
+
     async def stop(self) -> None:
         log.info("event=shutdown_started grace=%ss", self.config.shutdown_grace)
         await self.server.shutdown(self.config.shutdown_grace)

@@ -133,6 +133,26 @@ _TRANSIENT = (
 _STOP = object()
 
 
+class _LoopMarker:
+    """Queued behind writes like the flush Event: resolves an asyncio future once they are
+    committed (the writer calls `set` from its thread)."""
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+        self.loop = loop
+        self.future = future
+
+    def set(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self.loop.call_soon_threadsafe(_resolve, self.future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # a waiter that timed out has cancelled it
+        future.set_result(None)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
@@ -278,6 +298,24 @@ class Store:
         done = threading.Event()
         self._queue.put(done)
         return done.wait(timeout)
+
+    async def committed(self, timeout: float) -> bool:
+        """Wait (without blocking the loop) until everything enqueued so far is committed;
+        False on timeout or without a running writer.
+
+        For the rare writes an answer promises are done (a registration, an API key): the
+        answer must not get ahead of the commit, or a crash right after it loses the change.
+        """
+        if self._writer is None or not self._writer.is_alive():
+            return False
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._queue.put(_LoopMarker(loop, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush (best effort within `timeout`), stop the writer, close every connection."""

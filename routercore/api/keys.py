@@ -187,6 +187,7 @@ class KeysAPI:
         key, plain = self.ring.create(name)
         self._sync_policy()
         log.info("event=api_key_created id=%s name=%r prefix=%s", key.id, key.name, key.prefix)
+        await self.svc.persisted(f"api_key:{key.id}")
         return Response.json({**key.to_public(), "key": plain}, 201)
 
     async def list_keys(self, request: Request) -> Response:
@@ -195,4 +196,5 @@ class KeysAPI:
     async def revoke(self, request: Request) -> Response:
         key = self.ring.revoke(request.params["id"])
         log.info("event=api_key_revoked id=%s name=%r", key.id, key.name)
+        await self.svc.persisted(f"api_key_revoked:{key.id}")
         return Response(204, b"")

@@ -84,6 +84,7 @@ class NodesAPI:
         node, created, token = self.registry.register(
             machine_name=machine_name, ip_address=ip, runtime_port=port, details=details
         )
+        await self.svc.persisted(f"register:{node.id}")
         body = {
             "agent_id": node.id,
             "status": "registered" if created else "updated",
@@ -136,11 +137,16 @@ class NodesAPI:
             changes["tags"] = v.get_str_list(data, "tags", max_items=64, max_len=64) or []
         if "notes" in data:
             changes["notes"] = v.get_str(data, "notes", max_len=10_000) or ""
-        return Response.json(self.registry.update(node, changes).to_public())
+        updated = self.registry.update(node, changes)
+        await self.svc.persisted(f"update:{node.id}")
+        return Response.json(updated.to_public())
 
     async def delete_node(self, request: Request) -> Response:
         self.registry.delete(request.params["id"])
+        await self.svc.persisted(f"delete:{request.params['id']}")
         return Response(204, b"")
 
     async def disconnect_node(self, request: Request) -> Response:
-        return Response.json(self.registry.disconnect(request.params["id"]).to_public())
+        node = self.registry.disconnect(request.params["id"])
+        await self.svc.persisted(f"disconnect:{node.id}")
+        return Response.json(node.to_public())

@@ -480,3 +480,71 @@ def test_admin_calls_work_while_the_database_is_locked(
     finally:
         check.close()
 
+
+# -- management answers wait for their commit ----------------------------------------------------
+
+REGISTRATION = {"machine_name": "durable", "runtime_port": 11434, "models": ["llama3"]}
+
+
+def node_ids_in_file(db: str) -> list[str]:
+    conn = apsw.Connection(db)
+    try:
+        return [row[0] for row in conn.execute("SELECT id FROM nodes")]
+    finally:
+        conn.close()
+
+
+def register_in_thread(router: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    result: dict[str, Any] = {}
+
+    def post() -> None:
+        result["answer"] = http("POST", router.url + "/api/agents/register", REGISTRATION)
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    return thread, result
+
+
+def test_registration_is_answered_once_it_is_committed(router_factory: Any, tmp_path: Any) -> None:
+    """A 201 is a promise: an agent that got one keeps its id, so a router killed right after
+    answering must still know the node. Here the database is locked, so nothing commits."""
+    db = str(tmp_path / "ack.db")
+    router = router_factory(db=db)
+    wait_for(lambda: router.service.store.backlog == 0, message="start-up writes")
+    holder = apsw.Connection(db)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        thread, result = register_in_thread(router)
+        thread.join(0.8)
+        assert thread.is_alive(), "answered while the registration could not be committed"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    thread.join(15)
+    status, _, body = result["answer"]
+    assert status == 201
+    assert body["agent_id"] in node_ids_in_file(db)  # in the file when the answer came
+
+
+def test_registration_past_the_commit_timeout_is_answered_and_written_later(
+    router_factory: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="routercore.service")
+    db = str(tmp_path / "stuck.db")
+    router = router_factory(db=db, store_commit_timeout=0.3)
+    wait_for(lambda: router.service.store.backlog == 0, message="start-up writes")
+    holder = apsw.Connection(db)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        thread, result = register_in_thread(router)
+        thread.join(10)  # a stuck database must not hold agents for longer than the timeout
+        assert not thread.is_alive()
+        status, _, body = result["answer"]
+        assert status == 201
+        assert body["agent_id"] not in node_ids_in_file(db)
+        assert any("event=answered_before_commit" in r.getMessage() for r in caplog.records)
+        assert body["agent_id"] in {a["id"] for a in router.agents()}  # in effect in memory
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    wait_for(lambda: body["agent_id"] in node_ids_in_file(db), timeout=20, message="the row")

@@ -324,6 +324,44 @@ def test_enqueue_never_blocks_on_locked_db_and_nothing_is_lost(
     assert "store write recovered" in caplog.text
 
 
+def test_committed_returns_once_the_write_is_in_the_file_or_false_at_its_timeout(
+    db: Path, opened: Any
+) -> None:
+    s = opened(**FAST)
+
+    def meta_in_file() -> str | None:
+        conn = apsw.Connection(str(db))
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'k'").fetchone()
+            return None if row is None else str(row[0])  # type: ignore[index]
+        finally:
+            conn.close()
+
+    async def main() -> None:
+        s.set_meta("k", "v1")
+        assert await s.committed(5.0)
+        assert meta_in_file() == "v1"  # another connection sees it at once
+        locker = apsw.Connection(str(db))
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            s.set_meta("k", "v2")
+            assert not await s.committed(0.2)  # the writer is retrying behind the lock
+            assert meta_in_file() == "v1"
+        finally:
+            locker.execute("COMMIT")
+            locker.close()
+        assert await s.committed(5.0)
+        assert meta_in_file() == "v2"
+
+    asyncio.run(main())
+    s.close()
+
+    async def after_close() -> bool:
+        return await s.committed(5.0)
+
+    assert not asyncio.run(after_close())  # no writer: nothing will ever commit
+
+
 def test_disk_full_logs_keeps_accepting_and_recovers(
     db: Path, opened: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
