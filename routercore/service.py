@@ -145,9 +145,10 @@ class RouterService:
         """Hold a management answer until its change is committed, so that a crash right
         after the answer cannot undo it. Past `store_commit_timeout` (a stuck database) the
         change stays in effect in memory, is answered, and is written once the store recovers.
+        A timeout of 0 answers at once, as before this wait existed.
         """
         timeout = self.config.store_commit_timeout
-        if not await self.store.committed(timeout):
+        if timeout > 0 and not await self.store.committed(timeout):
             log.warning(
                 "event=answered_before_commit change=%s backlog=%d timeout=%.1fs",
                 what,

@@ -548,3 +548,24 @@ def test_registration_past_the_commit_timeout_is_answered_and_written_later(
         holder.execute("ROLLBACK")
         holder.close()
     wait_for(lambda: body["agent_id"] in node_ids_in_file(db), timeout=20, message="the row")
+
+
+def test_commit_timeout_zero_answers_at_once_without_a_warning(
+    router_factory: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="routercore.service")
+    db = str(tmp_path / "nowait.db")
+    router = router_factory(db=db, store_commit_timeout=0)
+    wait_for(lambda: router.service.store.backlog == 0, message="start-up writes")
+    holder = apsw.Connection(db)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        thread, result = register_in_thread(router)
+        thread.join(10)
+        assert not thread.is_alive() and result["answer"][0] == 201
+        assert not [r for r in caplog.records if "answered_before_commit" in r.getMessage()]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    body = result["answer"][2]
+    wait_for(lambda: body["agent_id"] in node_ids_in_file(db), timeout=20, message="the row")
