@@ -4,6 +4,7 @@ upstream timeouts, and a database that is locked or full while requests keep flo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import http.client as httpclient
 import json
@@ -12,6 +13,7 @@ import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import apsw
@@ -494,78 +496,76 @@ def node_ids_in_file(db: str) -> list[str]:
         conn.close()
 
 
-def register_in_thread(router: Any) -> tuple[threading.Thread, dict[str, Any]]:
-    result: dict[str, Any] = {}
+@dataclass
+class LockedRegistration:
+    router: Any
+    db: str
+    thread: threading.Thread
+    result: dict[str, Any]
 
-    def post() -> None:
-        result["answer"] = http("POST", router.url + "/api/agents/register", REGISTRATION)
+    def answer(self) -> tuple[int, dict[str, str], Any]:
+        return self.result["answer"]
 
-    thread = threading.Thread(target=post)
-    thread.start()
-    return thread, result
+
+@contextlib.contextmanager
+def registering_while_locked(
+    router_factory: Any, tmp_path: Any, **settings: Any
+) -> Iterator[LockedRegistration]:
+    """A router on a database file, a lock on that file, and a registration sent meanwhile;
+    the lock goes when the block ends."""
+    db = str(tmp_path / "locked.db")
+    router = router_factory(db=db, **settings)
+    wait_for(lambda: router.service.store.backlog == 0, message="start-up writes")
+    holder = apsw.Connection(db)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        result: dict[str, Any] = {}
+
+        def post() -> None:
+            result["answer"] = http("POST", router.url + "/api/agents/register", REGISTRATION)
+
+        thread = threading.Thread(target=post)
+        thread.start()
+        yield LockedRegistration(router, db, thread, result)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
 
 
 def test_registration_is_answered_once_it_is_committed(router_factory: Any, tmp_path: Any) -> None:
     """A 201 is a promise: an agent that got one keeps its id, so a router killed right after
     answering must still know the node. Here the database is locked, so nothing commits."""
-    db = str(tmp_path / "ack.db")
-    router = router_factory(db=db)
-    wait_for(lambda: router.service.store.backlog == 0, message="start-up writes")
-    holder = apsw.Connection(db)
-    holder.execute("BEGIN EXCLUSIVE")
-    try:
-        thread, result = register_in_thread(router)
-        thread.join(0.8)
-        assert thread.is_alive(), "answered while the registration could not be committed"
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
-    thread.join(15)
-    status, _, body = result["answer"]
+    with registering_while_locked(router_factory, tmp_path) as reg:
+        reg.thread.join(0.8)
+        assert reg.thread.is_alive(), "answered while the registration could not be committed"
+    reg.thread.join(15)
+    status, _, body = reg.answer()
     assert status == 201
-    assert body["agent_id"] in node_ids_in_file(db)  # in the file when the answer came
+    assert body["agent_id"] in node_ids_in_file(reg.db)  # in the file when the answer came
 
 
 def test_registration_past_the_commit_timeout_is_answered_and_written_later(
     router_factory: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="routercore.service")
-    db = str(tmp_path / "stuck.db")
-    router = router_factory(db=db, store_commit_timeout=0.3)
-    wait_for(lambda: router.service.store.backlog == 0, message="start-up writes")
-    holder = apsw.Connection(db)
-    holder.execute("BEGIN EXCLUSIVE")
-    try:
-        thread, result = register_in_thread(router)
-        thread.join(10)  # a stuck database must not hold agents for longer than the timeout
-        assert not thread.is_alive()
-        status, _, body = result["answer"]
+    with registering_while_locked(router_factory, tmp_path, store_commit_timeout=0.3) as reg:
+        reg.thread.join(10)  # a stuck database must not hold agents for longer than the timeout
+        assert not reg.thread.is_alive()
+        status, _, body = reg.answer()
         assert status == 201
-        assert body["agent_id"] not in node_ids_in_file(db)
+        assert body["agent_id"] not in node_ids_in_file(reg.db)
         assert any("event=answered_before_commit" in r.getMessage() for r in caplog.records)
-        assert body["agent_id"] in {a["id"] for a in router.agents()}  # in effect in memory
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
-    wait_for(lambda: body["agent_id"] in node_ids_in_file(db), timeout=20, message="the row")
+        assert body["agent_id"] in {a["id"] for a in reg.router.agents()}  # in effect in memory
+    wait_for(lambda: body["agent_id"] in node_ids_in_file(reg.db), timeout=20, message="the row")
 
 
 def test_commit_timeout_zero_answers_at_once_without_a_warning(
     router_factory: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="routercore.service")
-    db = str(tmp_path / "nowait.db")
-    router = router_factory(db=db, store_commit_timeout=0)
-    wait_for(lambda: router.service.store.backlog == 0, message="start-up writes")
-    holder = apsw.Connection(db)
-    holder.execute("BEGIN EXCLUSIVE")
-    try:
-        thread, result = register_in_thread(router)
-        thread.join(10)
-        assert not thread.is_alive() and result["answer"][0] == 201
+    with registering_while_locked(router_factory, tmp_path, store_commit_timeout=0) as reg:
+        reg.thread.join(10)
+        assert not reg.thread.is_alive() and reg.answer()[0] == 201
         assert not [r for r in caplog.records if "answered_before_commit" in r.getMessage()]
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
-    body = result["answer"][2]
-    wait_for(lambda: body["agent_id"] in node_ids_in_file(db), timeout=20, message="the row")
+    body = reg.answer()[2]
+    wait_for(lambda: body["agent_id"] in node_ids_in_file(reg.db), timeout=20, message="the row")
