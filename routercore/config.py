@@ -68,6 +68,9 @@ class RouterConfig:
     request_timeout: float = _opt(3600.0, "max seconds for a whole proxied request", minimum=1)
     pool_max_idle: int = _opt(32, "idle keep-alive connections kept per node", minimum=0)
     max_retries: int = _opt(2, "other nodes tried after a failure before the first byte", minimum=0)
+    breaker_failures: int = _opt(
+        5, "consecutive failed requests that take a node out of rotation (0: never)", minimum=0
+    )
     probe_interval: float = _opt(5.0, "first re-probe delay of an unreachable node", minimum=0.1)
     probe_max_interval: float = _opt(60.0, "longest re-probe backoff", minimum=0.1)
     shutdown_grace: float = _opt(10.0, "seconds in-flight requests get at shutdown", minimum=0)

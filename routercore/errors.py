@@ -56,15 +56,20 @@ class PayloadTooLarge(ClientError):
     code = "payload_too_large"
 
 
-class NoCapacity(RouterError):
-    """Every node for the model is busy and the queue wait ran out (or the queue is full)."""
+class ModelUnavailable(RouterError):
+    """Nodes list the model but none can take the request now (unreachable, offline, breaker
+    open, all busy past the queue wait). 503 + Retry-After: clients retry it, unlike a 404."""
 
     status = 503
-    error_type = "server_error"
-    code = "no_capacity"
+    error_type = "service_unavailable"
+    code = "model_unavailable"
 
     def __init__(self, message: str, *, retry_after: int = 1) -> None:
         super().__init__(message, headers=[("retry-after", str(retry_after))])
+
+
+class NoCapacity(ModelUnavailable):
+    """Every node for the model is busy and the queue wait ran out (or the queue is full)."""
 
 
 class UpstreamError(RouterError):

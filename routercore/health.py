@@ -1,42 +1,58 @@
-"""Node liveness: heartbeat timeouts make nodes offline; unreachable nodes are re-probed with
-exponential backoff until their runtime answers again."""
+"""Node health over time: heartbeat timeouts make nodes offline; the router's own probes decide
+reachability (unreachable nodes are re-probed with exponential backoff; a node whose stream was
+cut mid-way is probed at once); open circuit breakers are given their trial when due."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
+from typing import Any
 
-from routercore.node import ONLINE, UNREACHABLE, Node
+from routercore.breaker import CLOSED, HALF_OPEN
+from routercore.node import OFFLINE, ONLINE, UNREACHABLE, Node
 from routercore.registry import NodeRegistry
 
 log = logging.getLogger("routercore.health")
 
 
-async def probe_runtime(host: str, port: int, timeout: float) -> bool:
-    """True when something at host:port answers an HTTP request (any status)."""
+async def probe_runtime(host: str, port: int, timeout: float) -> str | None:
+    """None when something at host:port answers an HTTP request (any status), else why not."""
     writer = None
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        except TimeoutError:
+            return f"connect timeout after {timeout:g}s"
+        except ConnectionRefusedError:
+            return "connect refused"
         writer.write(f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
-        line = await asyncio.wait_for(reader.readline(), timeout)
-        return line.startswith(b"HTTP/1.")
-    except (OSError, TimeoutError, asyncio.IncompleteReadError):
-        return False
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout)
+        except TimeoutError:
+            return f"no answer within {timeout:g}s"
+        if line.startswith(b"HTTP/1."):
+            return None
+        return "closed without an HTTP answer" if not line else "not an HTTP answer"
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
     finally:
         if writer is not None:
             writer.close()
 
 
 class HealthMonitor:
-    """Background task: offline after `heartbeat_timeout` of silence; re-probe unreachable."""
+    """Background task: offline after `heartbeat_timeout` of silence; probe unreachable and
+    suspect nodes; let due breakers try one request."""
 
     def __init__(
         self,
         registry: NodeRegistry,
         *,
         heartbeat_timeout: float,
+        heartbeat_interval: float = 10.0,
         probe_interval: float,
         probe_max_interval: float,
         connect_timeout: float,
@@ -44,6 +60,7 @@ class HealthMonitor:
     ) -> None:
         self.registry = registry
         self.heartbeat_timeout = heartbeat_timeout
+        self.heartbeat_interval = heartbeat_interval
         self.probe_interval = probe_interval
         self.probe_max_interval = probe_max_interval
         self.connect_timeout = connect_timeout
@@ -51,7 +68,9 @@ class HealthMonitor:
         self.tick = min(0.25, heartbeat_timeout / 4)
         self.probes: dict[str, tuple[float, float]] = {}  # node id -> (next probe at, backoff)
         self.probing: set[str] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
         registry.listeners.append(self._on_change)
+        registry.prober = self.probe_now
 
     def _on_change(self, node_id: str, node: Node) -> None:
         if node.status == UNREACHABLE and node_id not in self.probes:
@@ -63,6 +82,7 @@ class HealthMonitor:
         while True:
             try:
                 self.check_heartbeats()
+                self.registry.check_breakers()
                 self.start_due_probes()
             except Exception:
                 log.exception("event=health_tick_failed")
@@ -82,23 +102,102 @@ class HealthMonitor:
         now = self.clock()
         for node_id, (due, backoff) in list(self.probes.items()):
             if due <= now and node_id not in self.probing:
-                self.probing.add(node_id)
-                asyncio.get_running_loop().create_task(self._probe(node_id, backoff))
+                self._start(node_id, backoff, None)
 
-    async def _probe(self, node_id: str, backoff: float) -> None:
+    def probe_now(self, node_id: str, why: str) -> None:
+        """Probe at once instead of waiting for the schedule (see NodeRegistry.prober)."""
+        if node_id in self.probing:
+            return
+        log.info("event=probe_now id=%s why=%r", node_id, why)
+        _, backoff = self.probes.get(node_id, (0.0, self.probe_interval))
+        self._start(node_id, backoff, why)
+
+    def _start(self, node_id: str, backoff: float, why: str | None) -> None:
+        self.probing.add(node_id)
+        task = asyncio.get_running_loop().create_task(self._probe(node_id, backoff, why))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _probe(self, node_id: str, backoff: float, why: str | None) -> None:
         try:
             node = self.registry.nodes.get(node_id)
-            if node is None or node.status != UNREACHABLE:
+            if node is None or (why is None and node.status != UNREACHABLE):
                 self.probes.pop(node_id, None)
                 return
-            ok = await probe_runtime(node.ip_address, node.runtime_port, self.connect_timeout)
-            if ok:
-                log.info("event=probe_ok id=%s", node_id)
-                self.registry.mark_reachable(node_id)
+            failure = await probe_runtime(node.ip_address, node.runtime_port, self.connect_timeout)
+            if failure is None:
+                if not node.reachable:
+                    log.info("event=probe_ok id=%s", node_id)
+                    self.registry.mark_reachable(node_id)
                 self.probes.pop(node_id, None)
+                return
+            if node.reachable:
+                # A suspect node (its stream was cut) whose runtime no longer answers.
+                log.warning("event=probe_failed id=%s why=%r reason=%r", node_id, why, failure)
+                self.registry.mark_unreachable(node_id, failure)
             elif node_id in self.probes:
                 backoff = min(backoff * 2, self.probe_max_interval)
-                log.info("event=probe_failed id=%s next_in=%.1fs", node_id, backoff)
+                log.info(
+                    "event=probe_failed id=%s reason=%r next_in=%.1fs", node_id, failure, backoff
+                )
+                node.unreachable_reason = failure
                 self.probes[node_id] = (self.clock() + backoff, backoff)
         finally:
             self.probing.discard(node_id)
+
+    # -- what clients and operators are told --------------------------------------------------
+
+    def next_check_in(self, node: Node) -> float | None:
+        """Seconds until something may bring this node back: its next probe or breaker trial."""
+        now = self.clock()
+        if node.status == UNREACHABLE:
+            due = self.probes.get(node.id)
+            return max(0.0, due[0] - now) if due else 0.0
+        brk = self.registry.breakers.get(node.id)
+        if brk is not None:
+            return brk.seconds_to_trial()
+        return None
+
+    def describe(self, node: Node) -> dict[str, Any]:
+        """The `health` object of `GET /api/agents`: in rotation or not, why, and when next."""
+        brk = self.registry.breakers.get(node.id)
+        state = brk.state if brk is not None else CLOSED
+        failures = brk.failures if brk is not None else 0
+        reason: str | None = None
+        if node.id in self.registry.disconnected:
+            reason = "disconnected by admin"
+        elif node.status == OFFLINE:
+            reason = "offline: no heartbeat"
+        elif node.status == UNREACHABLE:
+            reason = f"unreachable: {node.unreachable_reason or 'connection failed'}"
+        elif not node.enabled:
+            reason = "disabled"
+        elif not node.runtime_up:
+            reason = "runtime down (reported by its agent)"
+        elif brk is not None and not brk.admits:
+            reason = (
+                f"breaker open: {failures} failures"
+                if brk.state != HALF_OPEN
+                else "breaker half-open: trial request in flight"
+            )
+        next_check = self.next_check_in(node)
+        return {
+            "in_rotation": reason is None,
+            "reason": reason,
+            "breaker": {"state": state, "consecutive_failures": failures},
+            "next_check_in_secs": round(next_check, 1) if next_check is not None else None,
+        }
+
+    def retry_after(self, model: str) -> int:
+        """Whole seconds until some enabled node listing `model` may take requests again."""
+        waits: list[float] = []
+        for node in self.registry.nodes.values():
+            if not node.enabled or model not in node.models:
+                continue
+            if node.status == OFFLINE or not node.runtime_up:
+                waits.append(self.heartbeat_interval)
+                continue
+            wait = self.next_check_in(node)
+            waits.append(self.probe_interval if wait is None else wait)
+        best = min(waits) if waits else self.probe_interval
+        return max(1, min(math.ceil(best), int(self.probe_max_interval) or 1))

@@ -61,6 +61,9 @@ class Node:
     max_concurrency: int | None = None
     runtime_up: bool = True
     token_hash: str = ""
+    # The router's own view of the runtime (not persisted: every start trusts until it fails).
+    reachable: bool = True
+    unreachable_reason: str | None = None
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
     stats: NodeStats = field(default_factory=NodeStats)
 
@@ -69,10 +72,13 @@ class Node:
         host = f"[{self.ip_address}]" if ":" in self.ip_address else self.ip_address
         return f"http://{host}:{self.runtime_port}"
 
-    def to_public(self) -> dict[str, Any]:
-        """The CONTRACT shape of `GET /api/agents` (no token hash)."""
+    def to_public(self, health: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The CONTRACT shape of `GET /api/agents` (no token hash), plus `health` when given:
+        whether the node is in rotation and, if not, why and when it is checked again."""
         out = dataclasses.asdict(self)
-        del out["token_hash"]
+        del out["token_hash"], out["reachable"], out["unreachable_reason"]
+        if health is not None:
+            out["health"] = health
         out["stats"] = {
             "total_requests": self.stats.total_requests,
             "failed_requests": self.stats.failed_requests,

@@ -3,6 +3,14 @@
 Failover happens only before the first byte reached the client; afterwards a failure ends the
 client's stream with an error event. When every candidate is full the request waits in a
 bounded FIFO queue.
+
+Failures are classed by what they prove (docs/api.md, "Node health"):
+- connection-level (refused, reset or EOF before a head on a fresh connection, connect or head
+  timeout): the node is unreachable until the router's probe answers;
+- an HTTP answer, any status: the node is up. A 5xx is retried on another node while one is
+  left; the last candidate's answer is passed through. It counts toward the node's breaker;
+- a stream cut mid-way: the node stays in rotation, probed at once;
+- a reused keep-alive socket that fails before any byte: retried once on a fresh one, no fault.
 """
 
 from __future__ import annotations
@@ -12,12 +20,14 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from routercore.errors import (
     ClientError,
     ModelNotFound,
+    ModelUnavailable,
     NoCapacity,
     RouterError,
     UpstreamError,
@@ -43,7 +53,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("routercore.proxy")
 
-_FORWARDED_HEADERS = (b"content-type", b"accept", b"user-agent", b"x-request-id")
+# content-type is not among them: the handlers parsed the body as JSON, so it goes upstream as
+# JSON whatever the client said (curl -d sends application/x-www-form-urlencoded, which a
+# FastAPI runtime such as llama.cpp's server answers with a 500).
+_FORWARDED_HEADERS = (b"accept", b"user-agent", b"x-request-id")
+_JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 _DROP_RESPONSE_HEADERS = HOP_BY_HOP | {b"server"}
 # History rows are handed to the store in batches: one wake-up of its writer thread (and one
 # transaction) per batch instead of per request. Flushed when full, on a timer, and at shutdown
@@ -69,13 +83,19 @@ def request_id() -> str:
 
 
 class _Retry(Exception):
-    """This node failed before any byte reached the client: try another one."""
+    """This node failed before any byte reached the client: try another one.
 
-    def __init__(self, reason: str, *, mark: bool = True, timeout: bool = False) -> None:
+    `mark`: a connection-level failure (the node becomes unreachable); `http`: the node
+    answered with a 5xx (it is up; the failure counts toward its breaker)."""
+
+    def __init__(
+        self, reason: str, *, mark: bool = True, timeout: bool = False, http: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.mark = mark
         self.timeout = timeout
+        self.http = http
 
 
 @dataclass(eq=False)
@@ -108,8 +128,11 @@ class Proxy:
         pool: UpstreamPool,
         store: Store,
         stats: LiveStats,
+        *,
+        retry_after: Callable[[str], int] = lambda _model: 1,
     ) -> None:
         self.cfg = cfg
+        self.retry_after = retry_after
         self.registry = registry
         self.balancer = balancer
         self.pool = pool
@@ -164,14 +187,15 @@ class Proxy:
     ) -> None:
         self.check_loop(request)
         if not self.balancer.serves(model):
-            raise ModelNotFound(f"model '{model}' is not served by any online node")
+            raise self._not_servable(model)
         deadline = started + self.cfg.request_timeout
+        registry = self.registry
         while True:
             node_id = await self._acquire_slot(model, tuple(att.tried), deadline)
             att.node_id = node_id
             ttfb: float | None = None
             try:
-                ttfb = await self._try_node(request, att, node_id, api, started, deadline)
+                ttfb = await self._try_node(request, att, node_id, api, model, started, deadline)
                 return
             except _Retry as retry:
                 att.tried.append(node_id)
@@ -179,13 +203,32 @@ class Proxy:
                     "event=node_failed id=%s model=%s reason=%r", node_id, model, retry.reason
                 )
                 if retry.mark:
-                    self.registry.mark_unreachable(node_id, retry.reason)
-                if len(att.tried) > self.cfg.max_retries or not self._has_other(model, att.tried):
+                    registry.mark_unreachable(node_id, retry.reason)
+                elif retry.http:
+                    registry.request_failed(node_id, retry.reason)
+                if not self._may_retry(model, att.tried):
                     failure = UpstreamTimeout if retry.timeout else UpstreamError
                     raise failure(f"no node could serve model '{model}': {retry.reason}") from None
             finally:
                 self.balancer.request_finished(node_id, ttfb)
+                if registry.breakers:
+                    registry.trial_abandoned(node_id)  # no-op unless a trial got no verdict
                 self._drain()
+
+    def _not_servable(self, model: str) -> RouterError:
+        """404 only when no enabled node lists the model; else 503 with a Retry-After."""
+        if not self.registry.lists_model(model):
+            return ModelNotFound(f"model '{model}' is not served by any node")
+        retry_after = self.retry_after(model)
+        log.info("event=model_unavailable model=%s retry_after=%d", model, retry_after)
+        return ModelUnavailable(
+            f"model '{model}' is temporarily unavailable: no node serving it can take "
+            f"requests now; retry in {retry_after}s",
+            retry_after=retry_after,
+        )
+
+    def _may_retry(self, model: str, tried: list[str]) -> bool:
+        return len(tried) <= self.cfg.max_retries and self._has_other(model, tried)
 
     def _via(self, request: Request) -> tuple[bytes, bytes]:
         """`Via` with this router's hop appended (RFC 9110), so a loop back to us is seen."""
@@ -207,10 +250,13 @@ class Proxy:
             )
 
     def _has_other(self, model: str, tried: list[str]) -> bool:
-        """Some available node serving `model` was not tried yet (busy ones count)."""
+        """Some node in rotation serving `model` was not tried yet (busy ones count)."""
+        breakers = self.registry.breakers
         for node in self.registry.online():
             if node.id not in tried and model in node.models and node.runtime_up:
-                return True
+                brk = breakers.get(node.id)
+                if brk is None or brk.admits:
+                    return True
         return False
 
     # -- one node ----------------------------------------------------------------------------
@@ -221,6 +267,7 @@ class Proxy:
         att: _Attempt,
         node_id: str,
         api: str,
+        model: str,
         started: float,
         deadline: float,
     ) -> float | None:
@@ -232,10 +279,18 @@ class Proxy:
         stream = request.stream
         assert stream is not None
         try:
-            if head.status_code >= 500:
+            if head.status_code >= 500 and self._may_retry(model, [*att.tried, node_id]):
+                # The node is up but failed this request: its body (often a traceback) goes
+                # to the log, never to the client; another node gets the request.
                 detail = await self._read_some(conn, deadline)
                 conn.close()
-                raise _Retry(f"node answered {head.status_code}: {detail}")
+                log.info(
+                    "event=node_error_answer id=%s status=%d body=%r",
+                    node_id,
+                    head.status_code,
+                    detail[:200],
+                )
+                raise _Retry(f"node answered {head.status_code}", mark=False, http=True)
             att.status = head.status_code
             headers = [(k, v) for k, v in head.headers if k not in _DROP_RESPONSE_HEADERS]
             node_header = self._node_headers.get(node_id)
@@ -251,6 +306,11 @@ class Proxy:
             raise
         self.pool.release(conn)
         att.outcome = "ok" if att.status < 400 else "error"
+        if att.status >= 500:
+            # The last candidate's error answer, passed through: the node is up, but failing.
+            self.registry.request_failed(node_id, f"node answered {att.status}")
+        else:
+            self.registry.request_succeeded(node_id)
         return ttfb
 
     async def _send(
@@ -264,6 +324,8 @@ class Proxy:
             host_header = self._host_headers[(host, port)] = (b"host", f"{host}:{port}".encode())
         headers = [host_header]
         headers += [(k, v) for k, v in request.headers if k in _FORWARDED_HEADERS]
+        if request.body:
+            headers.append(_JSON_CONTENT_TYPE)
         headers.append((b"content-length", b"%d" % len(request.body)))
         headers.append((b"x-forwarded-for", request.peer.encode()))
         headers.append(self._via(request))
@@ -340,8 +402,11 @@ class Proxy:
                 att.outcome = "error"
                 att.error = reason
                 log.warning("event=stream_failed node=%s reason=%r", att.node_id, reason)
-                if isinstance(exc, UpstreamBrokenError) and att.node_id:
-                    self.registry.mark_unreachable(att.node_id, reason)
+                if att.node_id:
+                    # The node answered, so it is not unreachable: it stays in rotation unless
+                    # the probe started now fails. The failure counts toward its breaker.
+                    self.registry.request_failed(att.node_id, reason)
+                    self.registry.suspect(att.node_id, f"stream cut: {reason}")
                 if chunked:
                     await stream.write(error_event(api, f"upstream node failed: {reason}"))
                     await stream.end()
@@ -369,10 +434,10 @@ class Proxy:
     async def _acquire_slot(self, model: str, exclude: tuple[str, ...], deadline: float) -> str:
         node_id = self.balancer.pick(model, exclude)
         if node_id is not None:
-            self.balancer.request_started(node_id)
+            self._picked(node_id)
             return node_id
         if not self.balancer.serves(model):
-            raise ModelNotFound(f"model '{model}' is not served by any online node")
+            raise self._not_servable(model)
         retry_after = max(1, int(self.cfg.queue_timeout / 4) or 1)
         if len(self.waiters) >= self.cfg.queue_max:
             log.warning("event=queue_full model=%s length=%d", model, len(self.waiters))
@@ -401,6 +466,13 @@ class Proxy:
             retry_after=retry_after,
         )
 
+    def _picked(self, node_id: str) -> None:
+        self.balancer.request_started(node_id)
+        if node_id in self.registry.half_open:
+            # The one trial request a half-open breaker lets through: nobody else gets the node
+            # until it has a verdict.
+            self.registry.start_trial(node_id)
+
     def _abandon(self, waiter: _Waiter) -> None:
         try:
             self.waiters.remove(waiter)
@@ -422,7 +494,7 @@ class Proxy:
                 continue
             node_id = self.balancer.pick(waiter.model, waiter.exclude)
             if node_id is not None:
-                self.balancer.request_started(node_id)
+                self._picked(node_id)
                 self.waiters.remove(waiter)
                 waiter.future.set_result(node_id)
 

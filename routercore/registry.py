@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from routercore.auth import hash_token, new_token, token_matches
+from routercore.breaker import CLOSED, HALF_OPEN, CircuitBreaker
 from routercore.errors import NotFound, Unauthorized
 from routercore.node import OFFLINE, ONLINE, UNREACHABLE, Node, NodeMetrics
 
@@ -55,18 +56,43 @@ Listener = Callable[[str, Node], None]
 
 
 class NodeRegistry:
-    """Registered nodes by id. Every status change is logged, persisted and announced."""
+    """Registered nodes by id. Every status change is logged, persisted and announced.
+
+    Two facts make a node's status, and each has one source:
+    - liveness: its agent's heartbeats (silent past the timeout, or disconnected: `offline`);
+    - reachability: the router's own view of the runtime (a connection-level failure: `unreachable`;
+      only the router's probe clears it, since a live agent says nothing about its runtime).
+    A node that answers but fails requests stays `online`; its circuit breaker takes it out of
+    rotation after `breaker_failures` consecutive failures.
+    """
 
     def __init__(
-        self, store: NodeStore, balancer: Balancer, *, clock: Callable[[], float] = time.monotonic
+        self,
+        store: NodeStore,
+        balancer: Balancer,
+        *,
+        breaker_failures: int = 5,
+        breaker_backoff: float = 5.0,
+        breaker_max_backoff: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.balancer = balancer
         self.clock = clock
+        self.breaker_failures = breaker_failures
+        self.breaker_backoff = breaker_backoff
+        self.breaker_max_backoff = breaker_max_backoff
         self.nodes: dict[str, Node] = {}
         self.last_beat: dict[str, float] = {}
         self.disconnected: set[str] = set()
         self.listeners: list[Listener] = []
+        self.breakers: dict[str, CircuitBreaker] = {}
+        # Nodes whose breaker lets one trial request through; the proxy checks this (cheap,
+        # usually empty) after every pick.
+        self.half_open: set[str] = set()
+        # Set by the health monitor: probe this node now (why). Called when a stream is cut
+        # mid-way and when an unreachable node's agent registers again.
+        self.prober: Callable[[str, str], None] | None = None
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -136,7 +162,11 @@ class NodeRegistry:
             runtime_port,
             created,
         )
-        self._set_status(node, ONLINE, "registered")
+        # A registration proves the agent alive, not its runtime reachable: a node the router
+        # could not reach stays unreachable until its probe answers (scheduled at once).
+        self._set_status(node, self._alive_status(node), "registered")
+        if not node.reachable and self.prober is not None:
+            self.prober(node.id, "its agent registered again")
         self.store.save_node(node)
         self._sync_balancer(node)
         return node, created, token
@@ -161,7 +191,7 @@ class NodeRegistry:
         if node.id in self.disconnected:
             status = "disconnected"
         else:
-            self._set_status(node, ONLINE, "heartbeat")
+            self._set_status(node, self._alive_status(node), "heartbeat")
             status = "ok"
         self.store.save_node(node)
         self.store.add_health_sample(
@@ -191,6 +221,8 @@ class NodeRegistry:
         node = self.get(node_id)
         del self.nodes[node_id]
         self.last_beat.pop(node_id, None)
+        self.breakers.pop(node_id, None)
+        self.half_open.discard(node_id)
         self.disconnected.discard(node_id)
         self.balancer.remove_node(node_id)
         self.store.delete_node(node_id)
@@ -216,18 +248,104 @@ class NodeRegistry:
             self._sync_balancer(node)
 
     def mark_unreachable(self, node_id: str, reason: str) -> None:
+        """A connection-level failure: out of rotation until the router's probe answers."""
         node = self.nodes.get(node_id)
-        if node is not None and node.status == ONLINE:
+        if node is None:
+            return
+        node.reachable = False
+        node.unreachable_reason = reason
+        if node.status == ONLINE:
             self._set_status(node, UNREACHABLE, reason)
             self.store.save_node(node)
             self._sync_balancer(node)
 
     def mark_reachable(self, node_id: str) -> None:
+        """The router's own probe answered: the runtime takes connections again."""
         node = self.nodes.get(node_id)
-        if node is not None and node.status == UNREACHABLE and node_id not in self.disconnected:
+        if node is None:
+            return
+        node.reachable = True
+        node.unreachable_reason = None
+        if node.status == UNREACHABLE and node_id not in self.disconnected:
             self._set_status(node, ONLINE, "probe answered")
             self.store.save_node(node)
             self._sync_balancer(node)
+
+    def suspect(self, node_id: str, why: str) -> None:
+        """Something hinted the runtime is gone (a stream cut mid-way): probe it now; the node
+        stays in rotation unless the probe fails."""
+        if self.prober is not None and node_id in self.nodes:
+            self.prober(node_id, why)
+
+    def lists_model(self, model: str) -> bool:
+        """Some registered, enabled node lists `model`, whatever its state now."""
+        return any(model in n.models for n in self.nodes.values() if n.enabled)
+
+    # -- circuit breaker ------------------------------------------------------------------------
+
+    def breaker(self, node_id: str) -> CircuitBreaker:
+        brk = self.breakers.get(node_id)
+        if brk is None:
+            brk = self.breakers[node_id] = CircuitBreaker(
+                threshold=self.breaker_failures,
+                backoff=self.breaker_backoff,
+                max_backoff=self.breaker_max_backoff,
+                clock=self.clock,
+            )
+        return brk
+
+    def request_succeeded(self, node_id: str) -> None:
+        brk = self.breakers.get(node_id)
+        if brk is None or (brk.failures == 0 and brk.state == CLOSED):
+            return  # the hot path: nothing to reset
+        if brk.success():
+            log.info("event=breaker_closed id=%s", node_id)
+            self.half_open.discard(node_id)
+            self._breaker_changed(node_id)
+
+    def request_failed(self, node_id: str, reason: str) -> None:
+        """A failed request (an HTTP 5xx, a stream cut mid-way): counts toward the breaker."""
+        brk = self.breaker(node_id)
+        if brk.failure():
+            self.half_open.discard(node_id)
+            log.warning(
+                "event=breaker_open id=%s failures=%d retry_in=%.1fs reason=%r",
+                node_id,
+                brk.failures,
+                brk.backoff,
+                reason,
+            )
+            self._breaker_changed(node_id)
+
+    def start_trial(self, node_id: str) -> None:
+        """The proxy picked a half-open node: that one request is its trial, nobody else's."""
+        self.half_open.discard(node_id)
+        brk = self.breakers.get(node_id)
+        if brk is not None and brk.state == HALF_OPEN:
+            brk.start_trial()
+            log.info("event=breaker_trial id=%s", node_id)
+            self._breaker_changed(node_id)
+
+    def trial_abandoned(self, node_id: str) -> None:
+        brk = self.breakers.get(node_id)
+        if brk is not None and brk.state == HALF_OPEN and brk.trial_in_flight:
+            brk.abandon_trial()
+            self.half_open.add(node_id)
+            self._breaker_changed(node_id)
+
+    def check_breakers(self) -> None:
+        """Open breakers whose backoff passed let one trial request through (health tick)."""
+        for node_id, brk in self.breakers.items():
+            if brk.due():
+                log.info("event=breaker_half_open id=%s", node_id)
+                self.half_open.add(node_id)
+                self._breaker_changed(node_id)
+
+    def _breaker_changed(self, node_id: str) -> None:
+        node = self.nodes.get(node_id)
+        if node is not None:
+            self._sync_balancer(node)
+            self._announce(node)
 
     def record_result(self, node_id: str, ok: bool, latency_ms: float) -> None:
         node = self.nodes.get(node_id)
@@ -239,6 +357,10 @@ class NodeRegistry:
             node.stats.failed_requests += 1
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _alive_status(self, node: Node) -> str:
+        """The status of a node whose agent just spoke: online unless the router cannot reach it."""
+        return ONLINE if node.reachable else UNREACHABLE
 
     def _set_status(self, node: Node, status: str, reason: str) -> None:
         if node.status == status:
@@ -265,10 +387,14 @@ class NodeRegistry:
 
     def _sync_balancer(self, node: Node) -> None:
         m = node.metrics
+        brk = self.breakers.get(node.id)
         self.balancer.set_node(
             node.id,
             models=node.models,
-            available=node.status == ONLINE and node.enabled and node.runtime_up,
+            available=node.status == ONLINE
+            and node.enabled
+            and node.runtime_up
+            and (brk is None or brk.admits),
             max_concurrency=node.max_concurrency,
             cpu=m.cpu_usage,
             memory=m.memory_usage,

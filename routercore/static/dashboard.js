@@ -281,6 +281,13 @@
   function statusBadge(node) {
     return el("span", { class: "status", "data-status": node.status, "data-disabled": node.enabled ? null : "true", text: node.status });
   }
+  // Why a node is out of rotation, and when the router checks it again (null when it is in).
+  function healthText(node) {
+    const h = node.health;
+    if (!h || h.in_rotation) return null;
+    const next = h.next_check_in_secs;
+    return next === null || next === undefined ? h.reason : `${h.reason} · next check in ${Math.ceil(next)} s`;
+  }
 
   function sortedNodes() {
     const { key, dir } = state.sort;
@@ -303,7 +310,7 @@
   function rowSignature(n) {
     return JSON.stringify([n.display_name, n.custom_name, n.machine_name, n.tags, n.ip_address, n.runtime_port,
       n.runtime_version, n.status, n.enabled, n.models, n.metrics, n.gpu_count, n.in_flight,
-      n.max_concurrency, n.stats, n.error_rate]);
+      n.max_concurrency, n.stats, n.error_rate, healthText(n)]);
   }
 
   function buildRow(n) {
@@ -319,7 +326,8 @@
       nameCell,
       el("td", { class: "opt", text: `${n.ip_address}:${n.runtime_port}` }),
       el("td", { class: "opt", text: n.runtime_version || "–" }),
-      el("td", { class: "status-cell" }, statusBadge(n)),
+      el("td", { class: "status-cell" }, statusBadge(n),
+        healthText(n) ? el("span", { class: "sub health-reason", text: healthText(n) }) : null),
       uptime, seen,
       el("td", { class: "opt models", text: (n.models || []).join(", ") || "–", title: (n.models || []).join(", ") }),
       el("td", {}, usageBar(m.cpu_usage)),
@@ -626,8 +634,9 @@
     const summary = el("p", { class: "muted", text: `Uptime ${n.status === "online" ? duration(since(n.online_since)) : "–"} · last seen ${ago(n.last_seen)} · ${num(s.total_requests)} requests, ${num(s.failed_requests)} failed · avg ${ms(s.avg_latency_ms)} · ${n.in_flight} in flight` });
     const tags = (n.tags || []).length ? el("p", {}, ...n.tags.map((t) => el("span", { class: "tag", text: t }))) : null;
     const notes = n.notes ? el("p", { class: "notes", text: n.notes }) : null;
+    const why = healthText(n) ? el("p", { class: "health-reason", text: `Out of rotation: ${healthText(n)}` }) : null;
     $("node-live").replaceChildren(...[
-      summary, tags, notes,
+      summary, why, tags, notes,
       el("figure", { class: "chart" }, el("figcaption", { text: "CPU / memory, last hour" }), cpuChart, legend),
       el("h3", { text: "Recent requests" }), requestTable(detail.recent_requests, false),
       el("h3", { text: "Recent errors" }), requestTable(detail.recent_errors, false)].filter(Boolean));

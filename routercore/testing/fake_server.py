@@ -194,7 +194,8 @@ class FakeHTTPProtocol(asyncio.Protocol):
                 self._send(error_reply(path, 500, "fake fault: status500", "internal_error"))
                 return
             if faults.drop_after is not None and path in INFERENCE_PATHS:
-                drop_after = faults.drop_after if faults.take("drop_after") else None
+                value = faults.drop_after  # read before take(): its last use clears it
+                drop_after = value if faults.take("drop_after") else None
         try:
             reply = node.api.handle(method, path, body)
         except Exception:  # a bug must not kill the connection silently

@@ -68,7 +68,8 @@ def test_offline_node_gets_no_requests(router_factory, fake_nodes):
     status, _, body = http(
         "POST", router.url + "/v1/chat/completions", {"model": "llama3", "messages": []}
     )
-    assert status == 404 and body["error"]["code"] == "model_not_found"
+    # Its node is offline, not gone: 503 + Retry-After (clients retry), not 404 (final).
+    assert status == 503 and body["error"]["code"] == "model_unavailable"
 
 
 def test_restart_on_same_db_keeps_registry_and_tokens(router_process, tmp_path):

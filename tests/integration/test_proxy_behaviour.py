@@ -101,13 +101,18 @@ def test_disabled_node_gets_no_requests(router, fake_nodes):
 @pytest.mark.parametrize("fault", ["status500", "refuse", "garbage"])
 def test_failover_before_first_byte(router_factory, fake_nodes, fault):
     router = router_factory(balancer="round_robin", probe_interval=30)
-    bad, good = join(router, fake_nodes, 2)
+    bad, _good = join(router, fake_nodes, 2)
     ids = node_ids_by_port(router)
     bad.node.set_fault(fault)
-    picks = served_by(router, 4)  # every request succeeds (chat() would return non-200 otherwise)
-    assert set(picks) == {ids[good.port]}
+    served_by(router, 4)  # every request succeeds (chat() would return non-200 otherwise)
     agents = {a["id"]: a for a in router.agents()}
-    assert agents[ids[bad.port]]["status"] == "unreachable"
+    if fault == "status500":
+        # An HTTP answer proves the node up: it stays in rotation, the failures are counted.
+        assert agents[ids[bad.port]]["status"] == "online"
+        assert agents[ids[bad.port]]["health"]["breaker"]["consecutive_failures"] >= 1
+    else:
+        assert agents[ids[bad.port]]["status"] == "unreachable"
+        assert not agents[ids[bad.port]]["health"]["in_rotation"]
 
 
 def test_unreachable_node_comes_back_after_probe(router_factory, fake_nodes):
@@ -116,7 +121,7 @@ def test_unreachable_node_comes_back_after_probe(router_factory, fake_nodes):
     )
     bad, _good = join(router, fake_nodes, 2)
     ids = node_ids_by_port(router)
-    bad.node.set_fault("status500")
+    bad.node.set_fault("refuse")
     served_by(router, 3)
     assert {a["id"]: a for a in router.agents()}[ids[bad.port]]["status"] == "unreachable"
     bad.node.clear_faults()
@@ -126,13 +131,23 @@ def test_unreachable_node_comes_back_after_probe(router_factory, fake_nodes):
     )
 
 
-def test_all_nodes_failing_gives_502(router, fake_nodes):
+def test_all_nodes_refusing_gives_502_then_503(router, fake_nodes):
     (only,) = join(router, fake_nodes, 1)
-    only.node.set_fault("status500")
+    only.node.set_fault("refuse")
     status, _, body = chat(router)
     assert status == 502 and body["error"]["code"] == "upstream_error"
-    status, _, body = chat(router, {"model": "llama3", "prompt": "x"}, path="/api/generate")
-    assert status in (404, 502) and isinstance(body["error"], str)
+    # The node is unreachable now: the model is listed but unavailable, not unknown.
+    status, headers, body = chat(router, {"model": "llama3", "prompt": "x"}, path="/api/generate")
+    assert status == 503 and isinstance(body["error"], str) and int(headers["retry-after"]) >= 1
+
+
+def test_last_candidates_error_answer_is_passed_through(router, fake_nodes):
+    (only,) = join(router, fake_nodes, 1)
+    only.node.set_fault("status500")
+    node_id = router.agents()[0]["id"]
+    status, headers, body = chat(router)
+    assert status == 500 and headers["x-router-node"] == node_id
+    assert body["error"]["message"] == "fake fault: status500"  # the node's own body
 
 
 def test_hanging_node_gives_504(router_factory, fake_nodes):
@@ -168,7 +183,8 @@ def test_queue_timeout_gives_503_with_retry_after(router_factory, fake_nodes):
     assert resp.status == 200
     status, headers, body = chat(router)
     assert status == 503 and int(headers["retry-after"]) >= 1
-    assert body["error"]["code"] == "no_capacity"
+    assert body["error"]["code"] == "model_unavailable"
+    assert body["error"]["type"] == "service_unavailable"
     status, headers, body = http("POST", router.url + "/api/chat", CHAT)
     assert status == 503 and isinstance(body["error"], str)
     conn.close()
@@ -196,7 +212,7 @@ def test_failure_mid_stream_ends_with_error_event(router, fake_nodes):
     assert len(events) >= 3
     last = orjson.loads(events[-1].removeprefix(b"data: "))
     assert "error" in last and last["error"]["message"]
-    # The drop marked the node unreachable; its next heartbeat brings it back.
+    # The node answered, so it stays in rotation (its probe answers): the next request is served.
     online_ids(router, 1)
     _conn, resp = open_stream(router, {"model": "llama3", "prompt": "x"})
     lines = [line for line in resp.read().split(b"\n") if line.strip()]
