@@ -28,6 +28,11 @@ if [ "${CI:-}" = true ]; then
   done
 fi
 
+# The real llama.cpp runtime the node-health tests run behind: its own cached virtualenv
+# outside the project's (~6 minutes to build the first time on 2 cores, then reused).
+LLM_ROUTER_LLAMA_PYTHON=$(./scripts/llama_runtime.sh)
+export LLM_ROUTER_LLAMA_PYTHON
+
 export LLM_ROUTER_REQUIRE_EXTENSIONS=1
 .venv/bin/python -m pytest "$@"
 # The balancer suite once more with the twin forced (the compiled cases have nothing to run on).

@@ -474,13 +474,11 @@ class UpstreamPool:
                 loop.create_connection(lambda: self._new(key), host, port), self.connect_timeout
             )
         except TimeoutError:
-            raise UpstreamConnectError(
-                f"connect to {host}:{port} timed out after {self.connect_timeout}s"
-            ) from None
+            raise UpstreamConnectError(f"connect timeout after {self.connect_timeout:g}s") from None
+        except ConnectionRefusedError:
+            raise UpstreamConnectError("connect refused") from None
         except OSError as exc:
-            raise UpstreamConnectError(
-                f"connect to {host}:{port} failed: {exc.strerror or exc}"
-            ) from None
+            raise UpstreamConnectError(f"connect failed: {exc.strerror or exc}") from None
         self.opened += 1
         self.active.add(proto)
         return proto
