@@ -183,7 +183,9 @@ class NodeRegistry:
         """Apply a heartbeat; returns the status string to tell the agent."""
         now = now_rfc3339()
         node.metrics = metrics
-        if models is not None:
+        if models is not None and (runtime_up or models):
+            # A runtime that is down lists nothing; its models are still the node's (the model
+            # is unavailable for now, not unknown), so the last list is kept.
             node.models = models
         node.runtime_up = runtime_up
         node.last_seen = now
@@ -193,6 +195,10 @@ class NodeRegistry:
         else:
             self._set_status(node, self._alive_status(node), "heartbeat")
             status = "ok"
+            if not node.reachable and runtime_up and self.prober is not None:
+                # The agent sees its runtime up: not proof, but worth a probe now rather than
+                # at the end of the backoff (the probe decides).
+                self.prober(node.id, "its agent reports the runtime up")
         self.store.save_node(node)
         self.store.add_health_sample(
             node.id,

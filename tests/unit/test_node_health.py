@@ -144,7 +144,10 @@ def test_reachability_outlives_an_offline_spell_and_a_registration() -> None:
     assert node.status == UNREACHABLE  # alive again, still not reachable
     register(registry)  # the agent restarts: an immediate probe, no revival
     assert node.status == UNREACHABLE and balancer.pick("m") is None
-    assert probed == [(node.id, "its agent registered again")]
+    assert probed == [
+        (node.id, "its agent reports the runtime up"),
+        (node.id, "its agent registered again"),
+    ]
 
 
 def test_breaker_takes_a_failing_node_out_and_a_trial_brings_it_back() -> None:
@@ -289,3 +292,19 @@ def test_breaker_setting_reaches_the_registry(failures: int) -> None:
     assert balancer.pick("m") == node.id
     registry.request_failed(node.id, "x")
     assert balancer.pick("m") is None
+
+
+def test_a_runtime_down_heartbeat_keeps_the_models_and_an_up_one_asks_for_a_probe() -> None:
+    registry, _ = make_registry(Clock())
+    probed: list[str] = []
+    registry.prober = lambda node_id, why: probed.append(why)
+    node = register(registry, models=("m",))
+    registry.mark_unreachable(node.id, "connect refused")
+    registry.heartbeat(node, NodeMetrics(), [], False)  # the agent: runtime down, no models
+    assert node.models == ["m"] and registry.lists_model("m")  # unavailable, not unknown
+    assert probed == []
+    registry.heartbeat(node, NodeMetrics(), ["m"], True)
+    assert probed == ["its agent reports the runtime up"]
+    assert node.status == UNREACHABLE  # the probe decides, not the heartbeat
+    registry.heartbeat(node, NodeMetrics(), [], True)  # up, and really no models now
+    assert node.models == []
