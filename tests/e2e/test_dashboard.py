@@ -107,6 +107,28 @@ def test_shows_nodes_and_follows_traffic_and_offline(
     expect(page.locator("#card-nodes")).to_have_text("1 / 2", timeout=LIVE)
 
 
+def test_shows_why_a_node_is_out_of_rotation(
+    router_factory: Callable[..., RouterThread], fake_nodes: Callable[..., Any], page: Any
+) -> None:
+    router = router_factory(breaker_failures=2, probe_interval=30, probe_max_interval=60)
+    refusing, failing = join(router, fake_nodes, 2)
+    ids = {a["runtime_port"]: a["id"] for a in router.agents()}
+    open_dashboard(page, router)
+    refusing.set_fault("refuse")
+    failing.set_fault("status500")
+    for _ in range(4):
+        chat(router)
+    wait_for(lambda: status_of(router, ids[refusing.port]) == "unreachable", message="marked")
+    reason = node_row(page, ids[refusing.port]).locator(".health-reason")
+    expect(reason).to_contain_text("unreachable: connect refused", timeout=LIVE)
+    expect(reason).to_contain_text("next check in", timeout=LIVE)
+    breaker = node_row(page, ids[failing.port]).locator(".health-reason")
+    expect(breaker).to_contain_text("breaker open: 2 failures", timeout=LIVE)
+    expect(node_row(page, ids[failing.port]).locator(".status")).to_have_text("online")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-health.png"), full_page=True)
+
+
 def test_table_sorts_by_name_and_status(
     router: RouterThread, fake_nodes: Callable[..., Any], page: Any
 ) -> None:
