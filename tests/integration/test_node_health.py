@@ -181,9 +181,15 @@ def test_openai_sdk_retries_a_503_and_gets_through(router_factory: Any, fake_nod
 
 
 class CaptureNode:
-    """A runtime that records each request head it gets and answers a fixed completion."""
+    """A runtime that records each request head it gets and answers a fixed completion.
 
-    def __init__(self) -> None:
+    With `answers_per_connection` set it closes a connection, without a byte, when a request
+    past that count arrives on it: a keep-alive socket the runtime closed while idle, seen by
+    the router only once it has sent on it."""
+
+    def __init__(self, answers_per_connection: int | None = None) -> None:
+        self.answers_per_connection = answers_per_connection
+        self.connections = 0
         self.heads: list[bytes] = []
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
@@ -200,9 +206,15 @@ class CaptureNode:
         self.loop.run_forever()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        answered = 0
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                if answered == self.answers_per_connection:
+                    writer.transport.abort()
+                    return
+                answered += 1
                 self.heads.append(head)
                 length = 0
                 for line in head.split(b"\r\n"):
@@ -243,5 +255,23 @@ def test_json_reaches_the_node_as_json(router: Any, content_type: bytes | None) 
         assert [f for f in fields if f.startswith(b"content-type:")] == [
             b"content-type: application/json"
         ]
+    finally:
+        node.close()
+
+
+def test_a_stale_keepalive_socket_is_retried_on_a_fresh_one_and_counts_as_nothing(
+    router: Any,
+) -> None:
+    node = CaptureNode(answers_per_connection=1)
+    try:
+        body = {"machine_name": "capture", "runtime_port": node.port, "models": ["llama3"]}
+        status, _, reg = http("POST", router.url + "/api/agents/register", body)
+        assert status == 201
+        statuses = [chat(router)[0] for _ in range(5)]
+        assert statuses == [200] * 5
+        assert len(node.heads) == 5 and node.connections >= 5  # each reuse failed, then fresh
+        a = agent(router, reg["agent_id"])
+        assert a["status"] == "online" and a["stats"]["failed_requests"] == 0
+        assert a["health"]["breaker"]["consecutive_failures"] == 0
     finally:
         node.close()
