@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "LLM_ROUTER_"
+# Cloud providers every router knows by prefix: enabled when their SDK's key variable is set.
+# name -> (key variable, base URL variable, default base URL of its OpenAI-compatible API)
+BUILTIN_PROVIDERS = {
+    "openai": ("OPENAI_API_KEY", "OPENAI_BASE_URL", "https://api.openai.com/v1"),
+    "anthropic": ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "https://api.anthropic.com/v1"),
+    "google": (
+        "GEMINI_API_KEY",
+        "GEMINI_BASE_URL",
+        "https://generativelanguage.googleapis.com/v1beta/openai",
+    ),
+}
+_PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 BALANCERS = ("round_robin", "least_loaded", "latency")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -33,6 +47,83 @@ def default_db_path() -> str:
 
 def _opt(default: Any, help: str, *, minimum: float | None = None) -> Any:
     return field(default=default, metadata={"help": help, "minimum": minimum})
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """A cloud (or any remote) OpenAI-compatible API reached by the model prefix `name:`.
+
+    `api_key` is read from the variable `api_key_env` when the config is loaded; it is kept out
+    of repr() so that printing a config never shows it."""
+
+    name: str
+    base_url: str
+    api_key_env: str = ""
+    api_key: str = field(default="", repr=False)
+    models: tuple[str, ...] = ()  # fixed list; empty: fetched from the provider's /models
+    ca_file: str = ""  # extra CA bundle for a private endpoint (system CAs otherwise)
+
+
+def _provider(name: str, raw: Any, env: Mapping[str, str], where: str) -> ProviderConfig:
+    if not _PROVIDER_NAME.match(name):
+        raise ConfigError(f"invalid provider name {name!r} in {where} (a-z, 0-9, _ . -)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[providers.{name}] in {where} must be a table")
+    unknown = set(raw) - {"base_url", "api_key_env", "models", "ca_file"}
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)} in [providers.{name}] in {where}")
+    builtin = BUILTIN_PROVIDERS.get(name)
+    base_url = raw.get("base_url") or (env.get(builtin[1]) or builtin[2] if builtin else "")
+    key_env = raw.get("api_key_env") or (builtin[0] if builtin else "")
+    models = raw.get("models", [])
+    if not isinstance(base_url, str) or not base_url:
+        raise ConfigError(f"[providers.{name}] in {where} needs base_url")
+    if not isinstance(key_env, str):
+        raise ConfigError(f"[providers.{name}].api_key_env in {where} must be a string")
+    if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+        raise ConfigError(f"[providers.{name}].models in {where} must be a list of names")
+    ca_file = raw.get("ca_file", "")
+    if not isinstance(ca_file, str):
+        raise ConfigError(f"[providers.{name}].ca_file in {where} must be a path")
+    return _checked_provider(
+        ProviderConfig(
+            name=name,
+            base_url=base_url,
+            api_key_env=key_env,
+            api_key=env.get(key_env, "") if key_env else "",
+            models=tuple(models),
+            ca_file=ca_file,
+        )
+    )
+
+
+def _checked_provider(p: ProviderConfig) -> ProviderConfig:
+    url = urllib.parse.urlsplit(p.base_url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(f"provider {p.name}: base_url must be an http(s) URL, not {p.base_url!r}")
+    if url.query or url.fragment or url.username:
+        raise ConfigError(f"provider {p.name}: base_url takes no query, fragment or credentials")
+    if p.ca_file and not os.path.isfile(p.ca_file):
+        raise ConfigError(f"provider {p.name}: ca_file {p.ca_file!r} does not exist")
+    return p
+
+
+def load_providers(
+    tables: Mapping[str, Any], env: Mapping[str, str], where: str = "the config file"
+) -> tuple[ProviderConfig, ...]:
+    """`[providers.NAME]` tables, plus each built-in provider whose key variable is set."""
+    out = {name: _provider(name, raw, env, where) for name, raw in tables.items()}
+    for name, (key_env, url_env, default_url) in BUILTIN_PROVIDERS.items():
+        if name not in out and env.get(key_env):
+            out[name] = _checked_provider(
+                ProviderConfig(
+                    name=name,
+                    base_url=env.get(url_env) or default_url,
+                    api_key_env=key_env,
+                    api_key=env[key_env],
+                )
+            )
+    return tuple(out[name] for name in sorted(out))
 
 
 @dataclass(frozen=True)
@@ -81,13 +172,22 @@ class RouterConfig:
     )
     write_high_water: int = _opt(256 * 1024, "client write buffer high-water mark", minimum=1024)
     http_fast_path: bool = _opt(True, "parse common requests without h11 (false: h11 for all)")
+    provider_refresh: float = _opt(
+        300.0, "seconds between refreshes of each cloud provider's model list", minimum=1
+    )
+    # Not a flag or variable of its own: `[providers.NAME]` tables and the providers' own key
+    # variables (OPENAI_API_KEY, ...). See load_providers.
+    providers: tuple[ProviderConfig, ...] = field(
+        default=(), metadata={"help": "cloud providers", "setting": False}
+    )
 
     def db_path(self) -> str:
         return self.db or default_db_path()
 
 
 def settings() -> list[dataclasses.Field[Any]]:
-    return list(dataclasses.fields(RouterConfig))
+    """The fields that are settings (a flag, an LLM_ROUTER_ variable and a TOML key each)."""
+    return [f for f in dataclasses.fields(RouterConfig) if f.metadata.get("setting", True)]
 
 
 def _coerce(f: dataclasses.Field[Any], raw: Any) -> Any:
@@ -155,6 +255,7 @@ def load_config(
     values: dict[str, Any] = {}
 
     path = config_file or env.get(ENV_PREFIX + "CONFIG")
+    provider_tables: dict[str, Any] = {}
     if path:
         try:
             with open(path, "rb") as fh:
@@ -163,7 +264,10 @@ def load_config(
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        data = data.get("router", data)
+        provider_tables = data.get("providers", {})
+        if not isinstance(provider_tables, dict):
+            raise ConfigError(f"[providers] in {path} must be tables: [providers.NAME]")
+        data = {k: v for k, v in data.get("router", data).items() if k != "providers"}
         for key, raw in data.items():
             if key not in fields:
                 raise ConfigError(f"unknown setting {key!r} in {path}")
@@ -175,8 +279,12 @@ def load_config(
             values[name] = _coerce(f, raw_env)
 
     for name, raw in (overrides or {}).items():
-        if raw is not None:
+        if name == "providers":
+            values[name] = tuple(_checked_provider(p) for p in raw)
+        elif raw is not None:
             values[name] = _coerce(fields[name], raw)
+    if "providers" not in values:
+        values["providers"] = load_providers(provider_tables, env, path or "the config file")
 
     cfg = RouterConfig(**values)
     _validate(cfg)

@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from routercore.errors import (
     ClientError,
@@ -42,6 +43,7 @@ from routercore.http.upstream import (
     UpstreamConnection,
     UpstreamPool,
 )
+from routercore.providers import Providers
 from routercore.registry import NodeRegistry, now_rfc3339
 from routercore.stats import LiveStats, Outcome
 from routercore.usage import TailScanner, error_event
@@ -82,7 +84,17 @@ def request_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-class _Retry(Exception):
+class BodyTranslator(Protocol):
+    """Turns one API's response body into another's, piece by piece (routercore.translate).
+    Raises ValueError on an answer it cannot translate."""
+
+    content_type: bytes  # what the client gets
+
+    def feed(self, data: bytes) -> bytes: ...
+    def finish(self) -> bytes: ...
+
+
+class AttemptFailed(Exception):
     """This node failed before any byte reached the client: try another one.
 
     `mark`: a connection-level failure (the node becomes unreachable); `http`: the node
@@ -106,7 +118,7 @@ class _Waiter:
 
 
 @dataclass
-class _Attempt:
+class Attempt:
     """What one forwarded request measured."""
 
     node_id: str | None = None
@@ -130,9 +142,14 @@ class Proxy:
         stats: LiveStats,
         *,
         retry_after: Callable[[str], int] = lambda _model: 1,
+        providers: Providers | None = None,
     ) -> None:
         self.cfg = cfg
         self.retry_after = retry_after
+        self.providers = providers
+        # Set by the service to routercore.provider_proxy.forward_to_provider (which builds on
+        # this module, so it cannot be imported here).
+        self.provider_route: Callable[..., Awaitable[None]] | None = None
         self.registry = registry
         self.balancer = balancer
         self.pool = pool
@@ -156,10 +173,10 @@ class Proxy:
         """Forward `request` (body untouched) to a node serving `model` and relay the answer."""
         started = time.perf_counter()
         ts = now_rfc3339()
-        att = _Attempt(scanner=TailScanner(api))
+        att = Attempt(scanner=TailScanner(api))
         self.stats.in_flight += 1
         try:
-            await self._forward(request, att, api, model, started)
+            await self._forward(request, att, api, endpoint, model, streaming, started)
             return None
         except _StreamFailed:
             return None
@@ -183,9 +200,33 @@ class Proxy:
             self._account(request, att, ts, started, api, endpoint, model, streaming)
 
     async def _forward(
-        self, request: Request, att: _Attempt, api: str, model: str, started: float
+        self,
+        request: Request,
+        att: Attempt,
+        api: str,
+        endpoint: str,
+        model: str,
+        streaming: bool,
+        started: float,
     ) -> None:
         self.check_loop(request)
+        if self.providers:
+            resolved = self.providers.resolve(model)
+            if resolved is not None and self.provider_route is not None:
+                provider, upstream_model = resolved
+                await self.provider_route(
+                    self,
+                    request,
+                    att,
+                    api=api,
+                    endpoint=endpoint,
+                    model=model,
+                    streaming=streaming,
+                    provider=provider,
+                    upstream_model=upstream_model,
+                    started=started,
+                )
+                return
         if not self.balancer.serves(model):
             raise self._not_servable(model)
         deadline = started + self.cfg.request_timeout
@@ -197,7 +238,7 @@ class Proxy:
             try:
                 ttfb = await self._try_node(request, att, node_id, api, model, started, deadline)
                 return
-            except _Retry as retry:
+            except AttemptFailed as retry:
                 att.tried.append(node_id)
                 log.warning(
                     "event=node_failed id=%s model=%s reason=%r", node_id, model, retry.reason
@@ -218,7 +259,8 @@ class Proxy:
     def _not_servable(self, model: str) -> RouterError:
         """404 only when no enabled node lists the model; else 503 with a Retry-After."""
         if not self.registry.lists_model(model):
-            return ModelNotFound(f"model '{model}' is not served by any node")
+            hint = Providers.unconfigured_hint(model)
+            return ModelNotFound(hint or f"model '{model}' is not served by any node")
         retry_after = self.retry_after(model)
         log.info("event=model_unavailable model=%s retry_after=%d", model, retry_after)
         return ModelUnavailable(
@@ -264,7 +306,7 @@ class Proxy:
     async def _try_node(
         self,
         request: Request,
-        att: _Attempt,
+        att: Attempt,
         node_id: str,
         api: str,
         model: str,
@@ -273,9 +315,12 @@ class Proxy:
     ) -> float | None:
         node = self.registry.nodes.get(node_id)
         if node is None:
-            raise _Retry("node was removed", mark=False)
+            raise AttemptFailed("node was removed", mark=False)
         host, port = node.ip_address, node.runtime_port
-        conn, head = await self._send(request, host, port, deadline)
+        headers = self._upstream_headers(request, host, port)
+        conn, head = await self.send_upstream(
+            host, port, request.method, request.target, headers, request.body, deadline
+        )
         stream = request.stream
         assert stream is not None
         try:
@@ -290,7 +335,7 @@ class Proxy:
                     head.status_code,
                     detail[:200],
                 )
-                raise _Retry(f"node answered {head.status_code}", mark=False, http=True)
+                raise AttemptFailed(f"node answered {head.status_code}", mark=False, http=True)
             att.status = head.status_code
             headers = [(k, v) for k, v in head.headers if k not in _DROP_RESPONSE_HEADERS]
             node_header = self._node_headers.get(node_id)
@@ -300,7 +345,7 @@ class Proxy:
                 node_header = self._node_headers[node_id] = (b"x-router-node", node_id.encode())
             headers.append(node_header)
             chunked = head.content_length is None
-            ttfb = await self._relay(conn, stream, att, headers, api, chunked, started, deadline)
+            ttfb = await self.relay(conn, stream, att, headers, api, chunked, started, deadline)
         except BaseException:
             conn.abort()
             raise
@@ -313,10 +358,10 @@ class Proxy:
             self.registry.request_succeeded(node_id)
         return ttfb
 
-    async def _send(
-        self, request: Request, host: str, port: int, deadline: float
-    ) -> tuple[UpstreamConnection, ResponseHead]:
-        """Connect (pooled), send, read the head; one silent retry on a stale pooled socket."""
+    def _upstream_headers(
+        self, request: Request, host: str, port: int
+    ) -> list[tuple[bytes, bytes]]:
+        """The fields a node gets: host, the client's harmless ones, JSON type, length, hops."""
         host_header = self._host_headers.get((host, port))
         if host_header is None:
             if len(self._host_headers) > 4096:
@@ -329,14 +374,29 @@ class Proxy:
         headers.append((b"content-length", b"%d" % len(request.body)))
         headers.append((b"x-forwarded-for", request.peer.encode()))
         headers.append(self._via(request))
+        return headers
+
+    async def send_upstream(
+        self,
+        host: str,
+        port: int,
+        method: str,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        deadline: float,
+        tls: ssl.SSLContext | None = None,
+    ) -> tuple[UpstreamConnection, ResponseHead]:
+        """Connect (pooled), send, read the head; one silent retry on a stale pooled socket.
+        Failures before the head raise AttemptFailed (connection-level: `mark`)."""
         fresh = False
         while True:
             try:
-                conn = await self.pool.acquire(host, port, fresh=fresh)
+                conn = await self.pool.acquire(host, port, fresh=fresh, tls=tls)
             except UpstreamConnectError as exc:
-                raise _Retry(str(exc)) from None
+                raise AttemptFailed(str(exc)) from None
             try:
-                conn.send_request(request.method, request.target, headers, request.body)
+                conn.send_request(method, target, headers, body)
                 head = await conn.read_head(min(self.cfg.read_timeout, self._timeout(deadline)))
                 return conn, head
             except UpstreamBrokenError as exc:
@@ -344,11 +404,11 @@ class Proxy:
                 if conn.reused and not conn.got_bytes and not fresh:
                     fresh = True  # the node closed an idle keep-alive socket: not a failure
                     continue
-                raise _Retry(str(exc)) from None
+                raise AttemptFailed(str(exc)) from None
             except TimeoutError:
                 # Nothing reached the client yet: a hung node is failed over like a dead one.
                 conn.abort()
-                raise _Retry(
+                raise AttemptFailed(
                     f"no response head within {self.cfg.read_timeout:g}s", timeout=True
                 ) from None
             except BaseException:
@@ -367,18 +427,20 @@ class Proxy:
             pass
         return out[:512].decode("utf-8", "replace").strip() or "no body"
 
-    async def _relay(
+    async def relay(
         self,
         conn: UpstreamConnection,
         stream: ResponseStream,
-        att: _Attempt,
+        att: Attempt,
         headers: list[tuple[bytes, bytes]],
         api: str,
         chunked: bool,
         started: float,
         deadline: float,
+        translator: BodyTranslator | None = None,
     ) -> float | None:
-        """Copy body pieces to the client as they arrive; the client's drain paces the node."""
+        """Copy body pieces to the client as they arrive; the client's drain paces the node.
+        With a translator (another API's answer), each piece is translated on the way."""
         await stream.start(att.status, headers)
         att.sent_to_client = True
         scanner = att.scanner
@@ -418,10 +480,39 @@ class Proxy:
             if ttfb is None:
                 ttfb = (time.perf_counter() - started) * 1000.0
                 att.ttfb_ms = ttfb
+            if translator is not None:
+                piece = await self._translate(translator.feed, piece, stream, att, api)
+                if not piece:
+                    continue
             scanner.feed(piece)
             await stream.write(piece)
+        if translator is not None:
+            tail = await self._translate(translator.finish, None, stream, att, api)
+            if tail:
+                scanner.feed(tail)
+                await stream.write(tail)
         await stream.end()
         return ttfb
+
+    async def _translate(
+        self,
+        step: Callable[..., bytes],
+        piece: bytes | None,
+        stream: ResponseStream,
+        att: Attempt,
+        api: str,
+    ) -> bytes:
+        """One translator step; an answer it cannot translate ends the stream with an error."""
+        try:
+            return step() if piece is None else step(piece)
+        except ValueError as exc:
+            reason = f"cannot translate the node's answer: {exc}"
+            att.outcome = "error"
+            att.error = reason
+            log.warning("event=translation_failed node=%s reason=%r", att.node_id, reason)
+            await stream.write(error_event(api, reason))
+            await stream.end()
+            raise _StreamFailed(reason) from None
 
     def _timeout(self, deadline: float) -> float:
         left = deadline - time.perf_counter()
@@ -503,7 +594,7 @@ class Proxy:
     def _account(
         self,
         request: Request,
-        att: _Attempt,
+        att: Attempt,
         ts: str,
         started: float,
         api: str,

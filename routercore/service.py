@@ -20,6 +20,8 @@ from routercore.config import RouterConfig
 from routercore.health import HealthMonitor
 from routercore.http.server import HTTPServer, ServerLimits
 from routercore.http.upstream import UpstreamPool
+from routercore.provider_proxy import forward_to_provider
+from routercore.providers import Providers
 from routercore.proxy import Proxy
 from routercore.registry import NodeRegistry
 from routercore.stats import LiveStats
@@ -60,6 +62,9 @@ class RouterService:
             probe_max_interval=config.probe_max_interval,
             connect_timeout=config.connect_timeout,
         )
+        self.providers = Providers(
+            config.providers, self.pool, refresh=config.provider_refresh, timeout=10.0
+        )
         self.proxy = Proxy(
             config,
             self.registry,
@@ -68,7 +73,9 @@ class RouterService:
             self.store,
             self.stats,
             retry_after=self.health.retry_after,
+            providers=self.providers,
         )
+        self.proxy.provider_route = forward_to_provider
         self.auth = AuthPolicy(
             admin_token_hash="",
             registration_token=config.registration_token,
@@ -144,6 +151,9 @@ class RouterService:
         count = self.registry.load()
         self.address = await self.server.start(self.config.host, self.config.port)
         self.tasks.append(asyncio.get_running_loop().create_task(self.health.run()))
+        if self.providers:
+            self.tasks.append(asyncio.get_running_loop().create_task(self.providers.run()))
+            log.info("event=providers names=%s", ",".join(self.providers.by_name))
         host, port = self.address
         log.info(
             "event=ready version=%s nodes_loaded=%d balancer=%s/%s db=%s",

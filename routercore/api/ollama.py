@@ -69,7 +69,18 @@ class OllamaAPI:
         return [merged[name] for name in sorted(merged)]
 
     async def tags(self, request: Request) -> Response:
-        return Response.json({"models": await self._merged("/api/tags", "models")})
+        models = await self._merged("/api/tags", "models")
+        for name, provider in self.svc.providers.model_names():
+            models.append(
+                {
+                    "name": name,
+                    "model": name,
+                    "size": 0,
+                    "digest": "",
+                    "details": {"family": provider.name},
+                }
+            )
+        return Response.json({"models": models})
 
     async def ps(self, request: Request) -> Response:
         return Response.json({"models": await self._merged("/api/ps", "models")})

@@ -65,6 +65,11 @@ class OpenAIAPI:
                     }
                 else:
                     entry["nodes"].append(node.id)
+        for name, provider in self.svc.providers.model_names():
+            entries.setdefault(
+                name,
+                {"id": name, "object": "model", "created": 0, "owned_by": provider.name},
+            )
         return entries
 
     async def models(self, request: Request) -> Response:

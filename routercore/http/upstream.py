@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import deque
 
 log = logging.getLogger("routercore.http.upstream")
@@ -458,8 +459,11 @@ class UpstreamPool:
         self.active: set[UpstreamConnection] = set()
         self.opened = 0
 
-    async def acquire(self, host: str, port: int, *, fresh: bool = False) -> UpstreamConnection:
-        key = (host, port)
+    async def acquire(
+        self, host: str, port: int, *, fresh: bool = False, tls: ssl.SSLContext | None = None
+    ) -> UpstreamConnection:
+        """An idle connection to host:port, or a new one (TLS with `tls`, for providers)."""
+        key = (host, port) if tls is None else (f"tls:{host}", port)
         idle = self.idle.get(key)
         while idle and not fresh:
             conn = idle.pop()
@@ -471,12 +475,21 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         try:
             _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: self._new(key), host, port), self.connect_timeout
+                loop.create_connection(
+                    lambda: self._new(key),
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname=host if tls is not None else None,
+                ),
+                self.connect_timeout,
             )
         except TimeoutError:
             raise UpstreamConnectError(f"connect timeout after {self.connect_timeout:g}s") from None
         except ConnectionRefusedError:
             raise UpstreamConnectError("connect refused") from None
+        except ssl.SSLError as exc:
+            raise UpstreamConnectError(f"TLS failed: {exc.reason or exc}") from None
         except OSError as exc:
             raise UpstreamConnectError(f"connect failed: {exc.strerror or exc}") from None
         self.opened += 1

@@ -181,6 +181,13 @@ class FakeHTTPProtocol(asyncio.Protocol):
         stats = node.stats
         stats.count_request(path, len(body))
         self._start()
+        if node.api_key is not None and (b"authorization", b"Bearer " + node.api_key) not in [
+            (k.lower(), v) for k, v in request.headers
+        ]:
+            # A cloud provider's answer to a missing or wrong key.
+            stats.errors += 1
+            self._send(error_reply(path, 401, "Incorrect API key provided", "invalid_api_key"))
+            return
         faults = node.faults
         drop_after: int | None = None
         if faults.any_request_fault():
@@ -192,6 +199,12 @@ class FakeHTTPProtocol(asyncio.Protocol):
             if path in INFERENCE_PATHS and faults.take("status500"):
                 stats.errors += 1
                 self._send(error_reply(path, 500, "fake fault: status500", "internal_error"))
+                return
+            if path in INFERENCE_PATHS and faults.take("status429"):
+                stats.errors += 1
+                reply = error_reply(path, 429, "Rate limit reached", "rate_limit_exceeded")
+                reply.headers.append((b"retry-after", b"7"))
+                self._send(reply)
                 return
             if faults.drop_after is not None and path in INFERENCE_PATHS:
                 value = faults.drop_after  # read before take(): its last use clears it

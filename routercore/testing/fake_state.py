@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 APIS = ("both", "ollama", "openai")
-FAULTS = ("refuse", "status500", "drop_after", "hang", "garbage")
+FAULTS = ("refuse", "status500", "status429", "drop_after", "hang", "garbage")
 DEFAULT_MODELS = ("fake-model",)
 RUNTIME_VERSION = "0.0.0-fake"
 _MAX_PATHS = 256  # distinct paths counted before the rest are lumped under "other"
@@ -134,6 +134,7 @@ class Faults:
 
     refuse: bool = False
     status500: bool = False
+    status429: bool = False  # a rate limit: 429 with Retry-After, as cloud providers answer
     drop_after: int | None = None
     hang: bool = False
     garbage: bool = False
@@ -178,7 +179,13 @@ class Faults:
 
     def any_request_fault(self) -> bool:
         """Cheap check for the hot path: is any per-request fault on?"""
-        return self.status500 or self.hang or self.garbage or self.drop_after is not None
+        return (
+            self.status500
+            or self.status429
+            or self.hang
+            or self.garbage
+            or self.drop_after is not None
+        )
 
     def snapshot(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name) for name in FAULTS}

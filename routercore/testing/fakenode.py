@@ -23,6 +23,7 @@ import concurrent.futures
 import contextlib
 import logging
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -71,9 +72,14 @@ class FakeNode:
         registration_token: str | None = None,
         max_concurrency: int | None = None,
         register_retry_base: float = 0.5,
+        tls: ssl.SSLContext | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        # A cloud provider's face: HTTPS, and 401 unless `Authorization: Bearer <api_key>`.
+        self.tls = tls
+        self.api_key = api_key.encode() if api_key is not None else None
         self.settings = Settings()
         changes: dict[str, Any] = {
             "api": api,
@@ -112,7 +118,7 @@ class FakeNode:
         host = "127.0.0.1" if self.host in _WILDCARDS else self.host
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     async def start(self) -> FakeNode:
         """Bind and serve; with `register`, start the registration/heartbeat loop."""
@@ -173,7 +179,9 @@ class FakeNode:
 
     async def _listen(self, sock: socket.socket) -> None:
         assert self._loop is not None
-        self._server = await self._loop.create_server(lambda: FakeHTTPProtocol(self), sock=sock)
+        self._server = await self._loop.create_server(
+            lambda: FakeHTTPProtocol(self), sock=sock, ssl=self.tls
+        )
 
     def _spawn(self, coro: Any) -> None:
         assert self._loop is not None
