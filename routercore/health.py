@@ -18,8 +18,12 @@ from routercore.registry import NodeRegistry
 log = logging.getLogger("routercore.health")
 
 
-async def probe_runtime(host: str, port: int, timeout: float) -> str | None:
-    """None when something at host:port answers an HTTP request (any status), else why not."""
+async def probe_runtime(
+    host: str, port: int, timeout: float, auth: tuple[bytes, bytes] | None = None
+) -> str | None:
+    """None when something at host:port answers an HTTP request (any status), else why not.
+    `auth` is the relay's header for a relayed node, so the probe reaches the runtime behind
+    the agent's relay instead of being refused by it."""
     writer = None
     try:
         try:
@@ -28,7 +32,12 @@ async def probe_runtime(host: str, port: int, timeout: float) -> str | None:
             return f"connect timeout after {timeout:g}s"
         except ConnectionRefusedError:
             return "connect refused"
-        writer.write(f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        extra = auth[0] + b": " + auth[1] + b"\r\n" if auth is not None else b""
+        writer.write(
+            f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n".encode()
+            + extra
+            + b"\r\n"
+        )
         try:
             line = await asyncio.wait_for(reader.readline(), timeout)
         except TimeoutError:
@@ -124,7 +133,9 @@ class HealthMonitor:
             if node is None or (why is None and node.status != UNREACHABLE):
                 self.probes.pop(node_id, None)
                 return
-            failure = await probe_runtime(node.ip_address, node.runtime_port, self.connect_timeout)
+            failure = await probe_runtime(
+                node.ip_address, node.upstream_port, self.connect_timeout, node.relay_auth
+            )
             if failure is None:
                 if not node.reachable:
                     log.info("event=probe_ok id=%s", node_id)

@@ -64,6 +64,10 @@ class Node:
     # The router's own view of the runtime (not persisted: every start trusts until it fails).
     reachable: bool = True
     unreachable_reason: str | None = None
+    # The agent's relay (issue 19): when set, the router connects to ip_address:relay_port and
+    # presents `relay_token` as a bearer token instead of reaching the runtime directly.
+    relay_port: int | None = None
+    relay_token: str = ""
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
     stats: NodeStats = field(default_factory=NodeStats)
 
@@ -72,11 +76,24 @@ class Node:
         host = f"[{self.ip_address}]" if ":" in self.ip_address else self.ip_address
         return f"http://{host}:{self.runtime_port}"
 
+    @property
+    def upstream_port(self) -> int:
+        """The port the router connects to: the agent's relay, else the runtime itself."""
+        return self.relay_port or self.runtime_port
+
+    @property
+    def relay_auth(self) -> tuple[bytes, bytes] | None:
+        """The header that opens the relay (None when the node is not relayed)."""
+        if not self.relay_port:
+            return None
+        return (b"authorization", b"Bearer " + self.relay_token.encode("ascii"))
+
     def to_public(self, health: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The CONTRACT shape of `GET /api/agents` (no token hash), plus `health` when given:
-        whether the node is in rotation and, if not, why and when it is checked again."""
+        """The CONTRACT shape of `GET /api/agents` (no token hash, no relay token), plus
+        `health` when given: whether the node is in rotation and, if not, why and when it is
+        checked again."""
         out = dataclasses.asdict(self)
-        del out["token_hash"], out["reachable"], out["unreachable_reason"]
+        del out["token_hash"], out["relay_token"], out["reachable"], out["unreachable_reason"]
         if health is not None:
             out["health"] = health
         out["stats"] = {

@@ -316,8 +316,10 @@ class Proxy:
         node = self.registry.nodes.get(node_id)
         if node is None:
             raise AttemptFailed("node was removed", mark=False)
-        host, port = node.ip_address, node.runtime_port
+        host, port = node.ip_address, node.upstream_port
         headers = self._upstream_headers(request, host, port)
+        if node.relay_auth is not None:
+            headers.append(node.relay_auth)  # the agent's relay; the client's own never goes on
         conn, head = await self.send_upstream(
             host, port, request.method, request.target, headers, request.body, deadline
         )

@@ -147,7 +147,7 @@ class NodeRegistry:
             )
             self.nodes[node.id] = node
         for key, value in details.items():
-            if value is not None:
+            if value is not None or key == "relay_port":  # a node may stop relaying
                 setattr(node, key, value)
         node.token_hash = hash_token(token)
         node.last_seen = now

@@ -73,6 +73,11 @@ MIGRATIONS: tuple[str, ...] = (
         revoked_at TEXT
     );
     """,
+    # The agent's relay (issue 19); the token is kept as given: the router presents it.
+    """
+    ALTER TABLE nodes ADD COLUMN relay_port INTEGER;
+    ALTER TABLE nodes ADD COLUMN relay_token TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 NODE_COLUMNS = (
@@ -81,6 +86,7 @@ NODE_COLUMNS = (
     "system", "models", "tags", "notes", "enabled", "max_concurrency", "runtime_up",
     "token_hash", "cpu_usage", "memory_usage", "gpu_usage", "gpu_memory_usage",
     "active_requests", "total_requests", "failed_requests", "total_latency_ms",
+    "relay_port", "relay_token",
 )  # fmt: skip
 REQUEST_COLUMNS = (
     "id", "ts", "node_id", "model", "endpoint", "method", "status_code", "outcome",
@@ -210,7 +216,7 @@ def _node_row(node: Node) -> tuple[Any, ...]:
         orjson.dumps(node.tags).decode(), node.notes, int(node.enabled), node.max_concurrency,
         int(node.runtime_up), node.token_hash, m.cpu_usage, m.memory_usage, m.gpu_usage,
         m.gpu_memory_usage, m.active_requests, s.total_requests, s.failed_requests,
-        s.total_latency_ms,
+        s.total_latency_ms, node.relay_port, node.relay_token,
     )  # fmt: skip
 
 

@@ -35,13 +35,16 @@ def routing_fields(request: Request, *, stream_default: bool) -> tuple[str, bool
 async def fetch_json(pool: UpstreamPool, node: Node, path: str, timeout: float) -> Any:
     """GET a small JSON document from a node, or None when it fails (logged)."""
     try:
-        conn = await pool.acquire(node.ip_address, node.runtime_port)
+        conn = await pool.acquire(node.ip_address, node.upstream_port)
     except ConnectionError as exc:
         log.info("event=fanout_failed node=%s path=%s reason=%r", node.id, path, str(exc))
         return None
     try:
-        host = f"{node.ip_address}:{node.runtime_port}".encode()
-        conn.send_request("GET", path, [(b"host", host), (b"accept", b"application/json")], b"")
+        host = f"{node.ip_address}:{node.upstream_port}".encode()
+        headers = [(b"host", host), (b"accept", b"application/json")]
+        if node.relay_auth is not None:
+            headers.append(node.relay_auth)
+        conn.send_request("GET", path, headers, b"")
         head = await conn.read_head(timeout)
         body = b""
         while True:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from routercore import validate as v
@@ -17,6 +18,24 @@ if TYPE_CHECKING:
     from routercore.service import RouterService
 
 log = logging.getLogger("routercore.api.nodes")
+
+# The relay token goes into a header the router sends: token68 characters only (RFC 9110).
+_RELAY_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{16,512}")
+
+
+def _relay(data: dict[str, Any]) -> tuple[int | None, str]:
+    """`relay_port` + `relay_token`: both or neither (the agent relays to its runtime)."""
+    port = v.get_int(data, "relay_port", minimum=1, maximum=65535)
+    token = v.get_str(data, "relay_token", max_len=512)
+    if port is None and not token:
+        return None, ""
+    if port is None or not token:
+        raise ClientError("fields 'relay_port' and 'relay_token' go together: give both or neither")
+    if not _RELAY_TOKEN.fullmatch(token):
+        raise ClientError(
+            "field 'relay_token' must be 16 to 512 characters of A-Z a-z 0-9 . _ ~ + / = -"
+        )
+    return port, token
 
 
 def _normalise_ip(text: str, field: str) -> str:
@@ -73,7 +92,10 @@ class NodesAPI:
             ip = claimed_ip
         port = v.get_int(data, "runtime_port", default=11434, minimum=1, maximum=65535)
         assert port is not None
+        relay_port, relay_token = _relay(data)
         details: dict[str, Any] = {
+            "relay_port": relay_port,
+            "relay_token": relay_token,
             "runtime_version": v.get_str(data, "runtime_version", max_len=128),
             "agent_version": v.get_str(data, "agent_version", max_len=128),
             "gpu_devices": v.get_dict_list(data, "gpu_devices"),
@@ -84,6 +106,8 @@ class NodesAPI:
         node, created, token = self.registry.register(
             machine_name=machine_name, ip_address=ip, runtime_port=port, details=details
         )
+        if relay_port:
+            log.info("event=node_relayed id=%s relay=%s:%s", node.id, ip, relay_port)
         await self.svc.persisted(f"register:{node.id}")
         body = {
             "agent_id": node.id,
