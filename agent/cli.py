@@ -60,6 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--install-sha256", metavar="HEX", help="expected SHA-256 of that download")
     p.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        default=None,
+        help="install the runtime even without a checksum (a warning names the risk)",
+    )
+    p.add_argument(
+        "--relay",
+        action="store_true",
+        default=None,
+        help="keep the runtime on loopback; the router reaches it through the agent's relay",
+    )
+    p.add_argument("--relay-port", metavar="PORT", help="the relay's port (default 11435)")
+    p.add_argument(
+        "--relay-host", metavar="IP", help="the relay's listen address (default 0.0.0.0)"
+    )
+    p.add_argument(
         "--ip-address", metavar="IP", help="address to register (default: as the router sees us)"
     )
     p.add_argument(
@@ -92,6 +108,10 @@ def flags_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "runtime_command": args.runtime_command,
         "install_url": args.install_url,
         "install_sha256": args.install_sha256,
+        "allow_unverified": args.allow_unverified,
+        "relay": args.relay,
+        "relay_port": args.relay_port,
+        "relay_host": args.relay_host,
         "ip_address": args.ip_address,
         "default_model": args.pull_model,
         "pull_default_model": True if args.pull_model else None,
@@ -154,7 +174,7 @@ def run_service(service: AgentService, loop: asyncio.AbstractEventLoop | None = 
 def run_headless(service: AgentService) -> int:
     _install_signal_handlers(service)
     run_service(service)
-    return 0
+    return 1 if service.failure else 0
 
 
 def settings_reloader(
@@ -223,7 +243,7 @@ def run_with_tray(
             worker.join(0.5)
     service.request_stop()
     worker.join(timeout=30)
-    return 1 if failure else 0
+    return 1 if failure or service.failure else 0
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from agent.download import proxy_url, redact_url
 from agent.paths import default_config_path, user_data_dir
 
 ENV_PREFIX = "LLM_AGENT_"
@@ -61,6 +62,8 @@ class AgentConfig:
     install_url: str | None = None
     install_sha256: str | None = None
     install_sha256_url: str | None = None
+    # No checksum: refuse to install unless this says the risk is accepted (then warn).
+    allow_unverified: bool = False
     install_dir: Path = field(default_factory=lambda: user_data_dir() / "runtime")
     download_retries: int = 5
     download_timeout: float = 30.0
@@ -72,6 +75,10 @@ class AgentConfig:
     pull_default_model: bool = False
     model_table: tuple[tuple[float, str], ...] = DEFAULT_MODEL_TABLE
     tray: bool = True
+    # The relay (agent/relay.py): the runtime stays on loopback, the router comes through here.
+    relay: bool = False
+    relay_host: str = "0.0.0.0"
+    relay_port: int = 11435
     log_level: str = "INFO"
     config_path: Path = field(default_factory=default_config_path)
 
@@ -96,16 +103,38 @@ def _url(value: Any) -> str:
     text = value.strip().rstrip("/")
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        raise ValueError(f"{redact_url(value)!r} is not an http:// or https:// URL")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError as exc:
-        raise ValueError(f"{value!r} has an invalid port") from exc
+        raise ValueError(f"{redact_url(value)!r} has an invalid port") from exc
     return text
 
 
 def _opt_url(value: Any) -> str | None:
     return None if value in (None, "") else _url(value)
+
+
+def _opt_proxy(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise ValueError("expected a proxy URL string")
+    return proxy_url(value)
+
+
+def _port(value: Any) -> int:
+    number = _nonneg_int(value)
+    if number > 65535:
+        raise ValueError(f"{value!r} is not a port (0-65535; 0 picks a free one)")
+    return number
+
+
+def _ip(value: Any) -> str:
+    text = _opt_ip(value)
+    if text is None:
+        raise ValueError("expected an IP address")
+    return text
 
 
 def _url_list(value: Any) -> tuple[str, ...]:
@@ -296,17 +325,21 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "install_url": _opt_url,
     "install_sha256": _sha256,
     "install_sha256_url": _opt_url,
+    "allow_unverified": _bool,
     "install_dir": _path,
     "download_retries": _nonneg_int,
     "download_timeout": _positive_float,
-    "http_proxy": _opt_url,
-    "https_proxy": _opt_url,
+    "http_proxy": _opt_proxy,
+    "https_proxy": _opt_proxy,
     "no_proxy": _opt_str,
     "ca_file": _opt_file,
     "default_model": _opt_str,
     "pull_default_model": _bool,
     "model_table": _model_table,
     "tray": _bool,
+    "relay": _bool,
+    "relay_host": _ip,
+    "relay_port": _port,
     "log_level": _choice(LOG_LEVELS, upper=True),
     "config_path": _path,
 }
@@ -380,6 +413,11 @@ def load_config(
     config = AgentConfig(**values)
     if config.register_backoff_max < config.register_backoff_initial:
         raise ConfigError("invalid register_backoff_max: smaller than register_backoff_initial")
+    if config.relay and urlsplit(config.runtime_url).scheme != "http":
+        raise ConfigError(
+            f"invalid runtime_url for relay = true: {redact_url(config.runtime_url)} is not "
+            "http:// (the relay speaks plain HTTP to a runtime on this machine)"
+        )
     return config
 
 

@@ -20,11 +20,12 @@ from urllib.parse import urlsplit
 from agent import __version__
 from agent.backoff import Backoff
 from agent.config import AgentConfig
-from agent.download import Downloader, ProxySettings
+from agent.download import Downloader, ProxyError, ProxySettings
 from agent.install import InstallError, find_runtime, install_runtime
 from agent.metrics import LoadSample, MetricsCollector, system_info, total_memory_bytes
 from agent.models import PullError, choose_default_model, has_model, pull_model
 from agent.progress import ConsoleProgress, fan_out, percent
+from agent.relay import Relay, new_relay_token
 from agent.router_client import RouterClient, RouterSession
 from agent.runtime import DOWN, OLLAMA, RuntimeProbe, RuntimeStatus
 from agent.state import AgentState
@@ -71,6 +72,10 @@ class AgentService:
         # Tells worker threads (downloads, pulls) to give up when the agent stops.
         self._cancel = threading.Event()
         self._stop_requested = threading.Event()
+        # The relay (config.relay): a new secret each start, handed to routers at registration.
+        self.relay: Relay | None = None
+        self.relay_token = new_relay_token()
+        self.failure: str | None = None  # why run() gave up (the exit code says so)
 
     # --- thread-safe controls -----------------------------------------------------------------
 
@@ -125,6 +130,9 @@ class AgentService:
             payload["ip_address"] = self.config.ip_address
         if self.config.max_concurrency:
             payload["max_concurrency"] = self.config.max_concurrency
+        if self.relay is not None and self.relay.address is not None:
+            payload["relay_port"] = self.relay.address[1]
+            payload["relay_token"] = self.relay_token
         return payload
 
     async def heartbeat_payload(self) -> dict[str, Any]:
@@ -148,15 +156,19 @@ class AgentService:
         env = dict(self.env)
         host = urlsplit(self.config.runtime_url).hostname or "127.0.0.1"
         # Ollama reads its listen address from OLLAMA_HOST (others ignore it). The router
-        # connects from another machine, so a loopback runtime_url still means listen on all.
-        if host in ("127.0.0.1", "localhost", "::1"):
+        # connects from another machine, so a loopback runtime_url still means listen on all;
+        # with the relay the runtime stays on loopback and the relay is the way in.
+        if host in ("127.0.0.1", "localhost", "::1") and not self.config.relay:
             host = "0.0.0.0"
         env.setdefault("OLLAMA_HOST", f"{host}:{self.config.runtime_port}")
         return env
 
     def _downloader(self) -> Downloader:
         c = self.config
-        proxies = ProxySettings.resolve(c.http_proxy, c.https_proxy, c.no_proxy, self.env)
+        try:
+            proxies = ProxySettings.resolve(c.http_proxy, c.https_proxy, c.no_proxy, self.env)
+        except ProxyError as exc:
+            raise InstallError(str(exc)) from None
         return Downloader(
             proxies=proxies,
             retries=c.download_retries,
@@ -188,6 +200,7 @@ class AgentService:
                 self._downloader(),
                 sha256=c.install_sha256,
                 sha256_url=c.install_sha256_url,
+                allow_unverified=c.allow_unverified,
                 progress=fan_out(console, self._activity_progress("installing runtime")),
             )
         finally:
@@ -371,6 +384,11 @@ class AgentService:
         async def switch() -> None:
             await self._stop_routers()
             self.config = config
+            if self.relay is not None:
+                try:
+                    self.relay.set_runtime(config.runtime_url)
+                except ValueError as exc:
+                    log.error("relay_runtime_unchanged error=%s", exc)
             self._probe = RuntimeProbe(
                 config.runtime_url, config.runtime_kind, config.request_timeout
             )
@@ -405,6 +423,8 @@ class AgentService:
         )
         watcher: asyncio.Task[None] | None = None
         try:
+            if self.config.relay and not await self._start_relay():
+                stop.set()
             # Probe first, so the registration already lists the runtime's models. Starting
             # or installing the runtime is left to the watcher: a long download must not keep
             # the node from registering (it shows up with runtime_up false meanwhile).
@@ -423,4 +443,25 @@ class AgentService:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.process.started:
                 await asyncio.to_thread(self.process.stop)
+            if self.relay is not None:
+                await self.relay.stop()
             log.info("agent_stopped")
+
+    async def _start_relay(self) -> bool:
+        """Listen on relay_host:relay_port; False (logged, `failure` set) when that fails.
+
+        Without its relay a relay-mode node is unreachable (its runtime is on loopback), so the
+        agent stops instead of registering a node nobody can use.
+        """
+        c = self.config
+        try:
+            self.relay = Relay(
+                c.runtime_url, self.relay_token, read_timeout=max(300.0, c.request_timeout)
+            )
+            await self.relay.start(c.relay_host, c.relay_port)
+        except (OSError, ValueError) as exc:
+            self.failure = f"relay cannot listen on {c.relay_host}:{c.relay_port}: {exc}"
+            log.error("relay_start_failed error=%s", self.failure)
+            self.relay = None
+            return False
+        return True
