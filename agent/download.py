@@ -42,8 +42,53 @@ class DownloadCancelled(DownloadError):
     pass
 
 
+class ChecksumUnavailable(DownloadError):
+    """The checksum file could not be fetched or holds no usable hash: nothing was downloaded."""
+
+
+class ProxyError(DownloadError):
+    """A proxy URL (from the config or the environment) is not usable, or the proxy refused."""
+
+
 class _Retryable(Exception):
     pass
+
+
+def redact_url(url: str) -> str:
+    """`url` with its user and password (`user:pass@`) replaced by `***@`, for logs and errors."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    end = next((i for i, c in enumerate(rest) if c in "/?#"), len(rest))
+    netloc = rest[:end]
+    if "@" not in netloc:
+        return url
+    return f"{scheme}{sep}***@{netloc.rpartition('@')[2]}{rest[end:]}"
+
+
+def proxy_url(text: str) -> str:
+    """A proxy URL, checked the same way wherever it comes from (config file, flag, environment).
+
+    `http(s)://[user[:password]@]host[:port]`; a bare `host:port`, as curl and many environments
+    write it, means `http://host:port`. Credentials may be percent-encoded (`p%40ss` for `p@ss`).
+    Errors never repeat the credentials.
+    """
+    text = text.strip()
+    if "://" not in text:
+        text = "http://" + text
+    shown = repr(redact_url(text))
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(f"{shown} has an invalid host or port") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{shown}: only http:// and https:// proxies are supported")
+    if not parts.hostname:
+        raise ValueError(f"{shown} names no proxy host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{shown}: a proxy URL is scheme://host:port, without a path")
+    return text.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -63,7 +108,16 @@ class ProxySettings:
         env: Mapping[str, str],
     ) -> ProxySettings:
         def pick(name: str) -> str | None:
-            return env.get(name.lower()) or env.get(name.upper()) or None
+            for var in (name.lower(), name.upper()):
+                value = env.get(var)
+                if value:
+                    if name == "no_proxy":
+                        return value
+                    try:
+                        return proxy_url(value)
+                    except ValueError as exc:
+                        raise ProxyError(f"invalid proxy in environment {var}: {exc}") from None
+            return None
 
         return cls(
             http=http or pick("http_proxy"),
@@ -112,9 +166,18 @@ def build_opener(
     return urllib.request.build_opener(*handlers)
 
 
+_PROXY_AUTH_ADVICE = (
+    "the proxy refused the request (HTTP 407 Proxy Authentication Required): check the user "
+    "and password in the proxy URL (http://user:password@host:port)"
+)
+
+
 def _transport_failure(what: str, exc: BaseException) -> Exception:
-    """A failed connection: retryable, except an untrusted certificate (retrying cannot fix)."""
+    """A failed connection: retryable, except what retrying cannot fix (an untrusted
+    certificate, a proxy refusing our credentials)."""
     reason = getattr(exc, "reason", exc)
+    if " 407 " in f" {reason} ":  # http.client: "Tunnel connection failed: 407 Proxy ..."
+        return ProxyError(f"{what}: {_PROXY_AUTH_ADVICE}")
     if isinstance(reason, ssl.SSLCertVerificationError):
         return DownloadError(
             f"{what}: TLS certificate not trusted ({reason.verify_message}); "
@@ -211,13 +274,16 @@ class Downloader:
                     return bytes(resp.read(limit)).decode("utf-8", errors="replace")
             except urllib.error.HTTPError as exc:
                 exc.close()
+                if exc.code == 407:
+                    raise ProxyError(f"GET {shown}: {_PROXY_AUTH_ADVICE}") from None
                 if exc.code in RETRY_STATUSES:
                     raise _Retryable(f"HTTP {exc.code}") from None
-                raise DownloadError(f"GET {url}: HTTP {exc.code}") from None
+                raise DownloadError(f"GET {shown}: HTTP {exc.code} {exc.reason}") from None
             except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-                raise _transport_failure(url, exc) from None
+                raise _transport_failure(shown, exc) from None
 
-        return str(self._with_retries(url, attempt))
+        shown = redact_url(url)
+        return str(self._with_retries(shown, attempt))
 
     def fetch(
         self,
@@ -233,20 +299,35 @@ class Downloader:
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
         expected = sha256.lower() if sha256 else None
+        shown = redact_url(url)
         if expected is None and sha256_url:
-            expected = parse_checksum_file(self.fetch_text(sha256_url), dest.name)
-        self._with_retries(url, lambda: self._attempt(url, part, progress))
+            expected = self._checksum_from(sha256_url, dest.name, shown)
+        self._with_retries(shown, lambda: self._attempt(url, part, progress))
         if expected is not None:
             actual = sha256_file(part)
             if actual != expected:
                 part.unlink(missing_ok=True)
                 raise ChecksumMismatch(
-                    f"SHA-256 mismatch for {url}: expected {expected}, got {actual}; "
+                    f"SHA-256 mismatch for {shown}: expected {expected}, got {actual}; "
                     "the downloaded file was deleted"
                 )
         os.replace(part, dest)
-        log.info("download_done url=%s path=%s verified=%s", url, dest, expected is not None)
+        log.info("download_done url=%s path=%s verified=%s", shown, dest, expected is not None)
         return dest
+
+    def _checksum_from(self, sha256_url: str, filename: str, shown: str) -> str:
+        """The expected hash from `sha256_url`; any failure stops the download before it starts."""
+        where = redact_url(sha256_url)
+        try:
+            text = self.fetch_text(sha256_url)
+            return parse_checksum_file(text, filename)
+        except DownloadCancelled:
+            raise
+        except DownloadError as exc:
+            raise ChecksumUnavailable(
+                f"cannot verify {shown}: the checksum file {where} is not usable ({exc}); "
+                "nothing was downloaded"
+            ) from None
 
     def _attempt(self, url: str, part: Path, progress: ProgressCallback | None) -> None:
         offset = part.stat().st_size if part.exists() else 0
@@ -257,6 +338,8 @@ class Downloader:
             resp = self._opener(url).open(req, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
             exc.close()
+            if exc.code == 407:
+                raise ProxyError(f"GET {redact_url(url)}: {_PROXY_AUTH_ADVICE}") from None
             if exc.code == 416 and offset:
                 _, total = _parse_content_range(exc.headers.get("Content-Range"))
                 if total == offset:
@@ -265,9 +348,9 @@ class Downloader:
                 raise _Retryable("range not satisfiable; starting over") from None
             if exc.code in RETRY_STATUSES:
                 raise _Retryable(f"HTTP {exc.code}") from None
-            raise DownloadError(f"GET {url}: HTTP {exc.code} {exc.reason}") from None
+            raise DownloadError(f"GET {redact_url(url)}: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            raise _transport_failure(url, exc) from None
+            raise _transport_failure(redact_url(url), exc) from None
 
         with resp:
             mode = "ab"
@@ -278,7 +361,7 @@ class Downloader:
                     raise _Retryable("server resumed at the wrong offset; starting over")
             else:
                 if offset:
-                    log.info("download_restart url=%s reason=server_ignored_range", url)
+                    log.info("download_restart url=%s reason=server_ignored_range", redact_url(url))
                 offset, mode = 0, "wb"
                 length = resp.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
@@ -292,7 +375,7 @@ class Downloader:
                 with part.open(mode) as fh:
                     while True:
                         if self.cancel is not None and self.cancel.is_set():
-                            raise DownloadCancelled(f"{url}: cancelled")
+                            raise DownloadCancelled(f"{redact_url(url)}: cancelled")
                         chunk = resp.read(CHUNK)
                         if not chunk:
                             break

@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from agent.download import Downloader, DownloadError, ProgressCallback
+from agent.download import Downloader, DownloadError, ProgressCallback, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +125,33 @@ def install_runtime(
     *,
     sha256: str | None = None,
     sha256_url: str | None = None,
+    allow_unverified: bool = False,
     progress: ProgressCallback | None = None,
 ) -> Path:
-    """Download (resuming if interrupted), verify, unpack. Returns the executable's path."""
+    """Download (resuming if interrupted), verify, unpack. Returns the executable's path.
+
+    Without a checksum (`sha256` or `sha256_url`) the install is refused unless
+    `allow_unverified` says the risk is accepted, and then it is logged as a warning: the agent
+    would run whatever arrived, so anyone able to alter the download could run code here.
+    """
+    shown = redact_url(url)
+    if not sha256 and not sha256_url:
+        if not allow_unverified:
+            raise InstallError(
+                f"refusing to install the runtime from {shown} without a checksum: set "
+                "install_sha256 (or install_sha256_url), or allow_unverified = true to accept "
+                "running a download nobody checked"
+            )
+        log.warning(
+            "runtime_install_unverified url=%s risk=%r",
+            shown,
+            "no SHA-256 to check: whoever can alter this download (a compromised server or "
+            "mirror, a proxy, anyone on the path of a plain http:// URL) can run code on this "
+            "machine as this user",
+        )
     install_dir.mkdir(parents=True, exist_ok=True)
     target = install_dir / "downloads" / _filename(url)
-    log.info("runtime_install_start url=%s dir=%s", url, install_dir)
+    log.info("runtime_install_start url=%s dir=%s", shown, install_dir)
     try:
         downloader.fetch(url, target, sha256=sha256, sha256_url=sha256_url, progress=progress)
     except DownloadError as exc:

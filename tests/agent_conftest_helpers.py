@@ -5,6 +5,7 @@ Everything binds 127.0.0.1 on a free port; nothing reaches the internet.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
@@ -177,10 +178,18 @@ class FileServer:
 
 
 class ForwardProxy:
-    """A minimal HTTP forward proxy (absolute-form GET); records each URL it forwarded."""
+    """A minimal HTTP forward proxy (absolute-form GET, CONNECT); records each URL it forwarded.
 
-    def __init__(self) -> None:
+    With `auth=(user, password)` it requires `Proxy-Authorization: Basic ...` like a corporate
+    proxy: anything else gets 407 (and is recorded in `refused`).
+    """
+
+    def __init__(self, auth: tuple[str, str] | None = None) -> None:
         self.seen: list[str] = []
+        self.refused: list[str] = []
+        self.expected_auth = (
+            "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode() if auth else None
+        )
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -189,8 +198,23 @@ class ForwardProxy:
             def log_message(self, *args: Any) -> None:
                 pass
 
+            def authorized(self) -> bool:
+                if proxy.expected_auth is None:
+                    return True
+                if self.headers.get("Proxy-Authorization") == proxy.expected_auth:
+                    return True
+                proxy.refused.append(self.path)
+                self.send_response(407, "Proxy Authentication Required")
+                self.send_header("Proxy-Authenticate", 'Basic realm="test"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return False
+
             def do_CONNECT(self) -> None:
                 """An HTTPS tunnel: after 200, copy bytes both ways until one side closes."""
+                if not self.authorized():
+                    self.close_connection = True
+                    return
                 proxy.seen.append(f"CONNECT {self.path}")
                 host, _, port = self.path.rpartition(":")
                 try:
@@ -217,6 +241,8 @@ class ForwardProxy:
                 self.close_connection = True
 
             def do_GET(self) -> None:
+                if not self.authorized():
+                    return
                 proxy.seen.append(self.path)
                 target = urlsplit(self.path)
                 if target.scheme != "http" or not target.hostname:
@@ -226,7 +252,8 @@ class ForwardProxy:
                 headers = {
                     k: v
                     for k, v in self.headers.items()
-                    if k.lower() not in ("proxy-connection", "connection", "host")
+                    if k.lower()
+                    not in ("proxy-connection", "connection", "host", "proxy-authorization")
                 }
                 path = target.path + (f"?{target.query}" if target.query else "")
                 try:

@@ -56,6 +56,10 @@ def server() -> Iterator[FileServer]:
     s.close()
 
 
+def sha(server: FileServer, path: str) -> str:
+    return hashlib.sha256(server.files[path]).hexdigest()
+
+
 def fast() -> Downloader:
     return Downloader(sleep=lambda _d: None, retries=3, timeout=5)
 
@@ -94,13 +98,25 @@ def test_install_checksum_mismatch_leaves_nothing(server: FileServer, tmp_path: 
 
 def test_archive_escaping_the_directory_is_refused(server: FileServer, tmp_path: Path) -> None:
     with pytest.raises(InstallError, match="escapes"):
-        install_runtime(server.url("/dl/evil.tgz"), tmp_path / "rt", "ollama", fast())
+        install_runtime(
+            server.url("/dl/evil.tgz"),
+            tmp_path / "rt",
+            "ollama",
+            fast(),
+            sha256=sha(server, "/dl/evil.tgz"),
+        )
     assert not (tmp_path / "escape").exists()
 
 
 def test_archive_without_the_binary(server: FileServer, tmp_path: Path) -> None:
     with pytest.raises(InstallError, match="runtime_binary"):
-        install_runtime(server.url("/dl/empty.tgz"), tmp_path / "rt", "ollama", fast())
+        install_runtime(
+            server.url("/dl/empty.tgz"),
+            tmp_path / "rt",
+            "ollama",
+            fast(),
+            sha256=sha(server, "/dl/empty.tgz"),
+        )
 
 
 def test_cli_install_runtime_shows_progress(server: FileServer, tmp_path: Path) -> None:
