@@ -7,6 +7,7 @@ raises, and the headless agent must not depend on it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from agent.autostart import Autostart
 from agent.config import AgentConfig, load_config
@@ -25,18 +26,23 @@ from agent.state import DEGRADED, OFFLINE, ONLINE, Snapshot
 
 log = logging.getLogger(__name__)
 
+# The disc colour of each state's icon (agent/icons/tray-*.png, drawn by scripts/make_icons.py).
 COLOURS = {ONLINE: (46, 160, 67), DEGRADED: (230, 160, 20), OFFLINE: (200, 45, 45)}
 TOOLTIP_MAX = 127  # Windows truncates tray tooltips at 128 characters
+ICON_DIR = Path(__file__).resolve().parent / "icons"
+APP_ICON = ICON_DIR / "llm-router.ico"  # Windows shortcut and installer
+APP_ICON_PNG = ICON_DIR / "llm-router.png"  # windows of the agent (tkinter wants PNG)
 
 
-def icon_image(status: str, size: int = 64) -> Image.Image:
-    """A filled circle in the state's colour on a transparent square."""
-    image = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(image)
-    pad = size // 10
-    colour = COLOURS.get(status, COLOURS[OFFLINE])
-    draw.ellipse((pad, pad, size - pad, size - pad), fill=(*colour, 255), outline=(30, 30, 30, 255))
-    return image
+def icon_path(status: str) -> Path:
+    return ICON_DIR / f"tray-{status if status in COLOURS else OFFLINE}.png"
+
+
+@functools.cache
+def icon_image(status: str) -> Image.Image:
+    """The state's tray icon (64 x 64 RGBA), read once per state; unknown states look offline."""
+    with Image.open(icon_path(status)) as image:
+        return image.convert("RGBA")
 
 
 def tooltip(snapshot: Snapshot, router_urls: tuple[str, ...]) -> str:

@@ -59,6 +59,8 @@ def test_wheel_has_the_compiled_balancer_and_console_scripts(tmp_path):
     for script in ("llm-router =", "llm-router-agent =", "llm-router-fakenode ="):
         assert script in text
     assert "routercore/_balancer_py.py" in names and "agent/cli.py" in names
+    for icon in ("tray-online.png", "tray-degraded.png", "tray-offline.png", "llm-router.ico"):
+        assert f"agent/icons/{icon}" in names
 
 
 @pytest.mark.slow

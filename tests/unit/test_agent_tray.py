@@ -6,6 +6,7 @@ settings reload and quit are checked on the service itself.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -15,14 +16,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from agent.autostart import XdgAutostart
 from agent.cli import run_service
 from agent.config import AgentConfig, load_config
 from agent.service import AgentService
 from agent.state import DEGRADED, OFFLINE, ONLINE, RouterLink, Snapshot
-from agent.tray import COLOURS, TrayApp, icon_image, settings_command, tooltip
-from tests.agent_conftest_helpers import free_port, wait_until
+from agent.tray import (
+    APP_ICON,
+    COLOURS,
+    ICON_DIR,
+    TrayApp,
+    icon_image,
+    icon_path,
+    settings_command,
+    tooltip,
+)
+from tests.agent_conftest_helpers import ROOT, free_port, wait_until
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -76,14 +87,33 @@ class Launcher:
         return subprocess.Popen([sys.executable, "-c", self.script])
 
 
+# A pixel of the disc below the hub, clear of the white glyph.
+DISC = (32, 52)
+
+
 def test_icon_colours_by_state() -> None:
     for status, colour in COLOURS.items():
         img = icon_image(status)
-        assert img.size == (64, 64)
-        assert img.getpixel((32, 32)) == (*colour, 255)
+        assert img.size == (64, 64) and img.mode == "RGBA"
+        assert img.getpixel(DISC) == (*colour, 255)
+        assert img.getpixel((32, 32)) == (255, 255, 255, 255)  # the hub
         corner = img.getpixel((0, 0))
         assert isinstance(corner, tuple) and corner[3] == 0  # transparent corner
-    assert icon_image("weird").getpixel((32, 32)) == (*COLOURS[OFFLINE], 255)
+    assert icon_image("weird").getpixel(DISC) == (*COLOURS[OFFLINE], 255)
+
+
+def test_icon_files_are_what_the_script_draws() -> None:
+    """The committed icons are reproducible: a redraw gives the same pixels, same colours."""
+    spec = importlib.util.spec_from_file_location("make_icons", ROOT / "scripts" / "make_icons.py")
+    assert spec is not None and spec.loader is not None
+    make_icons = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_icons)
+    assert make_icons.STATE_COLOURS == COLOURS
+    assert make_icons.differences(ICON_DIR) == []
+    assert icon_path(ONLINE).parent == ICON_DIR and APP_ICON.parent == ICON_DIR
+    with Image.open(APP_ICON) as ico:
+        assert ico.format == "ICO"
+        assert {(16, 16), (32, 32), (48, 48), (256, 256)} <= set(ico.info["sizes"])
 
 
 def test_snapshot_status_rules() -> None:
@@ -131,7 +161,7 @@ def test_menu_actions(running_service: AgentService, tmp_path: Path) -> None:
         "Quit",
     ]
     assert icon.title.startswith("LLM Router agent: offline")
-    assert icon.icon.getpixel((32, 32)) == (*COLOURS[OFFLINE], 255)
+    assert icon.icon.getpixel(DISC) == (*COLOURS[OFFLINE], 255)
 
     items["Open dashboard"](icon)
     assert opened == [service.config.dashboard_url]
@@ -167,7 +197,7 @@ def test_state_changes_recolour_icon(tmp_path: Path) -> None:
     url = service.config.router_url[0]
 
     def colour() -> object:
-        return icon.icon.getpixel((32, 32))
+        return icon.icon.getpixel(DISC)
 
     service.state.update_router(url, registered=True)
     service.state.update(runtime_up=True)
