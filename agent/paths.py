@@ -1,4 +1,5 @@
-"""Per-user directories for the agent's config file and installed runtime, per platform."""
+"""Per-user directories for the agent's config file and installed runtime, per platform; and
+where the agent's own icons are (drawn by scripts/make_icons.py, shipped in the package)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 APP_DIR = "llm-router"
+ICON_DIR = Path(__file__).resolve().parent / "icons"
+APP_ICON = ICON_DIR / "llm-router.ico"  # Windows shortcut and installer (16 to 256 px)
+APP_ICON_PNG = ICON_DIR / "llm-router.png"  # the agent's windows (tkinter wants PNG)
 
 
 def user_config_dir(env: Mapping[str, str] | None = None, platform: str | None = None) -> Path:

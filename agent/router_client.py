@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,8 +43,11 @@ class RouterSession:
         registration_token: str | None = None,
         default_interval: float = 10.0,
         backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.url = url.rstrip("/")
+        self.clock = clock
+        self.last_heartbeat: float | None = None  # wall time of the last accepted heartbeat
         self.registration_token = registration_token
         self.default_interval = default_interval
         self.backoff = backoff or Backoff(1.0, 60.0)
@@ -93,6 +97,7 @@ class RouterSession:
     def on_heartbeat_response(self, resp: JsonResponse) -> Step:
         if resp.ok:
             self.last_error = None
+            self.last_heartbeat = self.clock()
             self.backoff.reset()
             return Step(HEARTBEAT, self.interval)
         if resp.status in (401, 404):

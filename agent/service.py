@@ -351,6 +351,7 @@ class AgentService:
             registered=session.registered,
             agent_id=session.agent_id,
             error=session.last_error,
+            last_heartbeat=session.last_heartbeat,
         )
 
     def _start_routers(self, stop: asyncio.Event) -> None:

@@ -1,14 +1,17 @@
-"""The settings window: router URL, registration token, node name and runtime URL.
+"""The settings window: router URL, registration token, node name and runtime URL, and each
+router's connection state (registered, last heartbeat, error), refreshed every second.
 
 `SettingsForm` is the logic (load, validate, save) and works without a display; the tkinter
 window is a thin face on it. The tray runs this module as its own process
-(`python -m agent.settings_window --config FILE`): exit code 0 means saved, 1 cancelled.
+(`python -m agent.settings_window --config FILE --status FILE`): exit code 0 means saved, 1
+cancelled. The connection state comes from the status file the tray keeps (status_file.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,10 @@ from agent.config import (
     save_settings,
     validate_editable,
 )
+from agent.paths import APP_ICON_PNG
+from agent.status_file import connection_lines, read_status, status_path
+
+REFRESH_MS = 1000
 
 LABELS = {
     "router_url": "Router URL(s), comma separated",
@@ -62,14 +69,16 @@ class SettingsForm:
 class SettingsWindow:
     """tkinter window over a SettingsForm. `run()` blocks; returns True when saved."""
 
-    def __init__(self, form: SettingsForm) -> None:
+    def __init__(self, form: SettingsForm, status_file: Path | None = None) -> None:
         import tkinter as tk
 
         self.form = form
+        self.status_file = status_file or status_path(form.path)
         self.saved = False
         self.root = tk.Tk()
         self.root.title("LLM Router agent settings")
         self.root.resizable(False, False)
+        self._set_icon()
         self.vars: dict[str, tk.StringVar] = {}
         for row, key in enumerate(EDITABLE):
             tk.Label(self.root, text=LABELS[key]).grid(
@@ -83,11 +92,34 @@ class SettingsWindow:
             self.vars[key] = var
         self.error = tk.Label(self.root, text="", fg="#b00020", justify="left")
         self.error.grid(row=len(EDITABLE), column=0, columnspan=2, sticky="w", padx=8)
+        box = tk.LabelFrame(self.root, text="Connection")
+        box.grid(row=len(EDITABLE) + 1, column=0, columnspan=2, sticky="we", padx=8, pady=4)
+        self.connection = tk.Label(box, text="", justify="left", anchor="w", wraplength=520)
+        self.connection.pack(fill="x", padx=6, pady=4)
         buttons = tk.Frame(self.root)
-        buttons.grid(row=len(EDITABLE) + 1, column=0, columnspan=2, sticky="e", padx=8, pady=8)
+        buttons.grid(row=len(EDITABLE) + 2, column=0, columnspan=2, sticky="e", padx=8, pady=8)
         tk.Button(buttons, text="Cancel", command=self.root.destroy).pack(side="right", padx=4)
         tk.Button(buttons, text="Save", command=self.on_save).pack(side="right")
         self.root.bind("<Escape>", lambda _e: self.root.destroy())
+        self.refresh_connection()
+
+    def _set_icon(self) -> None:
+        try:
+            import tkinter as tk
+
+            self._icon = tk.PhotoImage(master=self.root, file=str(APP_ICON_PNG))
+            self.root.iconphoto(True, self._icon)
+        except Exception:  # a window without its icon is still a window
+            pass
+
+    def connection_text(self) -> str:
+        lines = connection_lines(read_status(self.status_file), time.time())
+        return "\n".join(f"{where}: {what}" for where, what in lines)
+
+    def refresh_connection(self) -> None:
+        """Re-read the agent's state and show it; runs again every REFRESH_MS while open."""
+        self.connection.configure(text=self.connection_text())
+        self.root.after(REFRESH_MS, self.refresh_connection)
 
     def values(self) -> dict[str, str]:
         return {key: var.get() for key, var in self.vars.items()}
@@ -108,6 +140,9 @@ class SettingsWindow:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agent.settings_window")
     parser.add_argument("--config", type=Path, help="the agent's TOML file to edit")
+    parser.add_argument(
+        "--status", type=Path, help="the running agent's status file (default: next to --config)"
+    )
     args = parser.parse_args(argv)
     try:
         config = (
@@ -121,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"settings: {exc}", file=sys.stderr)
         return 2
     try:
-        window = SettingsWindow(SettingsForm(config))
+        window = SettingsWindow(SettingsForm(config), args.status)
     except Exception as exc:  # tkinter.TclError without a display
         print(f"settings: cannot open a window: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ class RouterLink:
     registered: bool = False
     agent_id: str | None = None
     error: str | None = None
+    last_heartbeat: float | None = None  # time.time() of the last heartbeat the router took
 
 
 @dataclass(frozen=True)

@@ -21,17 +21,16 @@ from PIL import Image
 
 from agent.autostart import Autostart
 from agent.config import AgentConfig, load_config
+from agent.paths import ICON_DIR
 from agent.service import AgentService
 from agent.state import DEGRADED, OFFLINE, ONLINE, Snapshot
+from agent.status_file import status_path, write_status
 
 log = logging.getLogger(__name__)
 
 # The disc colour of each state's icon (agent/icons/tray-*.png, drawn by scripts/make_icons.py).
 COLOURS = {ONLINE: (46, 160, 67), DEGRADED: (230, 160, 20), OFFLINE: (200, 45, 45)}
 TOOLTIP_MAX = 127  # Windows truncates tray tooltips at 128 characters
-ICON_DIR = Path(__file__).resolve().parent / "icons"
-APP_ICON = ICON_DIR / "llm-router.ico"  # Windows shortcut and installer
-APP_ICON_PNG = ICON_DIR / "llm-router.png"  # windows of the agent (tkinter wants PNG)
 
 
 def icon_path(status: str) -> Path:
@@ -68,7 +67,15 @@ def pystray_available() -> bool:
 
 
 def settings_command(config_path: Path) -> list[str]:
-    return [sys.executable, "-m", "agent.settings_window", "--config", str(config_path)]
+    return [
+        sys.executable,
+        "-m",
+        "agent.settings_window",
+        "--config",
+        str(config_path),
+        "--status",
+        str(status_path(config_path)),
+    ]
 
 
 class TrayApp:
@@ -167,6 +174,7 @@ class TrayApp:
         )
         self.service.state.subscribe(self.refresh)
         threading.Thread(target=self._refresher, name="tray-refresh", daemon=True).start()
+        self.refresh(snap)  # the settings window's status file exists from the start
         return self.icon
 
     def refresh(self, snapshot: Snapshot) -> None:
@@ -190,6 +198,15 @@ class TrayApp:
                     self.apply(snapshot)
                 except Exception:  # a tray hiccup must not end the refresher
                     log.debug("tray_refresh_failed", exc_info=True)
+                self.write_status(snapshot)
+
+    def write_status(self, snapshot: Snapshot) -> None:
+        """For the settings window, which shows each router's connection (status_file.py)."""
+        path = status_path(self.service.config.config_path)
+        try:
+            write_status(path, snapshot)
+        except OSError as exc:
+            log.debug("status_file_failed path=%s error=%s", path, exc)
 
     def apply(self, snapshot: Snapshot) -> None:
         """Recolour and retitle the icon for `snapshot`."""

@@ -21,12 +21,11 @@ from PIL import Image
 from agent.autostart import XdgAutostart
 from agent.cli import run_service
 from agent.config import AgentConfig, load_config
+from agent.paths import APP_ICON, ICON_DIR
 from agent.service import AgentService
 from agent.state import DEGRADED, OFFLINE, ONLINE, RouterLink, Snapshot
 from agent.tray import (
-    APP_ICON,
     COLOURS,
-    ICON_DIR,
     TrayApp,
     icon_image,
     icon_path,
