@@ -30,6 +30,9 @@ _NAMES = {
 }
 
 
+_RELAY_NAMES = {"router": "router -> node", "router_relay": "router -> relay -> node"}
+
+
 def _table(title: str, header: str, align: str, rows: list[str]) -> list[str]:
     return ["", title, "", header, align, *rows]
 
@@ -108,6 +111,28 @@ def render(r: dict[str, Any]) -> str:
                 for v in r["balancer"]
             ],
         )
+    if "relay" in r:
+        rel = r["relay"]
+        lines += _table(
+            "Agent relay, the extra hop (router -> relay -> upstream vs router -> upstream; relay "
+            "on the node's core):",
+            "| path | streams | TTFT p50 ms | TTFT p99 ms | chunk delay p50 ms | max req/s | "
+            "CPU µs/req (router; relay) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            [
+                f"| {_RELAY_NAMES[k]} | {v['streams']} | {_f(v['ttft_p50_ms'], 3)} | "
+                f"{_f(v['ttft_p99_ms'], 3)} | {_f(v['chunk_p50_ms'], 3)} | "
+                f"{rel['throughput'][k]['rps']} | {_f(rel['throughput'][k]['cpu_us_per_req'], 1)} |"
+                for k, v in rel["streams"].items()
+            ],
+        )
+        lines += [
+            "",
+            f"Relay adds: TTFT p50 {rel['added_ttft_p50_ms']} ms, p99 {rel['added_ttft_p99_ms']} "
+            f"ms, chunk delay p50 {rel['added_chunk_p50_ms']} ms; relay CPU "
+            f"{rel['relay_cpu_us_per_stream']} µs per stream, {rel['relay_cpu_us_per_chunk']} µs "
+            "per chunk.",
+        ]
     lines += _table(
         "Targets:",
         "| target | measured | limit | met |",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from routercore.bench import balancer as balancer_bench
+from routercore.bench import relay as relay_bench
 from routercore.bench.procs import Proc, Processes, free_port, running
 
 CHAT_BODY = '{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
@@ -23,7 +24,7 @@ CHAT_BODY = '{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
 REPLAY_BODY = '{"model":"replay","messages":[{"role":"user","content":"hi"}]}'
 STREAM_BODY = '{"model":"%s","stream":true,"messages":[{"role":"user","content":"hi"}]}'
 PATH = "/v1/chat/completions"
-SECTIONS = ("throughput", "latency", "streams", "held", "balancer")
+SECTIONS = ("throughput", "latency", "streams", "held", "balancer", "relay")
 
 WRK_LUA = """
 wrk.method = "POST"
@@ -369,6 +370,8 @@ class Bench:
             r["concurrent_streams"] = [self.hold(rport, router, n, "slow") for n in s.hold_counts]
         if "balancer" in s.sections:
             r["balancer"] = balancer_bench.run(s.balancer_sizes, s.balancer_budget)
+        if "relay" in s.sections:
+            r["relay"] = relay_bench.run(self, router, rport, sport, replay_port)
         r["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         r["targets"] = targets(r)
         return r

@@ -61,6 +61,14 @@ def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
     assert sizes == [16, 256, 1000]
     assert all(b["python_ns"] > 0 for b in r["balancer"])
 
+    relay = r["relay"]
+    for name in ("router", "router_relay"):
+        st, tp_row = relay["streams"][name], relay["throughput"][name]
+        assert st["streams"] > 0 and st["chunks"] > 0 and 0 < st["ttft_p50_ms"]
+        assert tp_row["rps"] > 0 and tp_row["errors"] == 0 and tp_row["cpu_us_per_req"] > 0
+    assert relay["relay_cpu_us_per_stream"] > 0
+    assert "| router -> relay -> node |" in proc.stdout and "Relay adds:" in proc.stdout
+
     names = {t["target"] for t in r["targets"]}
     assert len(names) >= 6 and all(isinstance(t["met"], bool) for t in r["targets"])
     # The table went to stdout, with the target verdicts.
