@@ -64,7 +64,7 @@ def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
     relay = r["relay"]
     for name in ("router", "router_relay"):
         st, tp_row = relay["streams"][name], relay["throughput"][name]
-        assert st["streams"] > 0 and st["chunks"] > 0 and 0 < st["ttft_p50_ms"]
+        assert st["streams"] > 0 and st["chunks"] > 0 and st["ttft_p50_ms"] > 0
         assert tp_row["rps"] > 0 and tp_row["errors"] == 0 and tp_row["cpu_us_per_req"] > 0
     assert relay["relay_cpu_us_per_stream"] > 0
     assert "| router -> relay -> node |" in proc.stdout and "Relay adds:" in proc.stdout
