@@ -12,6 +12,9 @@ Both sides reuse the router's own HTTP code rather than a second proxy: the rout
 router is not reading). So a stream is relayed piece by piece as the runtime sends it, a slow
 router slows the runtime down instead of filling the agent's memory, and when the router hangs
 up (its client went away) the server cancels the handler and the runtime's connection is cut.
+When the runtime cannot be reached the relay cuts the router's connection without an answer,
+as the runtime's closed port would: an HTTP error from the relay would tell the router's
+health checks that the node is up.
 """
 
 from __future__ import annotations
@@ -127,10 +130,14 @@ class Relay:
         headers.append((b"content-length", b"%d" % len(request.body)))
         try:
             conn, head = await self._send(request, headers)
-        except UpstreamConnectError as exc:
-            return self._failed(request, 502, f"cannot reach the runtime: {exc}")
-        except UpstreamBrokenError as exc:
-            return self._failed(request, 502, f"the runtime broke the connection: {exc}")
+        except (UpstreamConnectError, UpstreamBrokenError) as exc:
+            # Be transparent: the router must see what it would see talking to the runtime
+            # itself (a connection that ends without an answer), so its node health rules
+            # hold. An answer of our own (a 502) would tell it the node is up.
+            log.warning("relay_runtime_unreachable path=%s reason=%s", request.path[:200], exc)
+            assert request.stream is not None
+            request.stream.abort()
+            return None
         except TimeoutError:
             return self._failed(
                 request, 504, f"the runtime sent no answer within {self.read_timeout:g}s"

@@ -245,10 +245,44 @@ def test_health_probe_goes_through_the_relay_with_the_token(cluster: RelayCluste
         # What the health monitor does for an unreachable node, run here so a heartbeat cannot
         # race it: mark it, probe it (through the relay), see the result.
         svc.registry.mark_unreachable(node_id, "test: forced")
-        await svc.health._probe(node_id, 0.3)
+        await svc.health._probe(node_id, 0.3, None)
         return svc.registry.nodes[node_id].status
 
     status = asyncio.run_coroutine_threadsafe(probe_once(), cluster.router.loop).result(15)
     assert status == "online"
     assert cluster.stats()["requests"].get("/", 0) == probes + 1  # it reached the runtime
     assert cluster.agent.log().count("relay_refused") == refused
+
+
+def test_runtime_down_behind_the_relay_is_unreachable_until_the_probe_passes(
+    cluster: RelayCluster,
+) -> None:
+    """The relay is transparent to node health: a runtime that cannot be reached makes the
+    router mark the node unreachable (not "answered 502"), and only the router's probe through
+    the relay brings it back."""
+    node_id = cluster.node["id"]
+
+    def status() -> str:
+        return str(
+            cluster.router.call(lambda: cluster.router.service.registry.nodes[node_id].status)
+        )
+
+    cluster.runtime.set_fault("refuse")
+    try:
+        code, _, body = http(
+            "POST",
+            cluster.router.url + "/api/generate",
+            {"model": MODEL, "prompt": "hi", "stream": False},
+        )
+        assert code in (502, 503), body
+        assert status() == "unreachable"
+        assert "relay_runtime_unreachable" in cluster.agent.log()
+    finally:
+        cluster.runtime.clear_faults()
+    wait_until(lambda: status() == "online", timeout=20, what="the probe to bring the node back")
+    code, _, body = http(
+        "POST",
+        cluster.router.url + "/api/generate",
+        {"model": MODEL, "prompt": "hi", "stream": False},
+    )
+    assert code == 200, body

@@ -99,20 +99,24 @@ async def _ask(port: int, token: str) -> bytes:
         f"GET /api/tags HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n"
         "connection: close\r\n\r\n".encode()
     )
-    data = await reader.read()
+    try:
+        data = await reader.read()
+    except ConnectionResetError:
+        data = b""  # cut without an answer
     writer.close()
     return data
 
 
-async def test_runtime_down_is_502_and_silent_runtime_is_504() -> None:
+async def test_runtime_down_is_a_cut_connection_and_silent_runtime_is_504() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]  # closed again at once: nothing listens there
     relay = Relay(f"http://127.0.0.1:{dead}", "t" * 20, read_timeout=0.3)
     _, port = await relay.start("127.0.0.1", 0)
     try:
-        answer = await _ask(port, "t" * 20)
-        assert answer.startswith(b"HTTP/1.1 502 ") and b"cannot reach the runtime" in answer
+        # Like the runtime's own closed port: no answer at all (an HTTP error would make the
+        # router's health checks think the node is up).
+        assert await _ask(port, "t" * 20) == b""
         # A runtime that accepts and never answers.
         silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
         relay.set_runtime(f"http://127.0.0.1:{silent.sockets[0].getsockname()[1]}")
