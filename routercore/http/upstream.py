@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections import deque
 
@@ -19,6 +20,12 @@ log = logging.getLogger("routercore.http.upstream")
 _READ_HIGH_WATER = 64 * 1024
 _READ_LOW_WATER = 16 * 1024
 MAX_HEAD_BYTES = 64 * 1024
+# A field name is a token (RFC 9110); no byte of a head may be a control character other than
+# HTAB and the CRLF pairs that end its lines. A node breaking either rule gets a 502 answered
+# for it: relaying the field would make the client-side writer refuse the head and drop the
+# client connection without an answer.
+_FIELD_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_BAD_HEAD_BYTE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 
 HOP_BY_HOP = frozenset(
     {
@@ -199,6 +206,9 @@ class ResponseParser:
         out.append(END)
 
     def _head(self, head: bytes, out: list[Event]) -> None:
+        bad = _BAD_HEAD_BYTE.search(head)
+        if bad is not None:
+            raise ProtocolError(f"control character {bad[0]!r} in the response head")
         lines = head.split(b"\r\n")
         status_line = lines[0]
         parts = status_line.split(b" ", 2)
@@ -216,7 +226,7 @@ class ResponseParser:
         keep_alive = parts[0] == b"HTTP/1.1"
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
-            if not sep or not name or name[-1:] in (b" ", b"\t") or line[:1] in (b" ", b"\t"):
+            if not sep or _FIELD_NAME.fullmatch(name) is None:
                 raise ProtocolError(f"bad header line {line[:40]!r}")
             name = name.lower()
             value = value.strip()
