@@ -18,9 +18,11 @@ from routercore.registry import NodeRegistry
 log = logging.getLogger("routercore.health")
 
 
-async def probe_runtime(host: str, port: int, timeout: float) -> str | None:
-    """None when something at host:port answers an HTTP request (any status), else why not."""
+async def probe_runtime(host: str, port: int, timeout: float, via: str = "") -> str | None:
+    """None when something at host:port answers an HTTP request (any status), else why not.
+    `via` is the router's own `Via` value: a node that is the router itself sees the loop."""
     writer = None
+    via_line = f"Via: {via}\r\n" if via else ""
     try:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
@@ -28,7 +30,9 @@ async def probe_runtime(host: str, port: int, timeout: float) -> str | None:
             return f"connect timeout after {timeout:g}s"
         except ConnectionRefusedError:
             return "connect refused"
-        writer.write(f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        writer.write(
+            f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\n{via_line}Connection: close\r\n\r\n".encode()
+        )
         try:
             line = await asyncio.wait_for(reader.readline(), timeout)
         except TimeoutError:
@@ -57,8 +61,10 @@ class HealthMonitor:
         probe_max_interval: float,
         connect_timeout: float,
         clock: Callable[[], float] = time.monotonic,
+        via: str = "",
     ) -> None:
         self.registry = registry
+        self.via = via
         self.heartbeat_timeout = heartbeat_timeout
         self.heartbeat_interval = heartbeat_interval
         self.probe_interval = probe_interval
@@ -124,7 +130,9 @@ class HealthMonitor:
             if node is None or (why is None and node.status != UNREACHABLE):
                 self.probes.pop(node_id, None)
                 return
-            failure = await probe_runtime(node.ip_address, node.runtime_port, self.connect_timeout)
+            failure = await probe_runtime(
+                node.ip_address, node.runtime_port, self.connect_timeout, self.via
+            )
             if failure is None:
                 if not node.reachable:
                     log.info("event=probe_ok id=%s", node_id)
