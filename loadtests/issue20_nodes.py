@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from routercore.testing.raw_node import RawNode  # noqa: E402
+from routercore.testing.raw_node import RawNode
 
 ADMIN = "measure-admin"
 
@@ -125,7 +125,9 @@ def raw_exchange(port: int, request: bytes, timeout: float = 10.0) -> dict[str, 
             if not piece:
                 break
             data += piece
-            if data.endswith(b"0\r\n\r\n") or (b"\r\n\r\n" in data and b"content-length: 0" in data):
+            if data.endswith(b"0\r\n\r\n") or (
+                b"\r\n\r\n" in data and b"content-length: 0" in data
+            ):
                 outcome = "complete"
                 break
     except ConnectionResetError:
@@ -183,7 +185,7 @@ def exp_framing(src: str, tmp: str) -> dict[str, Any]:
 
 def scrape(r: Router) -> tuple[int, float]:
     t = time.perf_counter()
-    status, body = call("GET", r.url + "/metrics", timeout=120)
+    _status, body = call("GET", r.url + "/metrics", timeout=120)
     return len(body), round(time.perf_counter() - t, 2)
 
 
@@ -207,7 +209,9 @@ def exp_cardinality(src: str, tmp: str) -> dict[str, Any]:
     finally:
         r.stop()
     db = sqlite3.connect(f"{tmp}/card.db")
-    rows, chars = db.execute("SELECT count(*), coalesce(sum(length(model)), 0) FROM requests").fetchone()
+    rows, chars = db.execute(
+        "SELECT count(*), coalesce(sum(length(model)), 0) FROM requests"
+    ).fetchone()
     out["history_rows"], out["history_model_chars"] = rows, chars
     return out
 
@@ -224,26 +228,8 @@ def exp_registration(src: str, tmp: str) -> dict[str, Any]:
         out["system_20MB"] = {"status": status, "agents_bytes": len(listing), **r.proc_status()}
         status, body = register(r, node.port, "beater")
         agent = json.loads(body)
-        models = [f"model-{i:05d}" for i in range(4096)]
-        cpu0 = r.proc_status()["cpu_s"]
-        statuses = set()
-        for _ in range(30):
-            req = urllib.request.Request(
-                r.url + "/api/health",
-                data=json.dumps({"agent_id": agent["agent_id"], "models": models}).encode(),
-                method="POST",
-            )
-            req.add_header("authorization", f"Bearer {agent['agent_token']}")
-            req.add_header("content-type", "application/json")
-            try:
-                with urllib.request.urlopen(req, timeout=60) as resp:
-                    statuses.add(resp.status)
-            except urllib.error.HTTPError as exc:
-                statuses.add(exc.code)
-        out["heartbeats_4096_models_x30"] = {
-            "statuses": sorted(statuses),
-            "router_cpu_s": round(r.proc_status()["cpu_s"] - cpu0, 2),
-        }
+        for count in (1024, 4096):
+            out[f"heartbeats_{count}_models_x30"] = heartbeats(r, agent, count)
         codes: dict[int, int] = {}
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             for status, _ in pool.map(lambda i: register(r, node.port, f"n{i}"), range(3000)):
@@ -256,16 +242,42 @@ def exp_registration(src: str, tmp: str) -> dict[str, Any]:
     return out
 
 
+def heartbeats(r: Router, agent: dict[str, Any], count: int) -> dict[str, Any]:
+    """30 heartbeats listing `count` distinct models: the router's CPU seconds for them."""
+    models = [f"model-{i:05d}" for i in range(count)]
+    cpu0 = r.proc_status()["cpu_s"]
+    statuses = set()
+    for _ in range(30):
+        req = urllib.request.Request(
+            r.url + "/api/health",
+            data=json.dumps({"agent_id": agent["agent_id"], "models": models}).encode(),
+            method="POST",
+        )
+        req.add_header("authorization", f"Bearer {agent['agent_token']}")
+        req.add_header("content-type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                statuses.add(resp.status)
+        except urllib.error.HTTPError as exc:
+            statuses.add(exc.code)
+    return {
+        "statuses": sorted(statuses),
+        "router_cpu_s": round(r.proc_status()["cpu_s"] - cpu0, 2),
+    }
+
+
 def exp_bad_row(src: str, tmp: str) -> dict[str, Any]:
-    """Item 8: `gpu_devices: [{"count": "two"}]`, then a router restart."""
+    """Item 8: `gpu_devices: [{"count": "two"}]` at registration; the same value written into
+    the database file, then a router restart."""
     node = RawNode(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
     db = f"{tmp}/bad.db"
     r = Router(src, db)
     out: dict[str, Any] = {}
     try:
-        status, body = register(r, node.port, "bad", gpu_devices=[{"count": "two"}])
+        status, _body = register(r, node.port, "bad", gpu_devices=[{"count": "two"}])
         out["register_status"] = status
         out["snapshot_status"] = call("GET", r.url + "/api/dashboard/snapshot")[0]
+        register(r, node.port, "stored")
         r.stop()
         con = sqlite3.connect(db)  # a row as a damaged or older database may hold it
         con.execute("UPDATE nodes SET gpu_devices = ?", ('[{"count": "two"}]',))

@@ -60,7 +60,7 @@ class NodeListing:
             cfg.connect_timeout,
             via=svc.proxy.via_header,
             concurrency=cfg.fanout_concurrency,
-            deadline=2 * cfg.connect_timeout,
+            deadline=cfg.connect_timeout,  # nodes not reached by then: their heartbeat names
         )
         merged: dict[str, dict[str, Any]] = {}
         for node, answer in zip(nodes, answers, strict=True):
