@@ -75,6 +75,7 @@ _SAFETY_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
     (b"content-security-policy", b"sandbox"),
 )
+_DROP_WITH_LENGTH = _DROP_RESPONSE_HEADERS | {b"content-length"}
 _NO_BODY_STATUSES = (204, 304)
 # History rows are handed to the store in batches: one wake-up of its writer thread (and one
 # transaction) per batch instead of per request. Flushed when full, on a timer, and at shutdown
@@ -110,12 +111,12 @@ def client_headers(
     `x-router-node`, `nosniff` and a sandbox CSP added. The body's framing is the router's
     to choose: a length sent beside chunked coding (RFC 9112 6.3: chunked wins) or on a 204 or
     304 is not passed on."""
-    drop = _DROP_RESPONSE_HEADERS
     if head.chunked or head.status_code in _NO_BODY_STATUSES:
-        drop = drop | {b"content-length"}
-    for name, value in head.headers:
-        if name == b"connection":
-            drop = drop | {t.strip() for t in value.lower().split(b",")}
+        drop = _DROP_WITH_LENGTH
+    else:
+        drop = _DROP_RESPONSE_HEADERS
+    if head.connection_options:
+        drop = drop | head.connection_options
     headers = [(k, v) for k, v in head.headers if k not in drop]
     headers.append(node_header)
     headers += _SAFETY_HEADERS
