@@ -301,6 +301,8 @@ class NodeRegistry:
 
     def lists_model(self, model: str) -> bool:
         """Some registered, enabled node lists `model`, whatever its state now."""
+        if model not in self.model_refs:  # a name no node lists (a client's invention): O(1)
+            return False
         return any(model in n.models for n in self.nodes.values() if n.enabled)
 
     # -- circuit breaker ------------------------------------------------------------------------
