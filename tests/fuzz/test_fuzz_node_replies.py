@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from routercore.testing.raw_node import RawNode
-from tests.conftest import http
+from tests.conftest import http, wait_for
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 TIMEOUT = max(120, EXAMPLES // 5)
@@ -147,9 +147,11 @@ def test_fuzz_node_replies(router_factory: Any, error_log: ErrorLog) -> None:
         def one_case(case: tuple[bytes, dict[str, Any]]) -> None:
             cases[0] += 1
             node.reply, expect = case
-            # (re-)registering puts the node back online after a 502 marked it unreachable
+            # After a 502 marked the node unreachable, registering again makes the router
+            # probe it at once; the probe (answered with this case's status line) brings it back.
             status, _, agent = http("POST", router.url + "/api/agents/register", register)
             assert status in (200, 201)
+            wait_for(lambda: router.agents()[0]["status"] == "online", message="node online")
             response, body = ask(router.port)
             headers: dict[bytes, list[bytes]] = {}
             for name, value in response.headers:
