@@ -71,7 +71,7 @@ _DROP_RESPONSE_HEADERS = HOP_BY_HOP | {
     b"content-security-policy",
     b"content-security-policy-report-only",
 }
-_SAFETY_HEADERS = (
+SAFETY_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
     (b"content-security-policy", b"sandbox"),
 )
@@ -119,7 +119,7 @@ def client_headers(
         drop = drop | head.connection_options
     headers = [(k, v) for k, v in head.headers if k not in drop]
     headers.append(node_header)
-    headers += _SAFETY_HEADERS
+    headers += SAFETY_HEADERS
     return headers
 
 
@@ -651,7 +651,7 @@ class Proxy:
         )
         # Labels and per-model counters only for models some node lists; what a client
         # invents is counted under one label (else every made-up name lives until restart).
-        known = self.registry.knows_model(model)
+        known = self.registry.knows_model(model) or self._provider_lists(model)
         if not known:
             self.stats.unknown_model_requests += 1
         outcome = Outcome(
@@ -692,6 +692,13 @@ class Proxy:
             self.flush_rows()
         elif self._rows_timer is None:
             self._rows_timer = asyncio.get_running_loop().call_later(_ROWS_DELAY, self.flush_rows)
+
+    def _provider_lists(self, model: str) -> bool:
+        """`model` is a configured provider's prefix plus a model that provider lists."""
+        if not self.providers:
+            return False
+        resolved = self.providers.resolve(model)
+        return resolved is not None and resolved[1] in resolved[0].models
 
     def flush_rows(self) -> None:
         """Hand the finished requests' history rows to the store."""

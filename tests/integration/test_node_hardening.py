@@ -23,6 +23,7 @@ import pytest
 from routercore.testing.raw_node import RawNode
 from tests.conftest import ADMIN_TOKEN, RouterThread, http, join, wait_for
 from tests.contract.test_dashboard_api import WSClient
+from tests.integration.test_providers import provider, provider_node, tls_files  # noqa: F401
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": False}
 
@@ -140,6 +141,24 @@ def test_long_listed_model_names_are_cut_in_labels(
     text = http("GET", router.url + "/metrics")[2].decode()
     labels = [part for part in text.split('"') if part.startswith("mmm")]
     assert labels and {len(label) for label in labels} == {128}
+
+
+def test_provider_models_keep_their_label_and_invented_ones_do_not(
+    router_factory: Callable[..., Any],
+    provider_node: Any,  # noqa: F811  (fixtures imported from test_providers)
+    tls_files: Any,  # noqa: F811
+) -> None:
+    router = router_factory(providers=(provider(provider_node, tls_files[0]),))
+    wait_for(lambda: len(http("GET", router.url + "/v1/models")[2]["data"]) == 2)
+    url = router.url + "/v1/chat/completions"
+    status, headers, _ = http("POST", url, {**CHAT, "model": "acme:gpt-4o-mini"})
+    assert status == 200
+    assert headers["x-content-type-options"] == "nosniff"  # provider replies too (item 11)
+    assert headers["content-security-policy"] == "sandbox"
+    assert http("POST", url, {**CHAT, "model": "acme:made-up-1"})[0] >= 400
+    text = http("GET", router.url + "/metrics")[2]
+    assert b'model="acme:gpt-4o-mini"' in text and b"made-up" not in text
+    assert b"llm_router_unknown_model_requests_total 1" in text
 
 
 # -- 6: registration size and count ---------------------------------------------------------------
