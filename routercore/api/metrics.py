@@ -46,7 +46,7 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     (
         "unknown_model_requests_total",
         "counter",
-        'Proxied requests naming a model no registered node lists (labelled model="other").',
+        'Proxied requests naming a model no node or provider lists (labelled model="other").',
     ),
     ("requests_in_flight", "gauge", "Proxied requests being served now."),
     ("queue_length", "gauge", "Requests waiting for a free node."),
