@@ -146,6 +146,16 @@ class RouterConfig:
         (), "addresses a node may claim as ip_address besides its peer address"
     )
     max_body_bytes: int = _opt(32 * 1024 * 1024, "larger request bodies get 413", minimum=1)
+    max_nodes: int = _opt(1000, "registered nodes at most; a new one past it gets 503", minimum=1)
+    max_node_body_bytes: int = _opt(
+        1024 * 1024, "larger registration and heartbeat bodies get 413", minimum=1024
+    )
+    fanout_concurrency: int = _opt(
+        32, "nodes asked at once when /api/tags or /api/ps ask every node", minimum=1
+    )
+    fanout_cache_seconds: float = _opt(
+        5.0, "how long an /api/tags or /api/ps answer is reused", minimum=0.0
+    )
     max_header_bytes: int = _opt(64 * 1024, "larger request heads get 431", minimum=1024)
     header_timeout: float = _opt(10.0, "seconds to receive a request head", minimum=0.1)
     body_timeout: float = _opt(60.0, "seconds between request body reads", minimum=0.1)

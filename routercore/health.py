@@ -19,12 +19,18 @@ log = logging.getLogger("routercore.health")
 
 
 async def probe_runtime(
-    host: str, port: int, timeout: float, auth: tuple[bytes, bytes] | None = None
+    host: str,
+    port: int,
+    timeout: float,
+    auth: tuple[bytes, bytes] | None = None,
+    via: str = "",
 ) -> str | None:
     """None when something at host:port answers an HTTP request (any status), else why not.
     `auth` is the relay's header for a relayed node, so the probe reaches the runtime behind
-    the agent's relay instead of being refused by it."""
+    the agent's relay instead of being refused by it. `via` is the router's own `Via` value:
+    a node that is the router itself sees the loop."""
     writer = None
+    via_line = f"Via: {via}\r\n" if via else ""
     try:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
@@ -34,7 +40,7 @@ async def probe_runtime(
             return "connect refused"
         extra = auth[0] + b": " + auth[1] + b"\r\n" if auth is not None else b""
         writer.write(
-            f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n".encode()
+            f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\n{via_line}Connection: close\r\n".encode()
             + extra
             + b"\r\n"
         )
@@ -66,8 +72,10 @@ class HealthMonitor:
         probe_max_interval: float,
         connect_timeout: float,
         clock: Callable[[], float] = time.monotonic,
+        via: str = "",
     ) -> None:
         self.registry = registry
+        self.via = via
         self.heartbeat_timeout = heartbeat_timeout
         self.heartbeat_interval = heartbeat_interval
         self.probe_interval = probe_interval
@@ -134,7 +142,11 @@ class HealthMonitor:
                 self.probes.pop(node_id, None)
                 return
             failure = await probe_runtime(
-                node.ip_address, node.upstream_port, self.connect_timeout, node.relay_auth
+                node.ip_address,
+                node.upstream_port,
+                self.connect_timeout,
+                node.relay_auth,
+                self.via,
             )
             if failure is None:
                 if not node.reachable:

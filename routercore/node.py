@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from routercore.errors import ClientError
+from routercore.validate import GPU_DEVICE, SYSTEM, check_object
 
 ONLINE = "online"
 OFFLINE = "offline"
@@ -70,6 +74,9 @@ class Node:
     relay_token: str = ""
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
     stats: NodeStats = field(default_factory=NodeStats)
+    # Set when the stored record was damaged and repaired at load (shown, never persisted);
+    # the node's next registration replaces the record and clears it.
+    problem: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -102,3 +109,66 @@ class Node:
             "avg_latency_ms": self.stats.avg_latency_ms,
         }
         return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def _object_ok(value: Any, name: str, spec: dict[str, tuple[str, int]]) -> bool:
+    try:
+        check_object(value, name, spec)
+    except ClientError:
+        return False
+    return True
+
+
+_TEXT_FIELDS = ("custom_name", "runtime_version", "agent_version", "registered_at", "last_seen")
+
+
+def repair(node: Node) -> list[str]:
+    """Make a node read from the database safe for everyone who reads it (dashboard, balancer,
+    proxy, metrics): each field of the wrong type or shape is reset to its default. Returns
+    the fields that were reset; the registry shows them as the node's `problem`."""
+    bad: list[str] = []
+
+    def reset(name: str, default: Any) -> None:
+        setattr(node, name, default)
+        bad.append(name)
+
+    for name in ("machine_name", "ip_address", "notes", "token_hash"):
+        if not isinstance(getattr(node, name), str):
+            reset(name, str(getattr(node, name)) if name in ("machine_name", "ip_address") else "")
+    if not _is_int(node.runtime_port) or not 0 < node.runtime_port < 65536:
+        reset("runtime_port", 0)
+        node.enabled = False  # nowhere to send requests
+    for name in _TEXT_FIELDS:
+        value = getattr(node, name)
+        if value is not None and not isinstance(value, str):
+            reset(name, "" if name == "registered_at" else None)
+    if not isinstance(node.gpu_devices, list) or not all(
+        _object_ok(d, "gpu_devices", GPU_DEVICE) for d in node.gpu_devices
+    ):
+        reset("gpu_devices", [])
+    if not _object_ok(node.system, "system", SYSTEM):
+        reset("system", {})
+    for name in ("models", "tags"):
+        value = getattr(node, name)
+        if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+            reset(name, [])
+    mc = node.max_concurrency
+    if mc is not None and (not _is_int(mc) or not 0 <= mc <= 1 << 20):
+        reset("max_concurrency", None)
+    st = node.stats
+    if not (
+        _is_int(st.total_requests)
+        and _is_int(st.failed_requests)
+        and _is_number(st.total_latency_ms)
+    ):
+        reset("stats", NodeStats())
+    node.enabled, node.runtime_up = bool(node.enabled), bool(node.runtime_up)
+    return bad

@@ -18,7 +18,7 @@ import orjson
 from routercore.errors import UpstreamError, UpstreamTimeout
 from routercore.http.messages import Request, ResponseStream
 from routercore.http.upstream import ResponseHead, UpstreamConnection
-from routercore.proxy import Attempt, AttemptFailed, BodyTranslator
+from routercore.proxy import SAFETY_HEADERS, Attempt, AttemptFailed, BodyTranslator
 
 if TYPE_CHECKING:
     from routercore.providers import Provider
@@ -96,7 +96,7 @@ async def forward_to_provider(
         if head.status_code >= 400:
             await _pass_error(conn, head, stream, att, api, provider, node_header, deadline)
             return
-        out_headers = [node_header]
+        out_headers = [node_header, *SAFETY_HEADERS]
         if translator is not None:
             out_headers.append((b"content-type", translator.content_type))
         else:
@@ -140,7 +140,7 @@ async def _pass_error(
             break
         body += piece
     body = provider.scrub(body[:_MAX_ERROR_BODY])
-    headers = [node_header]
+    headers = [node_header, *SAFETY_HEADERS]
     headers += [(k, v) for k, v in head.headers if k in _PASSED_ERROR_HEADERS]
     if api == "ollama":
         from routercore.translate import openai_error_to_ollama

@@ -45,7 +45,7 @@ from routercore.http.upstream import (
 )
 from routercore.providers import Providers
 from routercore.registry import NodeRegistry, now_rfc3339
-from routercore.stats import LiveStats, Outcome
+from routercore.stats import METRIC_LABEL_MAX, OTHER_MODEL, LiveStats, Outcome
 from routercore.usage import TailScanner, error_event
 
 if TYPE_CHECKING:
@@ -60,11 +60,30 @@ log = logging.getLogger("routercore.proxy")
 # FastAPI runtime such as llama.cpp's server answers with a 500).
 _FORWARDED_HEADERS = (b"accept", b"user-agent", b"x-request-id")
 _JSON_CONTENT_TYPE = (b"content-type", b"application/json")
-_DROP_RESPONSE_HEADERS = HOP_BY_HOP | {b"server"}
+# A node's answer is served from the router's origin, where the dashboard and the admin token
+# live: it may not set cookies there, name another node, or choose its own content policies.
+_DROP_RESPONSE_HEADERS = HOP_BY_HOP | {
+    b"server",
+    b"set-cookie",
+    b"set-cookie2",
+    b"x-router-node",
+    b"x-content-type-options",
+    b"content-security-policy",
+    b"content-security-policy-report-only",
+}
+SAFETY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"content-security-policy", b"sandbox"),
+)
+_DROP_WITH_LENGTH = _DROP_RESPONSE_HEADERS | {b"content-length"}
+_NO_BODY_STATUSES = (204, 304)
 # History rows are handed to the store in batches: one wake-up of its writer thread (and one
 # transaction) per batch instead of per request. Flushed when full, on a timer, and at shutdown
 # (RouterService.stop).
 _ROWS_BATCH = 256
+# Stored model names and error texts are cut to these lengths (characters).
+HISTORY_MODEL_MAX = 256
+HISTORY_ERROR_MAX = 1024
 _ROWS_DELAY = 0.05
 
 _ids = random.Random()  # seeded from os.urandom; request ids need to be unique, not secret
@@ -82,6 +101,26 @@ def request_id() -> str:
     value = (ms << 80) | _UUID7_BITS | (_ids.getrandbits(12) << 64) | _ids.getrandbits(62)
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def client_headers(
+    head: ResponseHead, node_header: tuple[bytes, bytes]
+) -> list[tuple[bytes, bytes]]:
+    """The node's header fields as the client gets them: hop-by-hop fields (and those its
+    `Connection` names), cookies and node-chosen policies dropped; the router's own
+    `x-router-node`, `nosniff` and a sandbox CSP added. The body's framing is the router's
+    to choose: a length sent beside chunked coding (RFC 9112 6.3: chunked wins) or on a 204 or
+    304 is not passed on."""
+    if head.chunked or head.status_code in _NO_BODY_STATUSES:
+        drop = _DROP_WITH_LENGTH
+    else:
+        drop = _DROP_RESPONSE_HEADERS
+    if head.connection_options:
+        drop = drop | head.connection_options
+    headers = [(k, v) for k, v in head.headers if k not in drop]
+    headers.append(node_header)
+    headers += SAFETY_HEADERS
+    return headers
 
 
 class BodyTranslator(Protocol):
@@ -272,6 +311,11 @@ class Proxy:
     def _may_retry(self, model: str, tried: list[str]) -> bool:
         return len(tried) <= self.cfg.max_retries and self._has_other(model, tried)
 
+    @property
+    def via_header(self) -> tuple[bytes, bytes]:
+        """This router's `Via` field, for every other request it sends (fan-out, probes)."""
+        return self._via_header
+
     def _via(self, request: Request) -> tuple[bytes, bytes]:
         """`Via` with this router's hop appended (RFC 9110), so a loop back to us is seen."""
         earlier = request.header(b"via")
@@ -339,13 +383,12 @@ class Proxy:
                 )
                 raise AttemptFailed(f"node answered {head.status_code}", mark=False, http=True)
             att.status = head.status_code
-            headers = [(k, v) for k, v in head.headers if k not in _DROP_RESPONSE_HEADERS]
             node_header = self._node_headers.get(node_id)
             if node_header is None:
                 if len(self._node_headers) > 4096:
                     self._node_headers.clear()
                 node_header = self._node_headers[node_id] = (b"x-router-node", node_id.encode())
-            headers.append(node_header)
+            headers = client_headers(head, node_header)
             chunked = head.content_length is None
             ttfb = await self.relay(conn, stream, att, headers, api, chunked, started, deadline)
         except BaseException:
@@ -608,10 +651,15 @@ class Proxy:
         usage = (
             att.scanner.usage() if att.scanner is not None and att.outcome != "rejected" else None
         )
+        # Labels and per-model counters only for models some node lists; what a client
+        # invents is counted under one label (else every made-up name lives until restart).
+        known = self.registry.knows_model(model) or self._provider_lists(model)
+        if not known:
+            self.stats.unknown_model_requests += 1
         outcome = Outcome(
             request_id=request_id(),
             node_id=att.node_id,
-            model=model,
+            model=model[:METRIC_LABEL_MAX] if known else OTHER_MODEL,
             endpoint=endpoint,
             status_code=att.status,
             outcome=att.outcome,
@@ -628,7 +676,7 @@ class Proxy:
                 outcome.request_id,
                 ts,
                 att.node_id,
-                model,
+                model[:HISTORY_MODEL_MAX],
                 endpoint,
                 request.method,
                 att.status,
@@ -639,13 +687,20 @@ class Proxy:
                 outcome.completion_tokens,
                 int(streaming),
                 request.peer,
-                att.error,
+                att.error[:HISTORY_ERROR_MAX] if att.error else att.error,
             )
         )
         if len(self._rows) >= _ROWS_BATCH:
             self.flush_rows()
         elif self._rows_timer is None:
             self._rows_timer = asyncio.get_running_loop().call_later(_ROWS_DELAY, self.flush_rows)
+
+    def _provider_lists(self, model: str) -> bool:
+        """`model` is a configured provider's prefix plus a model that provider lists."""
+        if not self.providers:
+            return False
+        resolved = self.providers.resolve(model)
+        return resolved is not None and resolved[1] in resolved[0].models
 
     def flush_rows(self) -> None:
         """Hand the finished requests' history rows to the store."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from routercore.auth import hash_token, new_token, token_matches
 from routercore.breaker import CLOSED, HALF_OPEN, CircuitBreaker
 from routercore.errors import NotFound, Unauthorized
-from routercore.node import OFFLINE, ONLINE, UNREACHABLE, Node, NodeMetrics
+from routercore.node import OFFLINE, ONLINE, UNREACHABLE, Node, NodeMetrics, repair
 
 if TYPE_CHECKING:
     from routercore.balancer import Balancer
@@ -93,12 +93,21 @@ class NodeRegistry:
         # Set by the health monitor: probe this node now (why). Called when a stream is cut
         # mid-way and when an unreachable node's agent registers again.
         self.prober: Callable[[str, str], None] | None = None
+        # model -> how many registered nodes list it (any status): what /metrics may label.
+        self.model_refs: dict[str, int] = {}
+        self._listed: dict[str, list[str]] = {}  # node id -> the models counted for it
 
     # -- start-up ------------------------------------------------------------------------------
 
     def load(self) -> int:
         """Bring back the persisted nodes, all offline until they heartbeat again."""
         for node in self.store.load_nodes():
+            bad = repair(node)
+            if bad:
+                earlier = f"{node.problem}; " if node.problem else ""
+                node.problem = f"{earlier}stored fields of the wrong type reset: {', '.join(bad)}"
+            if node.problem:
+                log.warning("event=node_record_repaired id=%s problem=%r", node.id, node.problem)
             node.status = OFFLINE
             node.online_since = None
             node.metrics = NodeMetrics()
@@ -123,6 +132,11 @@ class NodeRegistry:
             ):
                 return node
         return None
+
+    def knows_model(self, model: str) -> bool:
+        """Some registered node lists `model` (any state, enabled or not): a name clients
+        cannot invent. A dict lookup: this runs for every proxied request."""
+        return model in self.model_refs
 
     def online(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.status == ONLINE and n.enabled]
@@ -150,6 +164,7 @@ class NodeRegistry:
             if value is not None or key == "relay_port":  # a node may stop relaying
                 setattr(node, key, value)
         node.token_hash = hash_token(token)
+        node.problem = None  # a fresh registration replaces whatever was damaged
         node.last_seen = now
         node.runtime_up = True
         self.disconnected.discard(node.id)
@@ -231,6 +246,7 @@ class NodeRegistry:
         self.half_open.discard(node_id)
         self.disconnected.discard(node_id)
         self.balancer.remove_node(node_id)
+        self._count_models(node_id, [])
         self.store.delete_node(node_id)
         log.info("event=node_deleted id=%s machine=%s", node_id, node.machine_name)
         node.status = "deleted"
@@ -285,6 +301,8 @@ class NodeRegistry:
 
     def lists_model(self, model: str) -> bool:
         """Some registered, enabled node lists `model`, whatever its state now."""
+        if model not in self.model_refs:  # a name no node lists (a client's invention): O(1)
+            return False
         return any(model in n.models for n in self.nodes.values() if n.enabled)
 
     # -- circuit breaker ------------------------------------------------------------------------
@@ -391,7 +409,26 @@ class NodeRegistry:
             except Exception:
                 log.exception("event=listener_failed")
 
+    def _count_models(self, node_id: str, models: list[str]) -> None:
+        old = self._listed.get(node_id)
+        if old == models:  # the usual heartbeat: same list, nothing to do
+            return
+        refs = self.model_refs
+        for name in old or ():
+            left = refs[name] - 1
+            if left:
+                refs[name] = left
+            else:
+                del refs[name]
+        for name in models:
+            refs[name] = refs.get(name, 0) + 1
+        if models:
+            self._listed[node_id] = list(models)
+        else:
+            self._listed.pop(node_id, None)
+
     def _sync_balancer(self, node: Node) -> None:
+        self._count_models(node.id, node.models)
         m = node.metrics
         brk = self.breakers.get(node.id)
         self.balancer.set_node(

@@ -76,6 +76,7 @@ class RouterService:
             providers=self.providers,
         )
         self.proxy.provider_route = forward_to_provider
+        self.health.via = self.proxy.via_token  # probes carry the router's Via, as fan-out does
         self.auth = AuthPolicy(
             admin_token_hash="",
             registration_token=config.registration_token,

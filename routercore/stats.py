@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 # Histogram buckets in seconds (Prometheus style upper bounds).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 SERIES_SECONDS = 3600
+# The `model` label of requests naming a model no registered node lists, and the longest label.
+OTHER_MODEL = "other"
+METRIC_LABEL_MAX = 128
 
 
 @dataclass(slots=True)
@@ -75,6 +78,7 @@ class LiveStats:
         self.recent_latencies: deque[float] = deque(maxlen=2000)
         self.in_flight = 0
         self.queued = 0
+        self.unknown_model_requests = 0  # counted under the OTHER_MODEL label
 
     def record(self, o: Outcome) -> None:
         model = o.model or ""

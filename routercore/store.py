@@ -220,16 +220,29 @@ def _node_row(node: Node) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+_JSON_DEFAULTS: dict[str, Any] = {"gpu_devices": [], "system": {}, "models": [], "tags": []}
+
+
 def _row_node(row: Sequence[Any]) -> Node:
+    """A node from its row; a column that is not valid JSON (a damaged or hand-edited file)
+    loads as its default and is named in `problem` instead of failing the router's start."""
     r = dict(zip(NODE_COLUMNS, row, strict=True))
-    for col in ("gpu_devices", "system", "models", "tags"):
-        r[col] = orjson.loads(r[col])
+    unreadable = []
+    for col, default in _JSON_DEFAULTS.items():
+        try:
+            r[col] = orjson.loads(r[col])
+        except (orjson.JSONDecodeError, TypeError):
+            r[col] = type(default)()
+            unreadable.append(col)
     metrics = NodeMetrics(*(r.pop(c) for c in METRIC_COLUMNS))
     stats = NodeStats(
         *(r.pop(c) for c in ("total_requests", "failed_requests", "total_latency_ms"))
     )
     r["enabled"], r["runtime_up"] = bool(r["enabled"]), bool(r["runtime_up"])
-    return Node(**r, metrics=metrics, stats=stats)
+    node = Node(**r, metrics=metrics, stats=stats)
+    if unreadable:
+        node.problem = "unreadable stored fields: " + ", ".join(unreadable)
+    return node
 
 
 def _request_dict(row: Sequence[Any]) -> dict[str, Any]:

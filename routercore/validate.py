@@ -87,13 +87,10 @@ def get_str_list(
         raise _type_error(name, "a list of strings", value)
     if len(value) > max_items:
         raise ClientError(f"field '{name}' has more than {max_items} items")
-    out: list[str] = []
     for item in value:
         if not isinstance(item, str) or len(item) > max_len:
             raise ClientError(f"field '{name}' must hold strings of at most {max_len} characters")
-        if item not in out:
-            out.append(item)
-    return out
+    return list(dict.fromkeys(value))  # first occurrence wins, in linear time
 
 
 def get_dict(data: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -116,3 +113,82 @@ def get_dict_list(
     if len(value) > max_items:
         raise ClientError(f"field '{name}' has more than {max_items} items")
     return value
+
+
+# -- nested objects --------------------------------------------------------------------------
+
+# Known keys of a nested object: key -> (kind, maximum). Other keys may hold short scalars.
+Spec = dict[str, tuple[str, int]]
+MAX_EXTRA_KEYS = 16
+MAX_KEY_LEN = 64
+MAX_SCALAR_LEN = 256
+MAX_COUNT = 1 << 62  # byte counts, core counts: far above any machine, inside 64 bits
+
+
+def check_object(value: Any, name: str, spec: Spec) -> dict[str, Any]:
+    """A flat JSON object whose known keys have the spec's types and bounds and whose other
+    keys are few and hold short scalars; the ClientError names the offending field, so a
+    record that would break whoever reads it later is refused at the door."""
+    if not isinstance(value, dict):
+        raise _type_error(name, "an object", value)
+    extra = 0
+    for key, item in value.items():
+        where = f"{name}.{key}"
+        rule = spec.get(key)
+        if item is None:
+            continue
+        if rule is None:
+            extra += 1
+            if extra > MAX_EXTRA_KEYS or len(key) > MAX_KEY_LEN:
+                raise ClientError(
+                    f"field '{name}' may hold at most {MAX_EXTRA_KEYS} keys besides "
+                    f"{', '.join(spec)}, with names of at most {MAX_KEY_LEN} characters"
+                )
+            if isinstance(item, str):
+                rule = ("str", MAX_SCALAR_LEN)
+            elif isinstance(item, bool | int | float):
+                continue
+            else:
+                raise ClientError(f"field '{where[:100]}' must be a string, number or boolean")
+        kind, maximum = rule
+        if kind == "str":
+            if not isinstance(item, str):
+                raise _type_error(where, "a string", item)
+            if len(item) > maximum:
+                raise ClientError(f"field '{where}' is longer than {maximum} characters")
+        elif isinstance(item, bool) or not isinstance(item, int):
+            raise _type_error(where, "an integer", item)
+        elif not 0 <= item <= maximum:
+            raise ClientError(f"field '{where}' must be between 0 and {maximum}")
+    return value
+
+
+GPU_DEVICE: Spec = {
+    "model": ("str", 256),
+    "count": ("int", 1024),
+    "memory_bytes": ("int", MAX_COUNT),
+}
+SYSTEM: Spec = {
+    "os": ("str", 256),
+    "cpu_model": ("str", 256),
+    "cpu_count": ("int", 1 << 20),
+    "memory_bytes": ("int", MAX_COUNT),
+}
+
+
+def get_object(data: dict[str, Any], name: str, spec: Spec) -> dict[str, Any] | None:
+    value = data.get(name)
+    return None if value is None else check_object(value, name, spec)
+
+
+def get_object_list(
+    data: dict[str, Any], name: str, spec: Spec, *, max_items: int
+) -> list[dict[str, Any]] | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise _type_error(name, "a list of objects", value)
+    if len(value) > max_items:
+        raise ClientError(f"field '{name}' has more than {max_items} items")
+    return [check_object(item, f"{name}[{i}]", spec) for i, item in enumerate(value)]

@@ -72,6 +72,20 @@ def _query_int(query: dict[str, str], name: str, default: int, lo: int, hi: int)
     return value
 
 
+def _gpu_count(device: Any) -> int:
+    count = device.get("count") if isinstance(device, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 1
+
+
+def _json_safe(row: dict[str, Any]) -> bool:
+    """orjson can write the row (a stored value outside what JSON carries fails it)."""
+    try:
+        orjson.dumps(row)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return False
+    return True
+
+
 def status_filter(raw: str) -> tuple[str | None, int | None]:
     """`status` is an outcome (ok, error, cancelled, rejected) or an HTTP status code."""
     if not raw:
@@ -114,8 +128,36 @@ class SnapshotBuilder:
         self.svc = svc
         self.version = 0
         self._cached: tuple[tuple[int, int], str] | None = None
+        self._reported: set[str] = set()  # broken nodes already logged (once each)
 
     def node_row(self, node: Node) -> dict[str, Any]:
+        """One node's row; a node whose record cannot be shown becomes a row that says so,
+        instead of failing the snapshot for every viewer."""
+        try:
+            return self._node_row(node)
+        except Exception as exc:
+            return self._broken_row(node, exc)
+
+    def _broken_row(self, node: Node, exc: BaseException) -> dict[str, Any]:
+        node_id = str(getattr(node, "id", "?"))
+        if node_id not in self._reported:
+            self._reported.add(node_id)
+            log.warning("event=node_row_failed id=%s reason=%r", node_id, str(exc)[:200])
+        name = getattr(node, "machine_name", None)
+        return {
+            "id": node_id,
+            "machine_name": name if isinstance(name, str) else node_id,
+            "display_name": name if isinstance(name, str) else node_id,
+            "status": node.status if node.status in (ONLINE, OFFLINE, UNREACHABLE) else OFFLINE,
+            "enabled": False,
+            "models": [],
+            "tags": [],
+            "metrics": {},
+            "stats": {},
+            "problem": f"this node's record cannot be shown: {str(exc)[:200]}",
+        }
+
+    def _node_row(self, node: Node) -> dict[str, Any]:
         """What the node table needs, built by hand: `to_public()` deep-copies through
         `dataclasses.asdict`, which costs too much for hundreds of nodes every second."""
         m, st = node.metrics, node.stats
@@ -134,7 +176,7 @@ class SnapshotBuilder:
             "last_seen": node.last_seen,
             "models": node.models,
             "tags": node.tags,
-            "gpu_count": sum(int(d.get("count") or 1) for d in node.gpu_devices),
+            "gpu_count": sum(_gpu_count(d) for d in node.gpu_devices),
             "max_concurrency": node.max_concurrency,
             "metrics": {
                 "cpu_usage": m.cpu_usage,
@@ -153,15 +195,21 @@ class SnapshotBuilder:
                 round(st.failed_requests / st.total_requests, 4) if st.total_requests else None
             ),
             "health": self.svc.health.describe(node),
+            "problem": node.problem,
         }
 
     def node_detail_row(self, node: Node) -> dict[str, Any]:
         """The full public record (system, GPUs, notes) plus the table's derived fields."""
-        row = node.to_public()
-        compact = self.node_row(node)
-        for key in ("display_name", "gpu_count", "in_flight", "error_rate", "health"):
-            row[key] = compact[key]
-        return row
+        try:
+            row = node.to_public()
+            compact = self._node_row(node)
+            for key in ("display_name", "gpu_count", "in_flight", "error_rate", "health"):
+                row[key] = compact[key]
+            if not _json_safe(row):
+                raise TypeError("a field holds a value JSON cannot carry")
+            return row
+        except Exception as exc:
+            return self._broken_row(node, exc)
 
     def overview(self) -> dict[str, Any]:
         svc, stats = self.svc, self.svc.stats
@@ -247,15 +295,21 @@ class SnapshotBuilder:
             },
         }
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, *, checked: bool = False) -> dict[str, Any]:
+        """`checked`: each row is tried alone first, so a row JSON cannot carry is replaced."""
         nodes = sorted(
             self.svc.registry.nodes.values(),
-            key=lambda n: ((n.custom_name or n.machine_name).lower(), n.id),
+            key=lambda n: (str(n.custom_name or n.machine_name).lower(), str(n.id)),
         )
+        rows = [self.node_row(n) for n in nodes]
+        if checked:
+            for i, (node, row) in enumerate(zip(nodes, rows, strict=True)):
+                if not _json_safe(row):
+                    rows[i] = self._broken_row(node, TypeError("a value JSON cannot carry"))
         return {
             "type": "snapshot",
             "overview": self.overview(),
-            "nodes": [self.node_row(n) for n in nodes],
+            "nodes": rows,
             "series": self.series(),
             "picks": self.svc.balancer.picks(),
         }
@@ -263,7 +317,11 @@ class SnapshotBuilder:
     def snapshot_text(self) -> str:
         key = (int(time.time()), self.version)
         if self._cached is None or self._cached[0] != key:
-            self._cached = (key, orjson.dumps(self.snapshot()).decode())
+            try:
+                text = orjson.dumps(self.snapshot()).decode()
+            except TypeError:  # orjson.JSONEncodeError: some node's row; find it, show the rest
+                text = orjson.dumps(self.snapshot(checked=True)).decode()
+            self._cached = (key, text)
         return self._cached[1]
 
 

@@ -15,6 +15,8 @@ from routercore.node import Node
 
 log = logging.getLogger("routercore.api")
 
+FANOUT_MAX_BYTES = 16 * 1024 * 1024  # one node's answer to a fan-out GET
+
 
 def routing_fields(request: Request, *, stream_default: bool) -> tuple[str, bool]:
     """Only what routing needs: `model` (required string) and `stream` (bool)."""
@@ -32,8 +34,11 @@ def routing_fields(request: Request, *, stream_default: bool) -> tuple[str, bool
     return model, stream
 
 
-async def fetch_json(pool: UpstreamPool, node: Node, path: str, timeout: float) -> Any:
-    """GET a small JSON document from a node, or None when it fails (logged)."""
+async def fetch_json(
+    pool: UpstreamPool, node: Node, path: str, timeout: float, via: tuple[bytes, bytes]
+) -> Any:
+    """GET a small JSON document from a node, or None when it fails (logged). `via` marks the
+    request as this router's, so a node that is the router itself answers 508, not a loop."""
     try:
         conn = await pool.acquire(node.ip_address, node.upstream_port)
     except ConnectionError as exc:
@@ -41,7 +46,7 @@ async def fetch_json(pool: UpstreamPool, node: Node, path: str, timeout: float) 
         return None
     try:
         host = f"{node.ip_address}:{node.upstream_port}".encode()
-        headers = [(b"host", host), (b"accept", b"application/json")]
+        headers = [(b"host", host), (b"accept", b"application/json"), via]
         if node.relay_auth is not None:
             headers.append(node.relay_auth)
         conn.send_request("GET", path, headers, b"")
@@ -52,7 +57,7 @@ async def fetch_json(pool: UpstreamPool, node: Node, path: str, timeout: float) 
             if piece is None:
                 break
             body += piece
-            if len(body) > 16 * 1024 * 1024:
+            if len(body) > FANOUT_MAX_BYTES:
                 raise ConnectionError("response too large")
         pool.release(conn)
         if head.status_code != 200:
@@ -62,8 +67,42 @@ async def fetch_json(pool: UpstreamPool, node: Node, path: str, timeout: float) 
         conn.abort()
         log.info("event=fanout_failed node=%s path=%s reason=%r", node.id, path, str(exc))
         return None
+    except BaseException:  # cancelled at the fan-out's deadline: free the socket
+        conn.abort()
+        raise
 
 
-async def fan_out(pool: UpstreamPool, nodes: list[Node], path: str, timeout: float) -> list[Any]:
-    """The same GET on every node at once; answers in node order (None for failures)."""
-    return list(await asyncio.gather(*(fetch_json(pool, n, path, timeout) for n in nodes)))
+async def fan_out(
+    pool: UpstreamPool,
+    nodes: list[Node],
+    path: str,
+    timeout: float,
+    *,
+    via: tuple[bytes, bytes],
+    concurrency: int,
+    deadline: float,
+) -> list[Any]:
+    """The same GET on every node, at most `concurrency` at a time and for at most `deadline`
+    seconds in all; answers in node order (None for failures and for nodes not reached).
+
+    A fixed set of workers walks the node list, so 5,000 nodes cost `concurrency` sockets and
+    tasks, not 5,000 of each.
+    """
+    answers: list[Any] = [None] * len(nodes)
+    todo = iter(enumerate(nodes))
+
+    async def worker() -> None:
+        for i, node in todo:
+            answers[i] = await fetch_json(pool, node, path, timeout, via)
+
+    loop = asyncio.get_running_loop()
+    workers = [loop.create_task(worker()) for _ in range(min(concurrency, len(nodes)))]
+    if not workers:
+        return answers
+    _, late = await asyncio.wait(workers, timeout=deadline)
+    for task in late:
+        task.cancel()
+    if late:
+        await asyncio.wait(late)
+        log.info("event=fanout_deadline path=%s nodes=%d", path, len(nodes))
+    return answers

@@ -13,7 +13,7 @@ from routercore import __version__
 from routercore.balancer import IMPLEMENTATION
 from routercore.http.messages import Request, Response
 from routercore.node import STATUSES
-from routercore.stats import BUCKETS, Histogram
+from routercore.stats import BUCKETS, METRIC_LABEL_MAX, Histogram
 
 if TYPE_CHECKING:
     from routercore.app import App
@@ -42,6 +42,11 @@ METRICS: tuple[tuple[str, str, str], ...] = (
         "tokens_total",
         "counter",
         "Tokens counted from final chunks, by model and kind (prompt, completion).",
+    ),
+    (
+        "unknown_model_requests_total",
+        "counter",
+        'Proxied requests naming a model no node or provider lists (labelled model="other").',
     ),
     ("requests_in_flight", "gauge", "Proxied requests being served now."),
     ("queue_length", "gauge", "Requests waiting for a free node."),
@@ -78,9 +83,15 @@ def format_value(value: float) -> str:
 
 
 def labels(pairs: Mapping[str, str]) -> str:
+    """Values longer than METRIC_LABEL_MAX characters are cut: a scrape stays small whatever
+    a node or a client named."""
     if not pairs:
         return ""
-    return "{" + ",".join(f'{k}="{escape_label(v)}"' for k, v in pairs.items()) + "}"
+    return (
+        "{"
+        + ",".join(f'{k}="{escape_label(v[:METRIC_LABEL_MAX])}"' for k, v in pairs.items())
+        + "}"
+    )
 
 
 class Exposition:
@@ -142,6 +153,8 @@ def render(svc: RouterService) -> str:
     out.family("tokens_total")
     for (model, kind), count in sorted(stats.tokens.items()):
         out.sample("tokens_total", count, {"model": model, "kind": kind})
+    out.family("unknown_model_requests_total")
+    out.sample("unknown_model_requests_total", stats.unknown_model_requests)
     out.family("requests_in_flight")
     out.sample("requests_in_flight", stats.in_flight)
     out.family("queue_length")

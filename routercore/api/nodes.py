@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from routercore import validate as v
 from routercore.auth import bearer
-from routercore.errors import ClientError
+from routercore.errors import ClientError, PayloadTooLarge, RouterError
 from routercore.http.messages import Request, Response
 from routercore.node import NodeMetrics
 
@@ -36,6 +36,12 @@ def _relay(data: dict[str, Any]) -> tuple[int | None, str]:
             "field 'relay_token' must be 16 to 512 characters of A-Z a-z 0-9 . _ ~ + / = -"
         )
     return port, token
+
+
+# What one node may make the router store and serve to every dashboard viewer.
+MAX_MODELS = 1024
+MAX_MODEL_NAME = 256
+MAX_GPU_DEVICES = 64
 
 
 def _normalise_ip(text: str, field: str) -> str:
@@ -66,8 +72,15 @@ class NodesAPI:
     async def healthz(self, request: Request) -> Response:
         return Response.json({"status": "ok"})
 
+    def _node_body(self, request: Request) -> dict[str, Any]:
+        """Registration and heartbeat bodies are small; a large one is refused unparsed."""
+        limit = self.svc.config.max_node_body_bytes
+        if len(request.body) > limit:
+            raise PayloadTooLarge(f"a registration or heartbeat body may hold {limit} bytes")
+        return request.json_object()
+
     async def register(self, request: Request) -> Response:
-        data = request.json_object()
+        data = self._node_body(request)
         machine_name = v.get_str(data, "machine_name", required=True, max_len=255)
         assert machine_name is not None
         peer = _normalise_ip(request.peer or "127.0.0.1", "peer")
@@ -98,11 +111,30 @@ class NodesAPI:
             "relay_token": relay_token,
             "runtime_version": v.get_str(data, "runtime_version", max_len=128),
             "agent_version": v.get_str(data, "agent_version", max_len=128),
-            "gpu_devices": v.get_dict_list(data, "gpu_devices"),
-            "models": v.get_str_list(data, "models"),
-            "max_concurrency": v.get_int(data, "max_concurrency", minimum=0),
-            "system": v.get_dict(data, "system"),
+            "gpu_devices": v.get_object_list(
+                data, "gpu_devices", v.GPU_DEVICE, max_items=MAX_GPU_DEVICES
+            ),
+            "models": v.get_str_list(data, "models", max_items=MAX_MODELS, max_len=MAX_MODEL_NAME),
+            "max_concurrency": v.get_int(data, "max_concurrency", minimum=0, maximum=1 << 20),
+            "system": v.get_object(data, "system", v.SYSTEM),
         }
+        if (
+            len(self.registry.nodes) >= self.svc.config.max_nodes
+            and self.registry.find(machine_name, ip, port) is None
+        ):
+            log.warning(
+                "event=register_refused machine=%s peer=%s reason='max_nodes (%d) reached'",
+                machine_name,
+                peer,
+                self.svc.config.max_nodes,
+            )
+            raise RouterError(
+                f"this router holds its maximum of {self.svc.config.max_nodes} nodes "
+                "(max_nodes); delete unused nodes to make room",
+                status=503,
+                code="node_limit_reached",
+                headers=[("retry-after", "60")],
+            )
         node, created, token = self.registry.register(
             machine_name=machine_name, ip_address=ip, runtime_port=port, details=details
         )
@@ -118,7 +150,7 @@ class NodesAPI:
         return Response.json(body, 201 if created else 200)
 
     async def heartbeat(self, request: Request) -> Response:
-        data = request.json_object()
+        data = self._node_body(request)
         agent_id = v.get_str(data, "agent_id", required=True, max_len=64)
         assert agent_id is not None
         node = self.registry.check_token(agent_id, bearer(request))
@@ -130,7 +162,7 @@ class NodesAPI:
             active_requests=v.get_int(data, "active_requests", default=0, minimum=0) or 0,
         )
         runtime_up = v.get_bool(data, "runtime_up", default=True)
-        models = v.get_str_list(data, "models")
+        models = v.get_str_list(data, "models", max_items=MAX_MODELS, max_len=MAX_MODEL_NAME)
         status = self.registry.heartbeat(node, metrics, models, bool(runtime_up))
         return Response.json({"status": status})
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections import deque
 
@@ -19,6 +20,14 @@ log = logging.getLogger("routercore.http.upstream")
 _READ_HIGH_WATER = 64 * 1024
 _READ_LOW_WATER = 16 * 1024
 MAX_HEAD_BYTES = 64 * 1024
+# A field name is a token (RFC 9110); no byte of a head may be a control character other than
+# HTAB and the CRLF pairs that end its lines. A node breaking either rule gets a 502 answered
+# for it: relaying the field would make the client-side writer refuse the head and drop the
+# client connection without an answer.
+_FIELD_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_CONTROL_BYTE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # CR and LF: counted
+_GOOD_NAMES: set[bytes] = set()  # field names already checked (nodes repeat a few)
+_GOOD_NAMES_MAX = 4096
 
 HOP_BY_HOP = frozenset(
     {
@@ -46,7 +55,15 @@ class UpstreamBrokenError(ConnectionError):
 class ResponseHead:
     """Status line and headers of a node's response (names lower-case, as sent otherwise)."""
 
-    __slots__ = ("chunked", "content_length", "headers", "keep_alive", "reason", "status_code")
+    __slots__ = (
+        "chunked",
+        "connection_options",
+        "content_length",
+        "headers",
+        "keep_alive",
+        "reason",
+        "status_code",
+    )
 
     def __init__(
         self,
@@ -56,6 +73,7 @@ class ResponseHead:
         content_length: int | None,
         chunked: bool,
         keep_alive: bool,
+        connection_options: frozenset[bytes] = frozenset(),
     ) -> None:
         self.status_code = status_code
         self.reason = reason
@@ -63,6 +81,8 @@ class ResponseHead:
         self.content_length = content_length
         self.chunked = chunked
         self.keep_alive = keep_alive
+        # Field names the node's `Connection` lists: hop-by-hop too (RFC 9110 7.6.1).
+        self.connection_options = connection_options
 
 
 class _End:
@@ -199,6 +219,12 @@ class ResponseParser:
         out.append(END)
 
     def _head(self, head: bytes, out: list[Event]) -> None:
+        bad = _CONTROL_BYTE.search(head)
+        if bad is not None:
+            raise ProtocolError(f"control character {bad[0]!r} in the response head")
+        crlf = head.count(b"\r\n")
+        if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+            raise ProtocolError("bare CR or LF in the response head")
         lines = head.split(b"\r\n")
         status_line = lines[0]
         parts = status_line.split(b" ", 2)
@@ -214,9 +240,10 @@ class ResponseParser:
         length: int | None = None
         chunked = False
         keep_alive = parts[0] == b"HTTP/1.1"
+        options: frozenset[bytes] = frozenset()
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
-            if not sep or not name or name[-1:] in (b" ", b"\t") or line[:1] in (b" ", b"\t"):
+            if not sep or (name not in _GOOD_NAMES and not _good_name(name)):
                 raise ProtocolError(f"bad header line {line[:40]!r}")
             name = name.lower()
             value = value.strip()
@@ -231,6 +258,7 @@ class ResponseParser:
                     raise ProtocolError(f"unsupported transfer-encoding {value[:20]!r}")
             elif name == b"connection":
                 tokens = {t.strip() for t in value.lower().split(b",")}
+                options |= tokens
                 if b"close" in tokens:
                     keep_alive = False
                 elif b"keep-alive" in tokens:
@@ -242,7 +270,7 @@ class ResponseParser:
         if chunked:
             length = None
         out.append(ResponseHead(status, parts[2] if len(parts) > 2 else b"", headers, length,
-                                chunked, keep_alive))  # fmt: skip
+                                chunked, keep_alive, options))  # fmt: skip
         self.reusable = keep_alive
         if self.head_request or status in (204, 304) or length == 0:
             self._end(out)
@@ -254,6 +282,15 @@ class ResponseParser:
         else:
             self.reusable = False
             self.state = _UNTIL_EOF
+
+
+def _good_name(name: bytes) -> bool:
+    if _FIELD_NAME.fullmatch(name) is None:
+        return False
+    if len(_GOOD_NAMES) >= _GOOD_NAMES_MAX:
+        _GOOD_NAMES.clear()
+    _GOOD_NAMES.add(name)
+    return True
 
 
 class UpstreamConnection(asyncio.Protocol):

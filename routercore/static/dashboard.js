@@ -279,7 +279,10 @@
       el("div", { class: "track" }, fill), el("span", { class: "pct", text: `${Math.round(value)}%` }));
   }
   function statusBadge(node) {
-    return el("span", { class: "status", "data-status": node.status, "data-disabled": node.enabled ? null : "true", text: node.status });
+    const badge = el("span", { class: "status", "data-status": node.status, "data-disabled": node.enabled ? null : "true", text: node.status });
+    if (!node.problem) return badge;
+    // A node whose stored record was damaged is shown as such (the router says what and why).
+    return el("span", {}, badge, el("span", { class: "problem", title: node.problem, text: " ⚠ record damaged" }));
   }
   // Why a node is out of rotation, and when the router checks it again (null when it is in).
   function healthText(node) {
@@ -310,7 +313,7 @@
   function rowSignature(n) {
     return JSON.stringify([n.display_name, n.custom_name, n.machine_name, n.tags, n.ip_address, n.runtime_port,
       n.runtime_version, n.status, n.enabled, n.models, n.metrics, n.gpu_count, n.in_flight,
-      n.max_concurrency, n.stats, n.error_rate, healthText(n)]);
+      n.max_concurrency, n.stats, n.error_rate, healthText(n), n.problem]);
   }
 
   function buildRow(n) {

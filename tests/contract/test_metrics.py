@@ -236,7 +236,9 @@ def test_counts_follow_traffic(router: RouterThread, fake_nodes: Callable[..., A
         by_node[lab["node"]] = by_node.get(lab["node"], 0) + count
     assert sum(by_node.values()) == 7
     assert set(by_node) == {*ids, ""}  # the 404 had no node
-    assert value(fams, "requests_total", model="x", status="404") == 1
+    # A model no node lists is counted under one label, never its own.
+    assert value(fams, "requests_total", model="other", status="404") == 1
+    assert value(fams, "unknown_model_requests_total") == 1
     assert value(fams, "request_outcomes_total", outcome="ok") == 6
     assert value(fams, "request_outcomes_total", outcome="rejected") == 1
 

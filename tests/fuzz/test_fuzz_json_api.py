@@ -81,6 +81,14 @@ json_values = st.recursive(
 )
 
 
+nested_objects = st.dictionaries(
+    st.sampled_from(["model", "count", "memory_bytes", "os", "cpu_model", "cpu_count"])
+    | unicode_text,
+    st.one_of(st.integers(0, 1024), st.text(max_size=20), st.none(), json_values),
+    max_size=4,
+)
+
+
 def dumps(value: Any) -> bytes:
     """JSON text (Python's json lets NaN/Infinity and lone surrogates through: good cases)."""
     return json.dumps(value).encode()
@@ -96,6 +104,14 @@ def body_for(draw: st.DrawFn, kind: str) -> bytes:
             obj["model"] = draw(st.sampled_from(["llama3", "nope", ""]))
         if kind == "register" and draw(st.booleans()):
             obj["machine_name"] = draw(unicode_text)
+        if kind == "register" and draw(st.booleans()):
+            # nested objects with the right keys and random values (issue 20 item 8)
+            obj["gpu_devices"] = draw(st.lists(nested_objects, max_size=3))
+            obj["system"] = draw(nested_objects)
+            if draw(st.booleans()):  # else the rest of the body is usually refused first
+                name = draw(st.text(min_size=1, max_size=20).filter(str.strip))
+                obj = {"machine_name": name, "runtime_port": 9, "gpu_devices": obj["gpu_devices"],
+                       "system": obj["system"]}  # fmt: skip
         return dumps(obj)
     if choice <= 7:
         return dumps(draw(json_values))
@@ -231,6 +247,12 @@ def test_fuzz_json_api(
         assert status != 500, payload
         if status >= 400:
             check_error_shape(path, status, payload)
+        if kind == "register" and status < 300:
+            # what was accepted must not break any viewer (issue 20 item 8)
+            for view in ("/api/dashboard/snapshot", "/api/agents", "/metrics"):
+                assert api.call("GET", view, b"", None)[0] == 200, view
+            node = api.call("GET", f"/api/dashboard/nodes/{payload['agent_id']}", b"", None)
+            assert node[0] == 200, node
         assert not error_log.records, [
             f"{r.name}: {r.getMessage()} {r.exc_text or ''}" for r in error_log.records
         ]

@@ -133,3 +133,28 @@ def test_any_split_gives_the_same_body(body, cuts, chunked):
     assert isinstance(events[0], ResponseHead)
     assert body_of(events) == b"".join(body)
     assert events[-1] is END and parser.reusable
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"x-a: one\ntwo", b"x-a: one\rtwo", b"x-a: \x00", b"x-a: \x07", b"x-a: \x7f", b"x a: b",
+     b"x-a\t: b", b"\xe9: b", b": b"],
+)  # fmt: skip
+def test_control_characters_and_bad_names_in_a_head_raise(line):
+    """Relaying them would make the client-side writer refuse the head (issue 20 item 12)."""
+    with pytest.raises(ProtocolError):
+        parse(b"HTTP/1.1 200 OK\r\n" + line + b"\r\ncontent-length: 0\r\n\r\n")
+
+
+def test_tab_and_obs_text_in_values_are_fine():
+    _, events = parse(b"HTTP/1.1 200 OK\r\nx-a: a\tb \xe9\r\ncontent-length: 0\r\n\r\n")
+    assert events[0].headers[0] == (b"x-a", b"a\tb \xe9")
+
+
+def test_fields_named_by_connection_are_reported():
+    _, events = parse(
+        b"HTTP/1.1 200 OK\r\nConnection: X-Secret, keep-alive\r\ncontent-length: 0\r\n\r\n"
+    )
+    assert events[0].connection_options == {b"x-secret", b"keep-alive"}
+    _, events = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+    assert events[0].connection_options == frozenset()
