@@ -171,7 +171,10 @@ def _embedding_vectors(payload: dict[str, Any]) -> list[list[float]]:
     data = payload.get("data")
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
         raise TranslationError("the node's embeddings answer has no data list")
-    ordered = sorted(data, key=lambda item: item.get("index", 0))
+    indexes = [item.get("index", position) for position, item in enumerate(data)]
+    if not all(isinstance(i, int) for i in indexes):
+        raise TranslationError("the node's embeddings have an index that is not a number")
+    ordered = [item for _, item in sorted(zip(indexes, data, strict=True), key=lambda p: p[0])]
     return [
         _vector(item.get("embedding"), f"data[{i}].embedding") for i, item in enumerate(ordered)
     ]

@@ -114,6 +114,8 @@ class StreamTranslator(ResponseTranslator):
         choices = chunk.get("choices")
         if not choices:
             return b""
+        if not isinstance(choices, list):
+            raise TranslationError("the node sent choices that are not a list")
         choice = choices[0]
         if not isinstance(choice, dict):
             raise TranslationError("the node sent a choice that is not an object")
@@ -174,21 +176,38 @@ class StreamTranslator(ResponseTranslator):
             raise TranslationError("the node sent tool_calls that are not a list")
         if self._first_content_ns is None:
             self._first_content_ns = self.clock_ns()
-        for position, call in enumerate(calls):
+        for call in calls:
             if not isinstance(call, dict):
                 raise TranslationError("the node sent a tool call that is not an object")
-            index = call.get("index", position)
-            slot = self._tools.setdefault(index, {"id": None, "name": "", "arguments": []})
-            if isinstance(call.get("id"), str):
+            slot = self._tools.setdefault(self._tool_index(call), {"id": None, "name": ""})
+            slot.setdefault("arguments", [])
+            if isinstance(call.get("id"), str) and not slot["id"]:
                 slot["id"] = call["id"]
             function = call.get("function") or {}
-            if isinstance(function.get("name"), str):
-                slot["name"] += function["name"]
+            if not isinstance(function, dict):
+                raise TranslationError("the node sent a tool call function that is not an object")
+            if isinstance(function.get("name"), str) and not slot["name"]:
+                slot["name"] = function["name"]  # sent once; some servers repeat it
             arguments = function.get("arguments")
             if isinstance(arguments, str):
                 slot["arguments"].append(arguments)
             elif isinstance(arguments, dict):  # some servers send the whole object at once
                 slot["arguments"] = [orjson.dumps(arguments).decode()]
+
+    def _tool_index(self, call: dict[str, Any]) -> int:
+        """The call's `index`; servers that leave it out (Gemini's) send each call whole with
+        its own id, and argument fragments without one continue the last call."""
+        index = call.get("index")
+        if isinstance(index, int):
+            return index
+        call_id = call.get("id")
+        for known, slot in self._tools.items():
+            if call_id and slot["id"] == call_id:
+                return known
+        if not self._tools:
+            return 0
+        last = max(self._tools)
+        return last + 1 if call_id else last
 
     def _tool_line(self) -> bytes:
         calls = []

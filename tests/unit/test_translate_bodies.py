@@ -9,6 +9,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ollama._types import (
     ChatResponse,
     EmbeddingsResponse,
@@ -296,3 +298,64 @@ def test_show_of_a_model_the_node_does_not_list_is_a_404():
 def test_unknown_endpoint_has_no_translator():
     with pytest.raises(ValueError):
         ollama_response_translator("api.pull", model="m", streaming=False, started_ns=0)
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["id", "index", "embedding", "message", "text"]), inner)
+    ),
+    max_leaves=10,
+)
+ANSWERS = st.fixed_dictionaries(
+    {},
+    optional={
+        "choices": JSON
+        | st.lists(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "message": JSON
+                    | st.fixed_dictionaries(
+                        {}, optional={"content": JSON, "tool_calls": JSON, "reasoning": JSON}
+                    ),
+                    "text": JSON,
+                    "finish_reason": JSON,
+                },
+            ),
+            max_size=2,
+        ),
+        "data": JSON
+        | st.lists(
+            st.fixed_dictionaries(
+                {}, optional={"id": JSON, "embedding": JSON, "index": JSON, "meta": JSON}
+            )
+        ),
+        "usage": JSON,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ANSWERS,
+    st.sampled_from(["api.chat", "api.generate", "api.embed", "api.embeddings", "api.show"]),
+)
+def test_odd_answers_translate_or_raise_a_router_error(payload, endpoint):
+    try:
+        _, answer = translate(endpoint, orjson.dumps(payload))
+    except (TranslationError, ModelNotFound):
+        return
+    kind = {
+        "api.chat": ChatResponse,
+        "api.generate": GenerateResponse,
+        "api.embed": EmbedResponse,
+        "api.embeddings": EmbeddingsResponse,
+        "api.show": ShowResponse,
+    }[endpoint]
+    kind.model_validate(answer)

@@ -262,6 +262,39 @@ def test_tool_call_deltas_go_out_in_one_line_with_dict_arguments():
     assert got[1]["done"] is True and got[1]["done_reason"] == "stop"
 
 
+def test_tool_calls_without_index_each_keep_their_own_slot():
+    stream = sse(
+        delta(
+            None,
+            tool_calls=[
+                {
+                    "id": "a",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":'},
+                }
+            ],
+        ),
+        delta(None, tool_calls=[{"function": {"name": "get_weather", "arguments": '"Rome"}'}}]),
+        delta(
+            None,
+            tool_calls=[
+                {
+                    "id": "b",
+                    "type": "function",
+                    "function": {"name": "get_time", "arguments": {"tz": "CET"}},
+                }
+            ],
+        ),
+        delta(finish="stop"),
+    )
+    _, out = run(stream)
+    calls = lines(out)[0]["message"]["tool_calls"]
+    assert [(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
+        ("a", "get_weather", {"city": "Rome"}),
+        ("b", "get_time", {"tz": "CET"}),
+    ]
+
+
 def test_tool_calls_without_finish_reason_go_out_before_done():
     stream = TOOL_STREAM.replace(b'"finish_reason":"tool_calls"', b'"finish_reason":null')
     _, out = run(stream)
@@ -415,3 +448,68 @@ def test_garbage_never_raises_and_ends_with_done_or_error(pieces):
     assert got, "the client always gets a last line"
     assert got[-1].get("done") is True or set(got[-1]) == {"error"}
     assert sum(1 for line in got if "error" in line or line.get("done")) == 1
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+CHUNK_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "choices": JSON
+        | st.lists(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "delta": JSON
+                    | st.fixed_dictionaries(
+                        {},
+                        optional={
+                            "content": JSON,
+                            "reasoning_content": JSON,
+                            "tool_calls": JSON
+                            | st.lists(
+                                st.fixed_dictionaries(
+                                    {},
+                                    optional={
+                                        "index": JSON,
+                                        "id": JSON,
+                                        "function": JSON
+                                        | st.fixed_dictionaries(
+                                            {}, optional={"name": JSON, "arguments": JSON}
+                                        ),
+                                    },
+                                ),
+                                max_size=2,
+                            ),
+                        },
+                    ),
+                    "text": JSON,
+                    "message": JSON,
+                    "finish_reason": JSON,
+                },
+            ),
+            max_size=2,
+        ),
+        "usage": JSON,
+        "error": JSON,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(CHUNK_FIELDS, max_size=6), st.sampled_from(["api.chat", "api.generate"]))
+def test_odd_json_chunks_never_raise(chunks, endpoint):
+    stream = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+    t, out = run(stream, endpoint)
+    got = lines(out, endpoint)
+    assert got[-1].get("done") is True or set(got[-1]) == {"error"}
+    assert (set(got[-1]) == {"error"}) == (t.error is not None)
