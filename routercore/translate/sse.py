@@ -28,6 +28,14 @@ class SSEDecoder:
         self._max = max_pending
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        if (
+            not self._pieces
+            and not self._data
+            and chunk.startswith(b"data: ")
+            and chunk.find(b"\n") == len(chunk) - 2
+            and chunk.endswith(b"\n\n")
+        ):
+            return [chunk[6:-2]]  # the usual read: exactly one whole one-line event
         end = chunk.rfind(b"\n")
         if end < 0:
             if chunk:
