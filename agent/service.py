@@ -126,6 +126,8 @@ class AgentService:
         }
         if self.runtime.version:
             payload["runtime_version"] = self.runtime.version
+        if self.runtime.kind:
+            payload["runtime_kind"] = self.runtime.kind  # "openai": the router translates /api
         if self.config.ip_address:
             payload["ip_address"] = self.config.ip_address
         if self.config.max_concurrency:
@@ -146,6 +148,7 @@ class AgentService:
             "active_requests": 0,
             "models": list(self.runtime.models),
             "running_models": list(self.runtime.running_models),
+            **({"runtime_kind": self.runtime.kind} if self.runtime.kind else {}),
             "runtime_up": self.runtime.up and not paused,
             "paused": paused,
         }

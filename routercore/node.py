@@ -51,6 +51,9 @@ class Node:
     runtime_port: int = 11434
     custom_name: str | None = None
     runtime_version: str | None = None
+    # "ollama": speaks both APIs; "openai": only /v1 (llama.cpp, vLLM), so Ollama-API requests
+    # are translated; None: unknown (treated as ollama, i.e. forwarded as they are).
+    runtime_kind: str | None = None
     agent_version: str | None = None
     status: str = OFFLINE
     registered_at: str = ""

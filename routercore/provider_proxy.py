@@ -10,15 +10,15 @@ a timeout) that names the provider, never its key.
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
 import orjson
 
+from routercore.error_answer import pass_error_answer
 from routercore.errors import UpstreamError, UpstreamTimeout
-from routercore.http.messages import Request, ResponseStream
-from routercore.http.upstream import ResponseHead, UpstreamConnection
-from routercore.proxy import SAFETY_HEADERS, Attempt, AttemptFailed, BodyTranslator
+from routercore.http.messages import Request
+from routercore.proxy import SAFETY_HEADERS, Attempt, AttemptFailed
+from routercore.translate import ResponseTranslator, ollama_response_translator, ollama_to_openai
 
 if TYPE_CHECKING:
     from routercore.providers import Provider
@@ -31,8 +31,6 @@ _OPENAI_PATHS = {
     "completions": "/completions",
     "embeddings": "/embeddings",
 }
-_PASSED_ERROR_HEADERS = (b"retry-after", b"x-ratelimit-reset-requests", b"x-ratelimit-reset-tokens")
-_MAX_ERROR_BODY = 64 * 1024
 
 
 async def forward_to_provider(
@@ -52,15 +50,14 @@ async def forward_to_provider(
     deadline = started + proxy.cfg.request_timeout
     att.node_id = f"provider:{provider.name}"
     data = request.json_object()
-    translator: BodyTranslator | None = None
+    translator: ResponseTranslator | None = None
     if api == "openai":
         method, path = "POST", _OPENAI_PATHS[endpoint]
         body = orjson.dumps({**data, "model": upstream_model})
     else:
-        from routercore.translate import ollama_response_translator, ollama_to_openai
-
         call = ollama_to_openai(endpoint, data, upstream_model)
-        method, path, body = call.method, call.path, call.body
+        # The call names a node's path (/v1/...); a provider's base URL already ends in it.
+        method, path, body = call.method, call.path.removeprefix("/v1"), call.body
         translator = ollama_response_translator(
             endpoint,
             model=model,
@@ -94,7 +91,24 @@ async def forward_to_provider(
     att.status = head.status_code
     try:
         if head.status_code >= 400:
-            await _pass_error(conn, head, stream, att, api, provider, node_header, deadline)
+            att.outcome = "error"
+            att.error = f"provider answered {head.status_code}"
+            log.info(
+                "event=provider_error_answer provider=%s status=%d",
+                provider.name,
+                head.status_code,
+            )
+            att.sent_to_client = True
+            await pass_error_answer(
+                conn,
+                head,
+                stream,
+                node_header,
+                deadline,
+                to_ollama=api == "ollama",
+                scrub=provider.scrub,
+                extra=SAFETY_HEADERS,
+            )
             return
         out_headers = [node_header, *SAFETY_HEADERS]
         if translator is not None:
@@ -117,44 +131,3 @@ async def forward_to_provider(
         raise
     proxy.pool.release(conn)
     att.outcome = "ok"
-
-
-async def _pass_error(
-    conn: UpstreamConnection,
-    head: ResponseHead,
-    stream: ResponseStream,
-    att: Attempt,
-    api: str,
-    provider: Provider,
-    node_header: tuple[bytes, bytes],
-    deadline: float,
-) -> None:
-    """The provider's error answer, passed through: status, rate-limit fields, its body (the
-    key masked; in Ollama's error shape for the Ollama API)."""
-    body = b""
-    end = time.perf_counter() + 10.0
-    while len(body) < _MAX_ERROR_BODY:
-        left = min(end, deadline) - time.perf_counter()
-        piece = await conn.read_body(max(0.1, left))
-        if piece is None:
-            break
-        body += piece
-    body = provider.scrub(body[:_MAX_ERROR_BODY])
-    headers = [node_header, *SAFETY_HEADERS]
-    headers += [(k, v) for k, v in head.headers if k in _PASSED_ERROR_HEADERS]
-    if api == "ollama":
-        from routercore.translate import openai_error_to_ollama
-
-        body = openai_error_to_ollama(head.status_code, body)
-        headers.append((b"content-type", b"application/json; charset=utf-8"))
-    else:
-        headers += [(k, v) for k, v in head.headers if k == b"content-type"]
-    att.outcome = "error"
-    att.error = f"provider answered {head.status_code}"
-    log.info("event=provider_error_answer provider=%s status=%d", provider.name, head.status_code)
-    headers.append((b"content-length", b"%d" % len(body)))
-    await stream.start(head.status_code, headers)
-    att.sent_to_client = True
-    await stream.write(body)
-    await stream.end()
-    conn.close()

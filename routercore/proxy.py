@@ -23,8 +23,9 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
+from routercore.error_answer import pass_error_answer
 from routercore.errors import (
     ClientError,
     ModelNotFound,
@@ -46,6 +47,12 @@ from routercore.http.upstream import (
 from routercore.providers import Providers
 from routercore.registry import NodeRegistry, now_rfc3339
 from routercore.stats import METRIC_LABEL_MAX, OTHER_MODEL, LiveStats, Outcome
+from routercore.translate import (
+    ResponseTranslator,
+    TranslationError,
+    ollama_response_translator,
+    ollama_to_openai,
+)
 from routercore.usage import TailScanner, error_event
 
 if TYPE_CHECKING:
@@ -121,16 +128,6 @@ def client_headers(
     headers.append(node_header)
     headers += SAFETY_HEADERS
     return headers
-
-
-class BodyTranslator(Protocol):
-    """Turns one API's response body into another's, piece by piece (routercore.translate).
-    Raises ValueError on an answer it cannot translate."""
-
-    content_type: bytes  # what the client gets
-
-    def feed(self, data: bytes) -> bytes: ...
-    def finish(self) -> bytes: ...
 
 
 class AttemptFailed(Exception):
@@ -275,7 +272,9 @@ class Proxy:
             att.node_id = node_id
             ttfb: float | None = None
             try:
-                ttfb = await self._try_node(request, att, node_id, api, model, started, deadline)
+                ttfb = await self._try_node(
+                    request, att, node_id, api, endpoint, model, streaming, started, deadline
+                )
                 return
             except AttemptFailed as retry:
                 att.tried.append(node_id)
@@ -353,7 +352,9 @@ class Proxy:
         att: Attempt,
         node_id: str,
         api: str,
+        endpoint: str,
         model: str,
+        streaming: bool,
         started: float,
         deadline: float,
     ) -> float | None:
@@ -361,12 +362,19 @@ class Proxy:
         if node is None:
             raise AttemptFailed("node was removed", mark=False)
         host, port = node.ip_address, node.upstream_port
-        headers = self._upstream_headers(request, host, port)
+        method, target, body = request.method, request.target, request.body
+        translator: ResponseTranslator | None = None
+        if api == "ollama" and node.runtime_kind == "openai":
+            # Ollama's API on a node that speaks only OpenAI's: translated both ways.
+            call = ollama_to_openai(endpoint, request.json_object(), model)
+            method, target, body = call.method, call.path, call.body
+            translator = ollama_response_translator(
+                endpoint, model=model, streaming=streaming, started_ns=int(started * 1e9)
+            )
+        headers = self._upstream_headers(request, host, port, body)
         if node.relay_auth is not None:
             headers.append(node.relay_auth)  # the agent's relay; the client's own never goes on
-        conn, head = await self.send_upstream(
-            host, port, request.method, request.target, headers, request.body, deadline
-        )
+        conn, head = await self.send_upstream(host, port, method, target, headers, body, deadline)
         stream = request.stream
         assert stream is not None
         try:
@@ -388,13 +396,29 @@ class Proxy:
                 if len(self._node_headers) > 4096:
                     self._node_headers.clear()
                 node_header = self._node_headers[node_id] = (b"x-router-node", node_id.encode())
-            headers = client_headers(head, node_header)
-            chunked = head.content_length is None
-            ttfb = await self.relay(conn, stream, att, headers, api, chunked, started, deadline)
+            if translator is None:
+                headers = client_headers(head, node_header)
+                chunked = head.content_length is None
+            elif head.status_code >= 400:
+                att.sent_to_client = True
+                await pass_error_answer(
+                    conn, head, stream, node_header, deadline, to_ollama=True, extra=SAFETY_HEADERS
+                )
+                return self._settle(node_id, att, None)
+            else:
+                headers = [(b"content-type", translator.content_type), node_header, *SAFETY_HEADERS]
+                chunked = True
+            ttfb = await self.relay(
+                conn, stream, att, headers, api, chunked, started, deadline, translator
+            )
         except BaseException:
             conn.abort()
             raise
         self.pool.release(conn)
+        return self._settle(node_id, att, ttfb)
+
+    def _settle(self, node_id: str, att: Attempt, ttfb: float | None) -> float | None:
+        """The node answered in full: the outcome, and what it means for its breaker."""
         att.outcome = "ok" if att.status < 400 else "error"
         if att.status >= 500:
             # The last candidate's error answer, passed through: the node is up, but failing.
@@ -404,7 +428,7 @@ class Proxy:
         return ttfb
 
     def _upstream_headers(
-        self, request: Request, host: str, port: int
+        self, request: Request, host: str, port: int, body: bytes
     ) -> list[tuple[bytes, bytes]]:
         """The fields a node gets: host, the client's harmless ones, JSON type, length, hops."""
         host_header = self._host_headers.get((host, port))
@@ -414,9 +438,9 @@ class Proxy:
             host_header = self._host_headers[(host, port)] = (b"host", f"{host}:{port}".encode())
         headers = [host_header]
         headers += [(k, v) for k, v in request.headers if k in _FORWARDED_HEADERS]
-        if request.body:
+        if body:
             headers.append(_JSON_CONTENT_TYPE)
-        headers.append((b"content-length", b"%d" % len(request.body)))
+        headers.append((b"content-length", b"%d" % len(body)))
         headers.append((b"x-forwarded-for", request.peer.encode()))
         headers.append(self._via(request))
         return headers
@@ -482,7 +506,7 @@ class Proxy:
         chunked: bool,
         started: float,
         deadline: float,
-        translator: BodyTranslator | None = None,
+        translator: ResponseTranslator | None = None,
     ) -> float | None:
         """Copy body pieces to the client as they arrive; the client's drain paces the node.
         With a translator (another API's answer), each piece is translated on the way."""
@@ -550,8 +574,8 @@ class Proxy:
         """One translator step; an answer it cannot translate ends the stream with an error."""
         try:
             return step() if piece is None else step(piece)
-        except ValueError as exc:
-            reason = f"cannot translate the node's answer: {exc}"
+        except TranslationError as exc:
+            reason = f"cannot translate the node's answer: {exc.message}"
             att.outcome = "error"
             att.error = reason
             log.warning("event=translation_failed node=%s reason=%r", att.node_id, reason)

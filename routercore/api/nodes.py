@@ -54,6 +54,17 @@ def _normalise_ip(text: str, field: str) -> str:
     return str(addr)
 
 
+RUNTIME_KINDS = ("ollama", "openai")
+
+
+def _runtime_kind(data: dict[str, Any]) -> str | None:
+    """`ollama` (speaks both APIs) or `openai` (only /v1: Ollama's API gets translated)."""
+    kind = v.get_str(data, "runtime_kind", max_len=16)
+    if kind is not None and kind not in RUNTIME_KINDS:
+        raise ClientError(f"field 'runtime_kind' must be one of {', '.join(RUNTIME_KINDS)}")
+    return kind
+
+
 class NodesAPI:
     def __init__(self, svc: RouterService) -> None:
         self.svc = svc
@@ -110,6 +121,7 @@ class NodesAPI:
             "relay_port": relay_port,
             "relay_token": relay_token,
             "runtime_version": v.get_str(data, "runtime_version", max_len=128),
+            "runtime_kind": _runtime_kind(data),
             "agent_version": v.get_str(data, "agent_version", max_len=128),
             "gpu_devices": v.get_object_list(
                 data, "gpu_devices", v.GPU_DEVICE, max_items=MAX_GPU_DEVICES
@@ -162,6 +174,9 @@ class NodesAPI:
             active_requests=v.get_int(data, "active_requests", default=0, minimum=0) or 0,
         )
         runtime_up = v.get_bool(data, "runtime_up", default=True)
+        kind = _runtime_kind(data)
+        if kind is not None:
+            node.runtime_kind = kind
         models = v.get_str_list(data, "models", max_items=MAX_MODELS, max_len=MAX_MODEL_NAME)
         status = self.registry.heartbeat(node, metrics, models, bool(runtime_up))
         return Response.json({"status": status})

@@ -89,6 +89,22 @@ def render(r: dict[str, Any]) -> str:
                 for k, v in r["streams"].items()
             ],
         )
+    if "translated" in r:
+        tr = r["translated"]
+        lines += _table(
+            "Ollama's /api/chat on an OpenAI-only node (SSE translated to NDJSON) against /v1 "
+            f"passed through, same upstream and router; translator CPU per chunk "
+            f"{_f(tr['chunk_us'])} µs:",
+            "| path | streams | TTFT p50 ms | TTFT p99 ms | chunk delay p50 ms | p99 ms |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            [
+                f"| {k} | {v['streams']} | {_f(v['ttft_p50_ms'], 3)} | "
+                f"{_f(v['ttft_p99_ms'], 3)} | {_f(v['chunk_p50_ms'], 3)} | "
+                f"{_f(v['chunk_p99_ms'], 3)} |"
+                for k, v in tr.items()
+                if k != "chunk_us"
+            ],
+        )
     if "concurrent_streams" in r:
         lines += _table(
             f"Concurrent streams held open through the router (1 chunk/s each; router RSS at "

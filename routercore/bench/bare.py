@@ -146,7 +146,13 @@ class StampProtocol(asyncio.Protocol):
         for i in range(self.chunks):
             if i:
                 await asyncio.sleep(self.delay)
-            event = b'data: {"t": %.9f}\n\n' % time.perf_counter()
+            # An OpenAI chat chunk whose content is its send time too: the router's Ollama
+            # translation carries it into the NDJSON line (clients.py reads both).
+            t = time.perf_counter()
+            event = (
+                b'data: {"t": %.9f, "object": "chat.completion.chunk", "choices": '
+                b'[{"index": 0, "delta": {"content": "%.9f"}, "finish_reason": null}]}\n\n' % (t, t)
+            )
             transport.write(head + conn.send(h11.Data(data=event)))
             head = b""
         transport.write(

@@ -253,11 +253,14 @@ async def streams(
 
 
 def _stamps(data: bytes) -> list[float]:
-    """Send times the stamping upstream put in its SSE events (`data: {"t": ...}`)."""
+    """Send times the stamping upstream put in its SSE events (`data: {"t": ...}`), or the same
+    carried as content into Ollama NDJSON lines by the router's translation."""
     out = []
     for line in data.split(b"\n"):
         if line.startswith(b'data: {"t"'):
             out.append(float(orjson.loads(line[6:])["t"]))
+        elif line.startswith(b'{"model"') and b'"done":false' in line:
+            out.append(float(orjson.loads(line)["message"]["content"]))
     return out
 
 

@@ -24,7 +24,7 @@ CHAT_BODY = '{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
 REPLAY_BODY = '{"model":"replay","messages":[{"role":"user","content":"hi"}]}'
 STREAM_BODY = '{"model":"%s","stream":true,"messages":[{"role":"user","content":"hi"}]}'
 PATH = "/v1/chat/completions"
-SECTIONS = ("throughput", "latency", "streams", "held", "balancer", "relay")
+SECTIONS = ("throughput", "latency", "streams", "translated", "held", "balancer", "relay")
 
 WRK_LUA = """
 wrk.method = "POST"
@@ -209,7 +209,7 @@ class Bench:
             "skipped": skipped,
         }
 
-    def streams(self, port: int, model: str) -> dict[str, Any]:
+    def streams(self, port: int, model: str, path: str = PATH) -> dict[str, Any]:
         cmd = [
             sys.executable,
             "-m",
@@ -218,7 +218,7 @@ class Bench:
             "--port",
             str(port),
             "--path",
-            PATH,
+            path,
             "--body",
             STREAM_BODY % model,
             "--count",
@@ -227,7 +227,7 @@ class Bench:
             "1",
             "--stamped",
         ]
-        out = self.work / f"streams-{port}.json"
+        out = self.work / f"streams-{port}-{model}.json"
         subprocess.run(self._load_cmd([*cmd, "--out", str(out)]), check=True, timeout=300)
         data = json.loads(out.read_text())
         ttfb, delay = data["ttfb_us"], data["chunk_delay_us"]
@@ -354,7 +354,9 @@ class Bench:
             s.load_cores,
         )
         _register(router_url, "stamp", sport, ["stamp"])
-        p.wait_online(rport, 4)
+        # The same upstream as an OpenAI-only node: Ollama's /api/chat to it is translated.
+        _register(router_url, "stamp-openai", sport, ["stamp-openai"], runtime_kind="openai")
+        p.wait_online(rport, 5)
         r["idle_router_rss_mb"] = round(p.rss_mb(router), 1)
         r["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
 
@@ -365,6 +367,14 @@ class Bench:
             r["streams"] = {
                 "direct": self.streams(sport, "stamp"),
                 "router": self.streams(rport, "stamp"),
+            }
+        if "translated" in s.sections:
+            # Ollama's API on an OpenAI-only node (SSE -> NDJSON) against /v1 passed through,
+            # the same upstream and router; and the translator's CPU per chunk in-process.
+            r["translated"] = {
+                "native": self.streams(rport, "stamp"),
+                "translated": self.streams(rport, "stamp-openai", path="/api/chat"),
+                "chunk_us": translate_chunk_us(),
             }
         if "held" in s.sections:
             r["concurrent_streams"] = [self.hold(rport, router, n, "slow") for n in s.hold_counts]
@@ -377,8 +387,32 @@ class Bench:
         return r
 
 
-def _register(router_url: str, name: str, port: int, models: list[str]) -> None:
-    body = json.dumps({"machine_name": name, "runtime_port": port, "models": models}).encode()
+def translate_chunk_us(chunks: int = 20000) -> float:
+    """µs of CPU per streamed chunk in the Ollama translation (one llama.cpp-shaped SSE chunk in,
+    one NDJSON line out), measured in this process."""
+    from routercore.translate import ollama_response_translator
+
+    event = (
+        b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",'
+        b'"choices":[{"index":0,"delta":{"content":" token"},"logprobs":null,'
+        b'"finish_reason":null}]}\n\n'
+    )
+    translator = ollama_response_translator(
+        "api.chat", model="m", streaming=True, started_ns=time.perf_counter_ns()
+    )
+    t0 = time.process_time()
+    for _ in range(chunks):
+        translator.feed(event)
+    return round((time.process_time() - t0) / chunks * 1e6, 2)
+
+
+def _register(
+    router_url: str, name: str, port: int, models: list[str], runtime_kind: str | None = None
+) -> None:
+    fields: dict[str, Any] = {"machine_name": name, "runtime_port": port, "models": models}
+    if runtime_kind:
+        fields["runtime_kind"] = runtime_kind
+    body = json.dumps(fields).encode()
     req = urllib.request.Request(
         router_url + "/api/agents/register", data=body, headers={"content-type": "application/json"}
     )
@@ -427,6 +461,17 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         ttft = st["router"]["ttft_p50_ms"] - st["direct"]["ttft_p50_ms"]
         out.append(
             _target("added time to first token, p50 (ms)", round(ttft, 3), "<= 1", ttft <= 1.0)
+        )
+    if "translated" in r:
+        tr = r["translated"]
+        extra = tr["translated"]["ttft_p50_ms"] - tr["native"]["ttft_p50_ms"]
+        out.append(
+            _target(
+                "translated Ollama path: added time to first token over /v1, p50 (ms)",
+                round(extra, 3),
+                "<= 1",
+                extra <= 1.0,
+            )
         )
     held = [h for h in r.get("concurrent_streams", []) if h["streams"] >= 2000]
     if held:

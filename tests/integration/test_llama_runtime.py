@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import ollama
 import openai
 import pytest
 
@@ -106,6 +107,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             llama.proc.stop()
 
 
+@pytest.fixture(autouse=True)
+def node_in_rotation(cluster: dict[str, Any]) -> None:
+    """Each test starts with the node taking requests (the agent polls its runtime every 5 s;
+    after the runtime restart test it takes that long to report it up again)."""
+    router = cluster["router"]
+    wait_until(lambda: the_agent(router)["health"]["in_rotation"], timeout=30, what="in rotation")
+
+
 def online(router: RouterProcess) -> bool:
     agents = http("GET", router.url + "/api/agents")[2]
     return len(agents) == 1 and agents[0]["status"] == "online" and MODEL in agents[0]["models"]
@@ -136,6 +145,24 @@ def test_chat_stream_completions_and_embeddings_with_the_openai_client(cluster: 
     assert done.choices[0].text
     emb = c.embeddings.create(model=MODEL, input="hello")
     assert emb.data and emb.data[0].embedding
+
+
+def test_the_ollama_client_reaches_the_openai_only_runtime(cluster: Any) -> None:
+    """llama.cpp's server speaks only OpenAI's API: the router translates Ollama's both ways."""
+    agent = the_agent(cluster["router"])
+    assert agent["runtime_kind"] == "openai"
+    c = ollama.Client(host=cluster["router"].url)
+    reply = c.chat(model=MODEL, messages=MESSAGES, options={"num_predict": 6, "temperature": 0})
+    assert reply.message.content and reply.done and reply.eval_count
+    parts = list(c.chat(model=MODEL, messages=MESSAGES, stream=True, options={"num_predict": 6}))
+    assert len(parts) >= 2 and parts[-1].done and parts[-1].eval_count
+    assert "".join(p.message.content or "" for p in parts)
+    gen = c.generate(model=MODEL, prompt="The sky is", options={"num_predict": 4})
+    assert gen.response and gen.done
+    streamed = list(c.generate(model=MODEL, prompt="Hi", stream=True, options={"num_predict": 4}))
+    assert streamed[-1].done and "".join(p.response for p in streamed)
+    emb = c.embed(model=MODEL, input=["hello", "world"])
+    assert len(emb.embeddings) == 2 and len(emb.embeddings[0]) == len(emb.embeddings[1]) > 8
 
 
 def test_four_concurrent_streams_all_complete(cluster: Any) -> None:
@@ -266,4 +293,6 @@ def test_a_runtime_that_really_dies_is_unreachable_until_the_probe_sees_it_back(
     assert int(headers["retry-after"]) >= 1
     llama.start()
     wait_until(lambda: the_agent(router)["status"] == "online", timeout=30, what="probe revives it")
+    # Back in rotation once its agent, too, sees the runtime up (it polls every 5 s).
+    wait_until(lambda: the_agent(router)["health"]["in_rotation"], timeout=30, what="in rotation")
     assert http("POST", router.url + "/v1/chat/completions", good)[0] == 200

@@ -75,6 +75,29 @@ def test_prefixed_models_go_to_the_provider_with_its_key(
     assert provider_node.snapshot()["requests"]["/v1/chat/completions"] == 3
 
 
+def test_the_ollama_api_reaches_a_provider_through_translation(
+    router_factory: Any, provider_node: ThreadedFakeNode, tls_files: tuple[Path, Path]
+) -> None:
+    import ollama
+
+    router = router_factory(providers=(provider(provider_node, tls_files[0]),))
+    c = ollama.Client(host=router.url)
+    reply = c.chat(model="acme:gpt-4o-mini", messages=CHAT["messages"])
+    assert reply.message.content and reply.model == "acme:gpt-4o-mini" and reply.eval_count
+    parts = list(c.chat(model="acme:gpt-4o-mini", messages=CHAT["messages"], stream=True))
+    assert parts[-1].done and "".join(p.message.content or "" for p in parts)
+    emb = c.embed(model="acme:text-embedding-3-small", input="x")
+    assert emb.embeddings and emb.embeddings[0]
+    provider_node.set_fault("status429", times=1)
+    status, headers, body = http(
+        "POST",
+        router.url + "/api/chat",
+        {"model": "acme:gpt-4o-mini", "messages": CHAT["messages"], "stream": False},
+    )
+    assert status == 429 and headers["retry-after"] == "7"
+    assert body == {"error": "Rate limit reached"}
+
+
 def test_history_records_provider_requests_with_tokens(
     router_factory: Any, provider_node: ThreadedFakeNode, tls_files: tuple[Path, Path]
 ) -> None:

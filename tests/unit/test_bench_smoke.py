@@ -53,6 +53,13 @@ def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
         assert st["streams"] > 0 and st["chunks"] > 0
         assert 0 < st["ttft_p50_ms"] <= st["ttft_p99_ms"]
 
+    tr = r["translated"]
+    for name in ("native", "translated"):
+        st = tr[name]
+        assert st["streams"] > 0 and st["chunks"] >= st["streams"] * 10, (name, st)
+        assert 0 < st["ttft_p50_ms"] <= st["ttft_p99_ms"]
+    assert tr["chunk_us"] > 0
+
     held = r["concurrent_streams"]
     assert [h["streams"] for h in held] == [100, 1000, 2000]
     assert all(h["rss_mb"] > 0 and h["lost"] == 0 for h in held)
