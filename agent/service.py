@@ -121,6 +121,8 @@ class AgentService:
         }
         if self.runtime.version:
             payload["runtime_version"] = self.runtime.version
+        if self.runtime.kind:
+            payload["runtime_kind"] = self.runtime.kind
         if self.config.ip_address:
             payload["ip_address"] = self.config.ip_address
         if self.config.max_concurrency:
@@ -130,7 +132,7 @@ class AgentService:
     async def heartbeat_payload(self) -> dict[str, Any]:
         sample = await self._sample()
         paused = self.state.snapshot.paused
-        return {
+        payload: dict[str, Any] = {
             "cpu_usage": sample.cpu_usage,
             "memory_usage": sample.memory_usage,
             "gpu_usage": sample.gpu_usage,
@@ -141,6 +143,9 @@ class AgentService:
             "runtime_up": self.runtime.up and not paused,
             "paused": paused,
         }
+        if self.runtime.kind:
+            payload["runtime_kind"] = self.runtime.kind
+        return payload
 
     # --- runtime ------------------------------------------------------------------------------
 

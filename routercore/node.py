@@ -10,6 +10,7 @@ ONLINE = "online"
 OFFLINE = "offline"
 UNREACHABLE = "unreachable"
 STATUSES = (ONLINE, OFFLINE, UNREACHABLE)
+RUNTIME_KINDS = ("ollama", "openai")
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Node:
     runtime_port: int = 11434
     custom_name: str | None = None
     runtime_version: str | None = None
+    runtime_kind: str | None = None  # "ollama" (both APIs) or "openai" (only /v1); None: unknown
     agent_version: str | None = None
     status: str = OFFLINE
     registered_at: str = ""

@@ -87,7 +87,8 @@ class RouterService:
         # before it closes (e.g. the API key ring loads and flushes its keys).
         self.start_hooks: list[Callable[[], None]] = []
         self.stop_hooks: list[Callable[[], None]] = []
-        for api in (NodesAPI(self), OpenAIAPI(self), OllamaAPI(self)):
+        self.nodes_api = NodesAPI(self)
+        for api in (self.nodes_api, OpenAIAPI(self), OllamaAPI(self)):
             api.install(self.app)
         self._install_optional_apis()
         limits = ServerLimits(

@@ -73,6 +73,7 @@ MIGRATIONS: tuple[str, ...] = (
         revoked_at TEXT
     );
     """,
+    "ALTER TABLE nodes ADD COLUMN runtime_kind TEXT;",
 )
 
 NODE_COLUMNS = (
@@ -80,7 +81,7 @@ NODE_COLUMNS = (
     "agent_version", "status", "registered_at", "last_seen", "online_since", "gpu_devices",
     "system", "models", "tags", "notes", "enabled", "max_concurrency", "runtime_up",
     "token_hash", "cpu_usage", "memory_usage", "gpu_usage", "gpu_memory_usage",
-    "active_requests", "total_requests", "failed_requests", "total_latency_ms",
+    "active_requests", "total_requests", "failed_requests", "total_latency_ms", "runtime_kind",
 )  # fmt: skip
 REQUEST_COLUMNS = (
     "id", "ts", "node_id", "model", "endpoint", "method", "status_code", "outcome",
@@ -210,7 +211,7 @@ def _node_row(node: Node) -> tuple[Any, ...]:
         orjson.dumps(node.tags).decode(), node.notes, int(node.enabled), node.max_concurrency,
         int(node.runtime_up), node.token_hash, m.cpu_usage, m.memory_usage, m.gpu_usage,
         m.gpu_memory_usage, m.active_requests, s.total_requests, s.failed_requests,
-        s.total_latency_ms,
+        s.total_latency_ms, node.runtime_kind,
     )  # fmt: skip
 
 

@@ -127,6 +127,7 @@ class SnapshotBuilder:
             "ip_address": node.ip_address,
             "runtime_port": node.runtime_port,
             "runtime_version": node.runtime_version,
+            "runtime_kind": node.runtime_kind,
             "status": node.status,
             "enabled": node.enabled,
             "runtime_up": node.runtime_up,

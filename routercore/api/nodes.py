@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from routercore import validate as v
 from routercore.auth import bearer
 from routercore.errors import ClientError
 from routercore.http.messages import Request, Response
-from routercore.node import NodeMetrics
+from routercore.node import RUNTIME_KINDS, Node, NodeMetrics
+from routercore.runtime_kind import detect_runtime_kind
 
 if TYPE_CHECKING:
     from routercore.app import App
@@ -29,10 +32,20 @@ def _normalise_ip(text: str, field: str) -> str:
     return str(addr)
 
 
+def _runtime_kind(data: dict[str, Any]) -> str | None:
+    kind = v.get_str(data, "runtime_kind", max_len=16)
+    if kind is not None and kind not in RUNTIME_KINDS:
+        raise ClientError(f"field 'runtime_kind' must be one of {', '.join(RUNTIME_KINDS)}")
+    return kind
+
+
 class NodesAPI:
     def __init__(self, svc: RouterService) -> None:
         self.svc = svc
         self.registry = svc.registry
+        self._detecting: dict[str, asyncio.Task[None]] = {}
+        self._asked_at: dict[str, float] = {}  # node id -> when its runtime was last asked
+        self.retry_kind_after = 30.0  # seconds before a heartbeat asks a silent runtime again
 
     def install(self, app: App) -> None:
         app.add("POST", "/api/agents/register", self.register, auth="register")
@@ -80,10 +93,13 @@ class NodesAPI:
             "models": v.get_str_list(data, "models"),
             "max_concurrency": v.get_int(data, "max_concurrency", minimum=0),
             "system": v.get_dict(data, "system"),
+            "runtime_kind": _runtime_kind(data),
         }
         node, created, token = self.registry.register(
             machine_name=machine_name, ip_address=ip, runtime_port=port, details=details
         )
+        if details["runtime_kind"] is None:
+            self._detect_kind(node, force=True)
         await self.svc.persisted(f"register:{node.id}")
         body = {
             "agent_id": node.id,
@@ -107,8 +123,40 @@ class NodesAPI:
         )
         runtime_up = v.get_bool(data, "runtime_up", default=True)
         models = v.get_str_list(data, "models")
+        kind = _runtime_kind(data)
+        if kind is not None:
+            node.runtime_kind = kind
+        elif node.runtime_kind is None and runtime_up:
+            self._detect_kind(node)
         status = self.registry.heartbeat(node, metrics, models, bool(runtime_up))
         return Response.json({"status": status})
+
+    def detecting(self) -> int:
+        """Runtime-kind questions still waiting for an answer."""
+        return len(self._detecting)
+
+    def _detect_kind(self, node: Node, *, force: bool = False) -> None:
+        """The agent did not say what its runtime speaks: ask the runtime (in the background,
+        so the registration is not held up by a slow runtime). A runtime that did not answer
+        is asked again by a later heartbeat, at most every `retry_kind_after` seconds."""
+        now = time.monotonic()
+        last = self._asked_at.get(node.id)
+        recent = last is not None and now - last < self.retry_kind_after
+        if node.id in self._detecting or (recent and not force):
+            return
+        self._asked_at[node.id] = now
+
+        async def run() -> None:
+            try:
+                kind = await detect_runtime_kind(
+                    self.svc.pool, node, self.svc.config.connect_timeout
+                )
+                if kind is not None and kind != node.runtime_kind:
+                    self.registry.update(node, {"runtime_kind": kind})
+            finally:
+                self._detecting.pop(node.id, None)
+
+        self._detecting[node.id] = asyncio.get_running_loop().create_task(run())
 
     async def list_nodes(self, request: Request) -> Response:
         describe = self.svc.health.describe

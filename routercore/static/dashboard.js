@@ -309,9 +309,12 @@
 
   function rowSignature(n) {
     return JSON.stringify([n.display_name, n.custom_name, n.machine_name, n.tags, n.ip_address, n.runtime_port,
-      n.runtime_version, n.status, n.enabled, n.models, n.metrics, n.gpu_count, n.in_flight,
+      n.runtime_version, n.runtime_kind, n.status, n.enabled, n.models, n.metrics, n.gpu_count, n.in_flight,
       n.max_concurrency, n.stats, n.error_rate, healthText(n)]);
   }
+
+  // "ollama 0.5.7", "openai" (llama.cpp, vLLM: only /v1), or "–" while the router finds out.
+  function runtimeText(n) { return [n.runtime_kind, n.runtime_version].filter(Boolean).join(" ") || "–"; }
 
   function buildRow(n) {
     const m = n.metrics || {};
@@ -325,7 +328,7 @@
     const row = el("tr", { "data-node-id": n.id, "data-status": n.status },
       nameCell,
       el("td", { class: "opt", text: `${n.ip_address}:${n.runtime_port}` }),
-      el("td", { class: "opt", text: n.runtime_version || "–" }),
+      el("td", { class: "opt", text: runtimeText(n) }),
       el("td", { class: "status-cell" }, statusBadge(n),
         healthText(n) ? el("span", { class: "sub health-reason", text: healthText(n) }) : null),
       uptime, seen,
@@ -603,7 +606,7 @@
     const sys = n.system || {};
     const info = el("dl", { class: "kv" },
       ...kv("Machine", n.machine_name), ...kv("Address", `${n.ip_address}:${n.runtime_port}`),
-      ...kv("Runtime", n.runtime_version || "–"), ...kv("Agent", n.agent_version || "–"),
+      ...kv("Runtime", runtimeText(n)), ...kv("Agent", n.agent_version || "–"),
       ...kv("OS", sys.os || "–"), ...kv("CPU", sys.cpu_model ? `${sys.cpu_model}${sys.cpu_count ? ` (${sys.cpu_count} cores)` : ""}` : "–"),
       ...kv("Memory", bytes(sys.memory_bytes)), ...kv("GPUs", g || "none"),
       ...kv("Models", (n.models || []).join(", ") || "–"), ...kv("Registered", n.registered_at || "–"),

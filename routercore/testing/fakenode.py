@@ -299,6 +299,8 @@ class FakeNode:
             "active_requests": self.stats.in_flight,
             "cpu_usage": s.cpu_usage,
             "memory_usage": s.memory_usage,
+            # Like the agent: a node serving only /v1 is an "openai" runtime (llama.cpp, vLLM).
+            "runtime_kind": "openai" if s.api == "openai" else "ollama",
         }
 
     def has_stream_delay(self) -> bool:

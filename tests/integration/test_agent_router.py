@@ -144,6 +144,7 @@ def test_node_online_with_metrics_and_models_then_clean_stop(cluster: Cluster) -
     assert node["runtime_port"] == int(runtime.url.rsplit(":", 1)[1])
     assert node["ip_address"] == "127.0.0.1"
     assert node["runtime_version"] and node["agent_version"]
+    assert node["runtime_kind"] == "ollama"  # the agent detected it and said so
     assert node["system"]["cpu_count"] >= 1 and node["system"]["memory_bytes"] > 0
     node = wait_until(
         lambda: (n := node_named(router, "n1")()) and n["metrics"]["cpu_usage"] is not None and n,
