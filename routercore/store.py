@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import apsw
 import orjson
 
+from routercore.deployment_store import SCHEMA as DEPLOYMENTS_SCHEMA
 from routercore.node import Node, NodeMetrics, NodeStats
 
 log = logging.getLogger("routercore.store")
@@ -74,6 +75,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     "ALTER TABLE nodes ADD COLUMN runtime_kind TEXT;",
+    DEPLOYMENTS_SCHEMA,
 )
 
 NODE_COLUMNS = (
@@ -393,7 +395,14 @@ class Store:
         """Upsert an API key row (keys = API_KEY_COLUMNS); never pass the plain key."""
         self._queue.put((_SQL_API_KEY, tuple(record.get(c) for c in API_KEY_COLUMNS)))
 
+    def enqueue(self, sql: str, params: tuple[Any, ...]) -> None:
+        """A write for a table another module owns (routercore.deployment_store)."""
+        self._queue.put((sql, params))
+
     # ---- sync reads (start-up, tests) ---------------------------------------------------------
+
+    def read_all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return self._read(lambda c: [tuple(r) for r in c.execute(sql, params)]).result()
 
     def load_nodes(self) -> list[Node]:
         sql = f"SELECT {', '.join(NODE_COLUMNS)} FROM nodes ORDER BY registered_at, id"

@@ -123,6 +123,8 @@ class NodesAPI:
         )
         runtime_up = v.get_bool(data, "runtime_up", default=True)
         models = v.get_str_list(data, "models")
+        if models is not None:
+            models = self.svc.model_overrides.apply(node.id, models)
         kind = _runtime_kind(data)
         if kind is not None:
             node.runtime_kind = kind
