@@ -22,6 +22,7 @@ from agent.backoff import Backoff
 from agent.config import AgentConfig
 from agent.download import Downloader, ProxySettings
 from agent.install import InstallError, find_runtime, install_runtime
+from agent.logtail import LogTail
 from agent.metrics import LoadSample, MetricsCollector, system_info, total_memory_bytes
 from agent.models import PullError, choose_default_model, has_model, pull_model
 from agent.progress import ConsoleProgress, fan_out, percent
@@ -71,6 +72,7 @@ class AgentService:
         # Tells worker threads (downloads, pulls) to give up when the agent stops.
         self._cancel = threading.Event()
         self._stop_requested = threading.Event()
+        self.log_tail = LogTail()  # what a router gets when it asks for this agent's log
 
     # --- thread-safe controls -----------------------------------------------------------------
 
@@ -360,6 +362,7 @@ class AgentService:
                 self.heartbeat_payload,
                 timeout=c.request_timeout,
                 on_change=self._on_router_change,
+                logs=self.log_tail.tail,
             )
             for url in c.router_url
         ]
@@ -398,6 +401,7 @@ class AgentService:
     async def run(self) -> None:
         """Run until `request_stop()`; then stop the loops and a runtime the agent started."""
         self._loop = asyncio.get_running_loop()
+        logging.getLogger().addHandler(self.log_tail)
         stop = self._stop = asyncio.Event()
         if self._stop_requested.is_set():
             stop.set()
@@ -429,3 +433,4 @@ class AgentService:
             if self.process.started:
                 await asyncio.to_thread(self.process.stop)
             log.info("agent_stopped")
+            logging.getLogger().removeHandler(self.log_tail)

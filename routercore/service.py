@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from routercore import __version__
+from routercore.agent_logs import AgentLogRequests
+from routercore.api.logs import LogsAPI
 from routercore.api.models import ModelsAPI
 from routercore.api.nodes import NodesAPI
 from routercore.api.ollama import OllamaAPI
@@ -23,6 +25,7 @@ from routercore.deployments import DeploymentManager, show_on_node
 from routercore.health import HealthMonitor
 from routercore.http.server import HTTPServer, ServerLimits
 from routercore.http.upstream import UpstreamPool
+from routercore.logring import LogRing
 from routercore.model_overrides import ModelOverrides
 from routercore.provider_proxy import forward_to_provider
 from routercore.providers import Providers
@@ -96,6 +99,8 @@ class RouterService:
                 self.pool, node, model, config.connect_timeout + 25.0
             ),
         )
+        self.log_ring = LogRing(config.log_ring_lines)
+        self.agent_logs = AgentLogRequests()
         self.auth = AuthPolicy(
             admin_token_hash="",
             registration_token=config.registration_token,
@@ -108,7 +113,13 @@ class RouterService:
         self.start_hooks: list[Callable[[], None]] = []
         self.stop_hooks: list[Callable[[], None]] = []
         self.nodes_api = NodesAPI(self)
-        for api in (self.nodes_api, OpenAIAPI(self), OllamaAPI(self), ModelsAPI(self)):
+        for api in (
+            self.nodes_api,
+            OpenAIAPI(self),
+            OllamaAPI(self),
+            ModelsAPI(self),
+            LogsAPI(self),
+        ):
             api.install(self.app)
         self._install_optional_apis()
         limits = ServerLimits(
@@ -165,6 +176,7 @@ class RouterService:
         )
 
     async def start(self) -> tuple[str, int]:
+        logging.getLogger().addHandler(self.log_ring)
         self.store.open()
         self._admin_token()
         for hook in self.start_hooks:
@@ -219,6 +231,7 @@ class RouterService:
             hook()
         await asyncio.to_thread(self.store.close)
         log.info("event=shutdown_done")
+        logging.getLogger().removeHandler(self.log_ring)
 
 
 async def serve(config: RouterConfig) -> None:

@@ -131,7 +131,8 @@ class NodesAPI:
         elif node.runtime_kind is None and runtime_up:
             self._detect_kind(node)
         status = self.registry.heartbeat(node, metrics, models, bool(runtime_up))
-        return Response.json({"status": status})
+        # A log request rides on the answer; a log sent on request rides on the heartbeat.
+        return Response.json({"status": status, **self.svc.agent_logs.on_heartbeat(node.id, data)})
 
     def detecting(self) -> int:
         """Runtime-kind questions still waiting for an answer."""
