@@ -38,6 +38,7 @@ STATIC_FILES = {
     "/dashboard": ("dashboard.html", "text/html; charset=utf-8"),
     "/dashboard/": ("dashboard.html", "text/html; charset=utf-8"),
     "/dashboard/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+    "/dashboard/models.js": ("models.js", "text/javascript; charset=utf-8"),
     "/dashboard/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
 }
 CSP = (

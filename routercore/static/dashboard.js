@@ -30,6 +30,8 @@
   };
   // Exposed for tests and measurements: how many snapshots were drawn and how long the last took.
   window.__dashboard = { renders: 0, lastRenderMs: 0, lastPayloadBytes: 0, channel: "connecting" };
+  // Helpers and hooks shared with models.js, which loads after this file.
+  const ui = window.__routerUI = window.__routerUI || {};
 
   // ---- small helpers ------------------------------------------------------------------------
 
@@ -255,6 +257,7 @@
     renderNodes();
     renderCharts(snap.series);
     refreshChoices();
+    if (ui.onSnapshot) ui.onSnapshot(snap);
     window.__dashboard.renders += 1;
     window.__dashboard.lastRenderMs = performance.now() - started;
   }
@@ -494,12 +497,14 @@
   function route() {
     const hash = location.hash.replace(/^#/, "") || "overview";
     const [view, arg] = hash.split("/");
-    const shown = ["overview", "requests", "chat"].includes(view) ? view : "overview";
-    for (const name of ["overview", "requests", "chat"]) $(`view-${name}`).hidden = name !== shown;
+    const views = ["overview", "models", "requests", "chat"];
+    const shown = views.includes(view) ? view : "overview";
+    for (const name of views) $(`view-${name}`).hidden = name !== shown;
     for (const a of document.querySelectorAll("#tabs a")) a.classList.toggle("active", a.dataset.view === shown);
     if (view === "node" && arg) openNode(arg);
     else closeNodeDialog();
     if (shown === "requests") loadHistory();
+    if (ui.onView) ui.onView(shown);
   }
   window.addEventListener("hashchange", route);
 
@@ -615,7 +620,7 @@
     const live = el("div", { id: "node-live" });
     $("node-body").replaceChildren(
       el("div", { class: "detail-grid" }, el("div", {}, el("h3", { text: "System" }), info), admin),
-      live);
+      live, ui.nodeLogs ? ui.nodeLogs(n) : null);
     updateNodeLive(detail);
   }
 
@@ -827,6 +832,10 @@
   $("chat-prompt").addEventListener("keydown", (ev) => { if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); sendChat(); } });
   $("chat-stop").addEventListener("click", () => state.chat.abort && state.chat.abort.abort());
   $("chat-clear").addEventListener("click", () => { state.chat.messages = []; $("chat-log").replaceChildren(); $("chat-node").textContent = ""; });
+
+  // ---- shared with models.js (the Models view and node logs) --------------------------------
+
+  Object.assign(ui, { $, el, api, read, adminAction, confirmDialog, notify, bytes, state, usageBar, getToken, askToken });
 
   // ---- start --------------------------------------------------------------------------------
 
