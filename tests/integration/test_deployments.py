@@ -128,3 +128,13 @@ def test_deployment_requests_are_checked(router):
     assert http("DELETE", drop, token=ADMIN_TOKEN)[0] == 204
     assert http("DELETE", drop, token=ADMIN_TOKEN)[0] == 404
     assert deployments(router) == {}
+
+
+def test_a_failed_pull_is_shown_with_its_reason_and_placed_elsewhere(router, fake_nodes):
+    broken, broken_id = start_node(router, fake_nodes, "broken", ["base"], 10.0)
+    _, other_id = start_node(router, fake_nodes, "other", ["base"], 50.0)
+    broken.set_fault("garbage", times=1)  # its next answer (the pull) is not HTTP
+    deploy(router, model="m", replicas=1)
+    wait_for(lambda: states(router, "m") == {broken_id: "failed", other_id: "ready"})
+    failed = next(n for n in deployments(router)["m"]["nodes"] if n["agent_id"] == broken_id)
+    assert "broken" in failed["error"] and failed["progress"] is None
