@@ -147,7 +147,11 @@ class PullManager:
         for queue in pull.watchers:
             queue.put_nowait((pull.node_id, line))
 
-    def _finish(self, node: Node, pull: NodePull, error: str | None, code: int | None) -> None:
+    def _finish(
+        self, node: Node, pull: NodePull, error: str | None, code: int | None, *, tell: bool = True
+    ) -> None:
+        """Record the outcome, tell the listeners (routing, deployments) unless `tell` is
+        false, and end every watcher's stream."""
         if error is None:
             pull.state, pull.status = READY, "success"
             log.info("event=pull_done node=%s model=%s", node.id, pull.model)
@@ -156,7 +160,7 @@ class PullManager:
             self._send(pull, {"error": error, "status_code": code or 502})
             log.warning("event=pull_failed node=%s model=%s reason=%r", node.id, pull.model, error)
         self.active.pop((node.id, pull.model), None)
-        for listener in list(self.listeners):
+        for listener in list(self.listeners) if tell else ():
             try:
                 listener(node, pull)
             except Exception:
@@ -175,8 +179,9 @@ class PullManager:
             try:
                 error, code = await self._pull_on_node(node, pull)
             except asyncio.CancelledError:
-                error = "the router is shutting down"
-                self._finish(node, pull, error, 503)
+                # Not an outcome: a deployment keeps the replica as it was and pulls again
+                # after the restart; only the clients watching learn why their stream ends.
+                self._finish(node, pull, "the router is shutting down", 503, tell=False)
                 raise
             except Exception as exc:  # a bug must still end the pull for its watchers
                 log.exception("event=pull_crashed node=%s", node.id)

@@ -138,3 +138,20 @@ def test_a_failed_pull_is_shown_with_its_reason_and_placed_elsewhere(router, fak
     wait_for(lambda: states(router, "m") == {broken_id: "failed", other_id: "ready"})
     failed = next(n for n in deployments(router)["m"]["nodes"] if n["agent_id"] == broken_id)
     assert "broken" in failed["error"] and failed["progress"] is None
+
+
+def test_a_pull_cut_by_a_router_restart_is_started_again_not_failed(
+    router_factory, fake_nodes, tmp_path
+):
+    from tests.conftest import free_port
+
+    db, port = str(tmp_path / "cut.db"), free_port()
+    first = router_factory(db=db, port=port)
+    slow = fake_nodes(register=first.url, name="slow", models=["base"], token_delay=1.0)
+    node_id = node_with(first, "slow")["id"]
+    deploy(first, model="m", replicas=1)
+    wait_for(lambda: states(first, "m") == {node_id: "pulling"}, message="pulling")
+    first.stop()  # cuts the pull
+    second = router_factory(db=db, port=port)  # the node's heartbeats reach it on the same port
+    wait_for(lambda: states(second, "m") == {node_id: "ready"}, timeout=30, message="ready")
+    assert "m" in slow.snapshot()["settings"]["models"]
