@@ -56,6 +56,7 @@ class RouterSession:
         self.interval = default_interval
         self.registered = False
         self.last_error: str | None = None
+        self.logs_wanted: int | None = None  # lines the router asked for, sent next heartbeat
 
     def register_headers(self) -> dict[str, str]:
         if self.registration_token:
@@ -99,6 +100,12 @@ class RouterSession:
             self.last_error = None
             self.last_heartbeat = self.clock()
             self.backoff.reset()
+            body = resp.body if isinstance(resp.body, dict) else {}
+            ask = body.get("send_logs")
+            lines = ask.get("lines") if isinstance(ask, dict) else None
+            if isinstance(lines, int) and not isinstance(lines, bool) and lines > 0:
+                self.logs_wanted = min(lines, 5000)
+                return Step(HEARTBEAT, 0.0)  # the router is waiting: send the log at once
             return Step(HEARTBEAT, self.interval)
         if resp.status in (401, 404):
             # 404: the router forgot us (new DB); 401: someone re-registered us, token is stale.
@@ -114,6 +121,7 @@ class RouterSession:
 
 PayloadFn = Callable[[], Awaitable[dict[str, Any]]]
 StatusFn = Callable[["RouterSession"], None]
+LogsFn = Callable[[int], list[str]]
 
 
 class RouterClient:
@@ -127,8 +135,10 @@ class RouterClient:
         *,
         timeout: float = 10.0,
         on_change: StatusFn | None = None,
+        logs: LogsFn | None = None,
     ) -> None:
         self.session = session
+        self._logs = logs
         self._registration = registration
         self._heartbeat = heartbeat
         self._timeout = timeout
@@ -168,6 +178,9 @@ class RouterClient:
             else:
                 payload = await self._heartbeat()
                 payload["agent_id"] = s.agent_id
+                if s.logs_wanted:
+                    payload["logs"] = self._logs(s.logs_wanted) if self._logs else []
+                    s.logs_wanted = None
                 resp = await self._post(HEARTBEAT_PATH, payload, s.heartbeat_headers())
                 nxt = s.on_heartbeat_response(resp)
         except TransportError as exc:

@@ -22,6 +22,7 @@ from agent.backoff import Backoff
 from agent.config import AgentConfig
 from agent.download import Downloader, ProxyError, ProxySettings
 from agent.install import InstallError, find_runtime, install_runtime
+from agent.logtail import LogTail
 from agent.metrics import LoadSample, MetricsCollector, system_info, total_memory_bytes
 from agent.models import PullError, choose_default_model, has_model, pull_model
 from agent.progress import ConsoleProgress, fan_out, percent
@@ -76,6 +77,7 @@ class AgentService:
         self.relay: Relay | None = None
         self.relay_token = new_relay_token()
         self.failure: str | None = None  # why run() gave up (the exit code says so)
+        self.log_tail = LogTail()  # what a router gets when it asks for this agent's log
 
     # --- thread-safe controls -----------------------------------------------------------------
 
@@ -140,7 +142,7 @@ class AgentService:
     async def heartbeat_payload(self) -> dict[str, Any]:
         sample = await self._sample()
         paused = self.state.snapshot.paused
-        return {
+        payload: dict[str, Any] = {
             "cpu_usage": sample.cpu_usage,
             "memory_usage": sample.memory_usage,
             "gpu_usage": sample.gpu_usage,
@@ -152,6 +154,9 @@ class AgentService:
             "runtime_up": self.runtime.up and not paused,
             "paused": paused,
         }
+        if self.runtime.kind:
+            payload["runtime_kind"] = self.runtime.kind
+        return payload
 
     # --- runtime ------------------------------------------------------------------------------
 
@@ -372,6 +377,7 @@ class AgentService:
                 self.heartbeat_payload,
                 timeout=c.request_timeout,
                 on_change=self._on_router_change,
+                logs=self.log_tail.tail,
             )
             for url in c.router_url
         ]
@@ -415,6 +421,7 @@ class AgentService:
     async def run(self) -> None:
         """Run until `request_stop()`; then stop the loops and a runtime the agent started."""
         self._loop = asyncio.get_running_loop()
+        logging.getLogger().addHandler(self.log_tail)
         stop = self._stop = asyncio.Event()
         if self._stop_requested.is_set():
             stop.set()
@@ -450,6 +457,7 @@ class AgentService:
             if self.relay is not None:
                 await self.relay.stop()
             log.info("agent_stopped")
+            logging.getLogger().removeHandler(self.log_tail)
 
     async def _start_relay(self) -> bool:
         """Listen on relay_host:relay_port; False (logged, `failure` set) when that fails.

@@ -135,6 +135,7 @@ class RouterConfig:
     db: str = _opt("", "SQLite database path (':memory:' allowed); default: user data dir")
     log_level: str = _opt("info", "debug, info, warning or error")
     access_log: bool = _opt(True, "one log line per request")
+    log_ring_lines: int = _opt(2000, "recent log lines kept in memory for GET /api/logs", minimum=1)
     heartbeat_interval: float = _opt(10.0, "seconds between agent heartbeats", minimum=0.1)
     heartbeat_timeout: float = _opt(30.0, "no heartbeat this long: node offline", minimum=0.2)
     balancer: str = _opt("least_loaded", "round_robin, least_loaded or latency")

@@ -14,6 +14,7 @@ ONLINE = "online"
 OFFLINE = "offline"
 UNREACHABLE = "unreachable"
 STATUSES = (ONLINE, OFFLINE, UNREACHABLE)
+RUNTIME_KINDS = ("ollama", "openai")
 
 
 @dataclass

@@ -238,6 +238,13 @@ class NodeRegistry:
         self._announce(node)
         return node
 
+    def set_models(self, node: Node, models: list[str]) -> None:
+        """Change what a node serves now (a pull finished, a model was deleted)."""
+        node.models = models
+        self.store.save_node(node)
+        self._sync_balancer(node)
+        self._announce(node)
+
     def delete(self, node_id: str) -> None:
         node = self.get(node_id)
         del self.nodes[node_id]

@@ -10,6 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from routercore import __version__
+from routercore.agent_logs import AgentLogRequests
+from routercore.api.logs import LogsAPI
+from routercore.api.models import ModelsAPI
 from routercore.api.nodes import NodesAPI
 from routercore.api.ollama import OllamaAPI
 from routercore.api.openai import OpenAIAPI
@@ -17,12 +20,17 @@ from routercore.app import App, AuthPolicy, error_response
 from routercore.auth import hash_token, new_token
 from routercore.balancer import IMPLEMENTATION, Balancer
 from routercore.config import RouterConfig
+from routercore.deployment_store import DeploymentStore
+from routercore.deployments import DeploymentManager, show_on_node
 from routercore.health import HealthMonitor
 from routercore.http.server import HTTPServer, ServerLimits
 from routercore.http.upstream import UpstreamPool
+from routercore.logring import LogRing
+from routercore.model_overrides import ModelOverrides
 from routercore.provider_proxy import forward_to_provider
 from routercore.providers import Providers
 from routercore.proxy import Proxy
+from routercore.pulls import PullManager
 from routercore.registry import NodeRegistry
 from routercore.stats import LiveStats
 from routercore.store import Store
@@ -77,6 +85,23 @@ class RouterService:
         )
         self.proxy.provider_route = forward_to_provider
         self.health.via = self.proxy.via_token  # probes carry the router's Via, as fan-out does
+        self.pulls = PullManager(
+            self.pool, connect_timeout=config.connect_timeout, read_timeout=config.read_timeout
+        )
+        # A pull or delete changes routing at once; heartbeats sent before the node's agent
+        # saw the change must not undo it (for a bounded time).
+        self.model_overrides = ModelOverrides(ttl=max(30.0, 2 * config.heartbeat_timeout))
+        self.deployments = DeploymentManager(
+            self.registry,
+            self.pulls,
+            DeploymentStore(self.store),
+            heartbeat_timeout=config.heartbeat_timeout,
+            show=lambda node, model: show_on_node(
+                self.pool, node, model, config.connect_timeout + 25.0
+            ),
+        )
+        self.log_ring = LogRing(config.log_ring_lines)
+        self.agent_logs = AgentLogRequests()
         self.auth = AuthPolicy(
             admin_token_hash="",
             registration_token=config.registration_token,
@@ -88,7 +113,14 @@ class RouterService:
         # before it closes (e.g. the API key ring loads and flushes its keys).
         self.start_hooks: list[Callable[[], None]] = []
         self.stop_hooks: list[Callable[[], None]] = []
-        for api in (NodesAPI(self), OpenAIAPI(self), OllamaAPI(self)):
+        self.nodes_api = NodesAPI(self)
+        for api in (
+            self.nodes_api,
+            OpenAIAPI(self),
+            OllamaAPI(self),
+            ModelsAPI(self),
+            LogsAPI(self),
+        ):
             api.install(self.app)
         self._install_optional_apis()
         limits = ServerLimits(
@@ -145,16 +177,19 @@ class RouterService:
         )
 
     async def start(self) -> tuple[str, int]:
+        logging.getLogger().addHandler(self.log_ring)
         self.store.open()
         self._admin_token()
         for hook in self.start_hooks:
             hook()
         count = self.registry.load()
+        self.deployments.load()
         self.address = await self.server.start(self.config.host, self.config.port)
         self.tasks.append(asyncio.get_running_loop().create_task(self.health.run()))
         if self.providers:
             self.tasks.append(asyncio.get_running_loop().create_task(self.providers.run()))
             log.info("event=providers names=%s", ",".join(self.providers.by_name))
+        self.tasks.append(asyncio.get_running_loop().create_task(self.deployments.run()))
         host, port = self.address
         log.info(
             "event=ready version=%s nodes_loaded=%d balancer=%s/%s db=%s",
@@ -191,11 +226,13 @@ class RouterService:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.pulls.stop()
         self.pool.close()
         for hook in self.stop_hooks:
             hook()
         await asyncio.to_thread(self.store.close)
         log.info("event=shutdown_done")
+        logging.getLogger().removeHandler(self.log_ring)
 
 
 async def serve(config: RouterConfig) -> None:

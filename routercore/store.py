@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import apsw
 import orjson
 
+from routercore.deployment_store import SCHEMA as DEPLOYMENTS_SCHEMA
 from routercore.node import Node, NodeMetrics, NodeStats
 
 log = logging.getLogger("routercore.store")
@@ -78,6 +79,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE nodes ADD COLUMN relay_port INTEGER;
     ALTER TABLE nodes ADD COLUMN relay_token TEXT NOT NULL DEFAULT '';
     """,
+    "ALTER TABLE nodes ADD COLUMN runtime_kind TEXT;",
+    DEPLOYMENTS_SCHEMA,
 )
 
 NODE_COLUMNS = (
@@ -86,7 +89,7 @@ NODE_COLUMNS = (
     "system", "models", "tags", "notes", "enabled", "max_concurrency", "runtime_up",
     "token_hash", "cpu_usage", "memory_usage", "gpu_usage", "gpu_memory_usage",
     "active_requests", "total_requests", "failed_requests", "total_latency_ms",
-    "relay_port", "relay_token",
+    "relay_port", "relay_token", "runtime_kind",
 )  # fmt: skip
 REQUEST_COLUMNS = (
     "id", "ts", "node_id", "model", "endpoint", "method", "status_code", "outcome",
@@ -216,7 +219,7 @@ def _node_row(node: Node) -> tuple[Any, ...]:
         orjson.dumps(node.tags).decode(), node.notes, int(node.enabled), node.max_concurrency,
         int(node.runtime_up), node.token_hash, m.cpu_usage, m.memory_usage, m.gpu_usage,
         m.gpu_memory_usage, m.active_requests, s.total_requests, s.failed_requests,
-        s.total_latency_ms, node.relay_port, node.relay_token,
+        s.total_latency_ms, node.relay_port, node.relay_token, node.runtime_kind,
     )  # fmt: skip
 
 
@@ -411,7 +414,14 @@ class Store:
         """Upsert an API key row (keys = API_KEY_COLUMNS); never pass the plain key."""
         self._queue.put((_SQL_API_KEY, tuple(record.get(c) for c in API_KEY_COLUMNS)))
 
+    def enqueue(self, sql: str, params: tuple[Any, ...]) -> None:
+        """A write for a table another module owns (routercore.deployment_store)."""
+        self._queue.put((sql, params))
+
     # ---- sync reads (start-up, tests) ---------------------------------------------------------
+
+    def read_all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return self._read(lambda c: [tuple(r) for r in c.execute(sql, params)]).result()
 
     def load_nodes(self) -> list[Node]:
         sql = f"SELECT {', '.join(NODE_COLUMNS)} FROM nodes ORDER BY registered_at, id"

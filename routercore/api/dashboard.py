@@ -38,6 +38,7 @@ STATIC_FILES = {
     "/dashboard": ("dashboard.html", "text/html; charset=utf-8"),
     "/dashboard/": ("dashboard.html", "text/html; charset=utf-8"),
     "/dashboard/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+    "/dashboard/models.js": ("models.js", "text/javascript; charset=utf-8"),
     "/dashboard/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
 }
 CSP = (
@@ -169,6 +170,7 @@ class SnapshotBuilder:
             "ip_address": node.ip_address,
             "runtime_port": node.runtime_port,
             "runtime_version": node.runtime_version,
+            "runtime_kind": node.runtime_kind,
             "status": node.status,
             "enabled": node.enabled,
             "runtime_up": node.runtime_up,

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 from routercore import validate as v
 from routercore.auth import bearer
 from routercore.errors import ClientError, PayloadTooLarge, RouterError
 from routercore.http.messages import Request, Response
-from routercore.node import NodeMetrics
+from routercore.node import RUNTIME_KINDS, Node, NodeMetrics
+from routercore.runtime_kind import detect_runtime_kind
 
 if TYPE_CHECKING:
     from routercore.app import App
@@ -54,9 +57,6 @@ def _normalise_ip(text: str, field: str) -> str:
     return str(addr)
 
 
-RUNTIME_KINDS = ("ollama", "openai")
-
-
 def _runtime_kind(data: dict[str, Any]) -> str | None:
     """`ollama` (speaks both APIs) or `openai` (only /v1: Ollama's API gets translated)."""
     kind = v.get_str(data, "runtime_kind", max_len=16)
@@ -69,6 +69,9 @@ class NodesAPI:
     def __init__(self, svc: RouterService) -> None:
         self.svc = svc
         self.registry = svc.registry
+        self._detecting: dict[str, asyncio.Task[None]] = {}
+        self._asked_at: dict[str, float] = {}  # node id -> when its runtime was last asked
+        self.retry_kind_after = 30.0  # seconds before a heartbeat asks a silent runtime again
 
     def install(self, app: App) -> None:
         app.add("POST", "/api/agents/register", self.register, auth="register")
@@ -121,7 +124,6 @@ class NodesAPI:
             "relay_port": relay_port,
             "relay_token": relay_token,
             "runtime_version": v.get_str(data, "runtime_version", max_len=128),
-            "runtime_kind": _runtime_kind(data),
             "agent_version": v.get_str(data, "agent_version", max_len=128),
             "gpu_devices": v.get_object_list(
                 data, "gpu_devices", v.GPU_DEVICE, max_items=MAX_GPU_DEVICES
@@ -129,6 +131,7 @@ class NodesAPI:
             "models": v.get_str_list(data, "models", max_items=MAX_MODELS, max_len=MAX_MODEL_NAME),
             "max_concurrency": v.get_int(data, "max_concurrency", minimum=0, maximum=1 << 20),
             "system": v.get_object(data, "system", v.SYSTEM),
+            "runtime_kind": _runtime_kind(data),
         }
         if (
             len(self.registry.nodes) >= self.svc.config.max_nodes
@@ -152,6 +155,8 @@ class NodesAPI:
         )
         if relay_port:
             log.info("event=node_relayed id=%s relay=%s:%s", node.id, ip, relay_port)
+        if details["runtime_kind"] is None:
+            self._detect_kind(node, force=True)
         await self.svc.persisted(f"register:{node.id}")
         body = {
             "agent_id": node.id,
@@ -174,12 +179,44 @@ class NodesAPI:
             active_requests=v.get_int(data, "active_requests", default=0, minimum=0) or 0,
         )
         runtime_up = v.get_bool(data, "runtime_up", default=True)
+        models = v.get_str_list(data, "models", max_items=MAX_MODELS, max_len=MAX_MODEL_NAME)
+        if models is not None:
+            models = self.svc.model_overrides.apply(node.id, models)
         kind = _runtime_kind(data)
         if kind is not None:
             node.runtime_kind = kind
-        models = v.get_str_list(data, "models", max_items=MAX_MODELS, max_len=MAX_MODEL_NAME)
+        elif node.runtime_kind is None and runtime_up:
+            self._detect_kind(node)
         status = self.registry.heartbeat(node, metrics, models, bool(runtime_up))
-        return Response.json({"status": status})
+        # A log request rides on the answer; a log sent on request rides on the heartbeat.
+        return Response.json({"status": status, **self.svc.agent_logs.on_heartbeat(node.id, data)})
+
+    def detecting(self) -> int:
+        """Runtime-kind questions still waiting for an answer."""
+        return len(self._detecting)
+
+    def _detect_kind(self, node: Node, *, force: bool = False) -> None:
+        """The agent did not say what its runtime speaks: ask the runtime (in the background,
+        so the registration is not held up by a slow runtime). A runtime that did not answer
+        is asked again by a later heartbeat, at most every `retry_kind_after` seconds."""
+        now = time.monotonic()
+        last = self._asked_at.get(node.id)
+        recent = last is not None and now - last < self.retry_kind_after
+        if node.id in self._detecting or (recent and not force):
+            return
+        self._asked_at[node.id] = now
+
+        async def run() -> None:
+            try:
+                kind = await detect_runtime_kind(
+                    self.svc.pool, node, self.svc.config.connect_timeout
+                )
+                if kind is not None and kind != node.runtime_kind:
+                    self.registry.update(node, {"runtime_kind": kind})
+            finally:
+                self._detecting.pop(node.id, None)
+
+        self._detecting[node.id] = asyncio.get_running_loop().create_task(run())
 
     async def list_nodes(self, request: Request) -> Response:
         describe = self.svc.health.describe

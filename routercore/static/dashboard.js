@@ -30,6 +30,8 @@
   };
   // Exposed for tests and measurements: how many snapshots were drawn and how long the last took.
   window.__dashboard = { renders: 0, lastRenderMs: 0, lastPayloadBytes: 0, channel: "connecting" };
+  // Helpers and hooks shared with models.js, which loads after this file.
+  const ui = window.__routerUI = window.__routerUI || {};
 
   // ---- small helpers ------------------------------------------------------------------------
 
@@ -255,6 +257,7 @@
     renderNodes();
     renderCharts(snap.series);
     refreshChoices();
+    if (ui.onSnapshot) ui.onSnapshot(snap);
     window.__dashboard.renders += 1;
     window.__dashboard.lastRenderMs = performance.now() - started;
   }
@@ -312,9 +315,12 @@
 
   function rowSignature(n) {
     return JSON.stringify([n.display_name, n.custom_name, n.machine_name, n.tags, n.ip_address, n.runtime_port,
-      n.runtime_version, n.status, n.enabled, n.models, n.metrics, n.gpu_count, n.in_flight,
+      n.runtime_version, n.runtime_kind, n.status, n.enabled, n.models, n.metrics, n.gpu_count, n.in_flight,
       n.max_concurrency, n.stats, n.error_rate, healthText(n), n.problem]);
   }
+
+  // "ollama 0.5.7", "openai" (llama.cpp, vLLM: only /v1), or "–" while the router finds out.
+  function runtimeText(n) { return [n.runtime_kind, n.runtime_version].filter(Boolean).join(" ") || "–"; }
 
   function buildRow(n) {
     const m = n.metrics || {};
@@ -328,7 +334,7 @@
     const row = el("tr", { "data-node-id": n.id, "data-status": n.status },
       nameCell,
       el("td", { class: "opt", text: `${n.ip_address}:${n.runtime_port}` }),
-      el("td", { class: "opt", text: n.runtime_version || "–" }),
+      el("td", { class: "opt", text: runtimeText(n) }),
       el("td", { class: "status-cell" }, statusBadge(n),
         healthText(n) ? el("span", { class: "sub health-reason", text: healthText(n) }) : null),
       uptime, seen,
@@ -494,12 +500,14 @@
   function route() {
     const hash = location.hash.replace(/^#/, "") || "overview";
     const [view, arg] = hash.split("/");
-    const shown = ["overview", "requests", "chat"].includes(view) ? view : "overview";
-    for (const name of ["overview", "requests", "chat"]) $(`view-${name}`).hidden = name !== shown;
+    const views = ["overview", "models", "requests", "chat"];
+    const shown = views.includes(view) ? view : "overview";
+    for (const name of views) $(`view-${name}`).hidden = name !== shown;
     for (const a of document.querySelectorAll("#tabs a")) a.classList.toggle("active", a.dataset.view === shown);
     if (view === "node" && arg) openNode(arg);
     else closeNodeDialog();
     if (shown === "requests") loadHistory();
+    if (ui.onView) ui.onView(shown);
   }
   window.addEventListener("hashchange", route);
 
@@ -606,7 +614,7 @@
     const sys = n.system || {};
     const info = el("dl", { class: "kv" },
       ...kv("Machine", n.machine_name), ...kv("Address", `${n.ip_address}:${n.runtime_port}`),
-      ...kv("Runtime", n.runtime_version || "–"), ...kv("Agent", n.agent_version || "–"),
+      ...kv("Runtime", runtimeText(n)), ...kv("Agent", n.agent_version || "–"),
       ...kv("OS", sys.os || "–"), ...kv("CPU", sys.cpu_model ? `${sys.cpu_model}${sys.cpu_count ? ` (${sys.cpu_count} cores)` : ""}` : "–"),
       ...kv("Memory", bytes(sys.memory_bytes)), ...kv("GPUs", g || "none"),
       ...kv("Models", (n.models || []).join(", ") || "–"), ...kv("Registered", n.registered_at || "–"),
@@ -615,7 +623,7 @@
     const live = el("div", { id: "node-live" });
     $("node-body").replaceChildren(
       el("div", { class: "detail-grid" }, el("div", {}, el("h3", { text: "System" }), info), admin),
-      live);
+      live, ui.nodeLogs ? ui.nodeLogs(n) : null);
     updateNodeLive(detail);
   }
 
@@ -827,6 +835,10 @@
   $("chat-prompt").addEventListener("keydown", (ev) => { if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); sendChat(); } });
   $("chat-stop").addEventListener("click", () => state.chat.abort && state.chat.abort.abort());
   $("chat-clear").addEventListener("click", () => { state.chat.messages = []; $("chat-log").replaceChildren(); $("chat-node").textContent = ""; });
+
+  // ---- shared with models.js (the Models view and node logs) --------------------------------
+
+  Object.assign(ui, { $, el, api, read, adminAction, confirmDialog, notify, bytes, state, usageBar, getToken, askToken });
 
   // ---- start --------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from routercore.testing.fake_bodies import (
     DETAILS,
     MODEL_SIZE,
     MODIFIED_AT,
+    PARAMETER_COUNT,
     count_words,
     durations,
     embedding,
@@ -147,6 +148,9 @@ class FakeAPI:
                 if isinstance(req, Reply):
                     return req
                 return handler(self, path, req)
+        elif method == "DELETE" and path == "/api/delete":
+            req = self._parse(path, body)
+            return req if isinstance(req, Reply) else self._ollama_delete(path, req)
         if method in ("GET", "POST"):
             return error_reply(path, 404, "404 page not found")
         return error_reply(path, 405, "405 method not allowed")
@@ -262,11 +266,26 @@ class FakeAPI:
         model = req.get("model") or req.get("name")
         if not isinstance(model, str) or not model:
             return error_reply(path, 400, "model is required")
-        if self.settings.add_model(model):
-            self._on_models_changed()
+
+        def done() -> None:
+            if self.settings.add_model(model):
+                self._on_models_changed()
+
         if req.get("stream", True) is False:
+            done()
             return json_reply(200, {"status": "success"})
-        return Reply(200, NDJSON, chunks=pull_stream(model))
+        return Reply(200, NDJSON, chunks=pull_stream(model, done))
+
+    def _ollama_delete(self, path: str, req: dict[str, Any]) -> Reply:
+        """Ollama's DELETE /api/delete: 200 with an empty body, or 404 for an unknown model."""
+        model = req.get("model") or req.get("name")
+        if not isinstance(model, str) or not model:
+            return error_reply(path, 400, "model is required")
+        if not self.settings.remove_model(model):
+            return error_reply(path, 404, f"model '{model}' not found")
+        self.loaded.pop(model, None)
+        self._on_models_changed()
+        return Reply(200, JSON, b"")
 
     def _ollama_show(self, path: str, req: dict[str, Any]) -> Reply:
         if "model" not in req and "name" in req:
@@ -281,7 +300,11 @@ class FakeAPI:
                 "parameters": "temperature 0.7",
                 "template": "{{ .Prompt }}",
                 "details": DETAILS,
-                "model_info": {"general.architecture": "fake", "fake.context_length": 4096},
+                "model_info": {
+                    "general.architecture": "fake",
+                    "general.parameter_count": PARAMETER_COUNT,
+                    "fake.context_length": 4096,
+                },
                 "capabilities": ["completion", "embedding"],
                 "modified_at": MODIFIED_AT,
             },

@@ -11,7 +11,7 @@ import hashlib
 import math
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -133,8 +133,14 @@ def openai_stream(
         yield b"data: " + dumps({**base, "choices": [], "usage": usage}) + b"\n\n" + SSE_DONE
 
 
-def pull_stream(model: str) -> Iterator[bytes]:
-    """Ollama's pull progress: manifest, a few progress lines for one layer, success."""
+PARAMETER_COUNT = 1_000_000_000  # "1B" in DETAILS; /api/show's general.parameter_count
+
+
+def pull_stream(model: str, on_done: Callable[[], None] | None = None) -> Iterator[bytes]:
+    """Ollama's pull progress: manifest, a few progress lines for one layer, success.
+
+    `on_done` runs just before the success line: like Ollama, the model is listed only once
+    its manifest is written, so a pull cut short leaves no model behind."""
     digest = "sha256:" + model_digest(model)
     total = MODEL_SIZE
     yield b'{"status":"pulling manifest"}\n'
@@ -149,6 +155,8 @@ def pull_stream(model: str) -> Iterator[bytes]:
         yield orjson.dumps(line) + b"\n"
     yield b'{"status":"verifying sha256 digest"}\n'
     yield b'{"status":"writing manifest"}\n'
+    if on_done is not None:
+        on_done()
     yield b'{"status":"success"}\n'
 
 

@@ -166,7 +166,7 @@ class RouterRegistration:
             "runtime_version": RUNTIME_VERSION,
             "agent_version": f"{__version__}-fakenode",
             "models": self.describe()["models"],
-            "runtime_kind": self.describe().get("runtime_kind", "ollama"),
+            "runtime_kind": self.describe()["runtime_kind"],
             "gpu_devices": [],
             "system": system_info(),
         }
@@ -189,7 +189,7 @@ class RouterRegistration:
             "gpu_memory_usage": None,
             "active_requests": now["active_requests"],
             "models": now["models"],
-            "runtime_kind": now.get("runtime_kind", "ollama"),
+            "runtime_kind": now["runtime_kind"],
             "runtime_up": True,
         }
 

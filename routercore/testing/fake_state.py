@@ -112,6 +112,14 @@ class Settings:
         self.update({"models": [*self.models, name]})
         return True
 
+    def remove_model(self, name: str) -> bool:
+        """Remove a model (as /api/delete does); False when this node does not have it."""
+        found = self.resolve(name)
+        if found is None:
+            return False
+        self.update({"models": [m for m in self.models if m != found]})
+        return True
+
     def serves(self, api: str) -> bool:
         return self.api == "both" or self.api == api
 

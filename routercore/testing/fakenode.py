@@ -296,11 +296,11 @@ class FakeNode:
         s = self.settings
         return {
             "models": list(s.models),
-            # Like a real agent: a runtime that speaks only OpenAI's API says so.
-            "runtime_kind": "openai" if s.api == "openai" else "ollama",
             "active_requests": self.stats.in_flight,
             "cpu_usage": s.cpu_usage,
             "memory_usage": s.memory_usage,
+            # Like the agent: a node serving only /v1 is an "openai" runtime (llama.cpp, vLLM).
+            "runtime_kind": "openai" if s.api == "openai" else "ollama",
         }
 
     def has_stream_delay(self) -> bool:

@@ -144,6 +144,7 @@ def test_node_online_with_metrics_and_models_then_clean_stop(cluster: Cluster) -
     assert node["runtime_port"] == int(runtime.url.rsplit(":", 1)[1])
     assert node["ip_address"] == "127.0.0.1"
     assert node["runtime_version"] and node["agent_version"]
+    assert node["runtime_kind"] == "ollama"  # the agent detected it and said so
     assert node["system"]["cpu_count"] >= 1 and node["system"]["memory_bytes"] > 0
     node = wait_until(
         lambda: (n := node_named(router, "n1")()) and n["metrics"]["cpu_usage"] is not None and n,
@@ -411,3 +412,23 @@ def test_tray_under_a_display_and_headless_without(cluster: Cluster) -> None:
         assert "running_headless" not in proc.log()
         assert proc.stop(signal.SIGTERM) == 0
         assert "agent_stopped" in proc.log()
+
+
+def test_the_agent_sends_its_log_when_the_router_asks(cluster: Cluster) -> None:
+    """GET /api/agents/{id}/logs: the question rides on a heartbeat answer, the real agent
+    answers with its log tail in the heartbeat right after."""
+    from tests.conftest import http
+
+    router = cluster.router()
+    runtime = cluster.runtime()
+    cluster.agent("--router", router.url, "--runtime-url", runtime.url, "--name", "logger")
+    node = wait_until(online(router, "logger"), what="node online")
+    url = f"{router.url}/api/agents/{node['id']}/logs?lines=50"
+    assert http("GET", url)[0] == 401
+    status, _, body = http("GET", url, token=ADMIN_TOKEN, timeout=30)
+    assert status == 200, body
+    assert body["agent_id"] == node["id"]
+    assert 0 < len(body["lines"]) <= 50
+    registered = [line for line in body["lines"] if "registered router=" in line]
+    assert registered and " INFO agent.router_client registered router=" in registered[0]
+    assert node["id"] in registered[-1]

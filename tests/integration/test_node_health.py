@@ -243,6 +243,7 @@ def test_json_reaches_the_node_as_json(router: Any, content_type: bytes | None) 
     node = CaptureNode()
     try:
         body = {"machine_name": "capture", "runtime_port": node.port, "models": ["llama3"]}
+        body["runtime_kind"] = "openai"  # said, so the router does not ask GET /api/tags
         assert http("POST", router.url + "/api/agents/register", body)[0] == 201
         conn = httpclient.HTTPConnection("127.0.0.1", router.port, timeout=10)
         headers = {"content-type": content_type.decode()} if content_type else {}
@@ -265,6 +266,7 @@ def test_a_stale_keepalive_socket_is_retried_on_a_fresh_one_and_counts_as_nothin
     node = CaptureNode(answers_per_connection=1)
     try:
         body = {"machine_name": "capture", "runtime_port": node.port, "models": ["llama3"]}
+        body["runtime_kind"] = "openai"  # said, so the router does not ask GET /api/tags
         status, _, reg = http("POST", router.url + "/api/agents/register", body)
         assert status == 201
         statuses = [chat(router)[0] for _ in range(5)]

@@ -220,6 +220,24 @@ async def test_ollama_chat_and_generate(node: FakeNode) -> None:
     assert limited.response == "tok0 tok1" and limited.done_reason == "length"
 
 
+def test_pull_lists_the_model_only_at_success() -> None:
+    """Like Ollama: a model is listed once its manifest is written, so a cut pull leaves none."""
+    from routercore.testing.fake_api import FakeAPI
+    from routercore.testing.fake_state import Settings
+
+    changed: list[bool] = []
+    api = FakeAPI(Settings(models=["m1"]), lambda: changed.append(True))
+    reply = api.handle("POST", "/api/pull", b'{"model": "big:7b"}')
+    assert reply.chunks is not None
+    lines = [orjson.loads(next(reply.chunks)) for _ in range(6)]
+    assert lines[0] == {"status": "pulling manifest"}
+    assert lines[-1]["completed"] == lines[-1]["total"] and lines[-1]["digest"]
+    assert api.settings.models == ["m1"] and not changed
+    rest = [orjson.loads(chunk) for chunk in reply.chunks]
+    assert rest[-1] == {"status": "success"}
+    assert api.settings.models == ["m1", "big:7b"] and changed
+
+
 async def test_ollama_embed_list_ps_pull_show(node: FakeNode) -> None:
     client = oll(node)
     e = await client.embed(model="m1", input="hello")
@@ -242,6 +260,13 @@ async def test_ollama_embed_list_ps_pull_show(node: FakeNode) -> None:
     assert (await client.pull("other", stream=False)).status == "success"
     shown = await client.show("new:1b")
     assert shown.details is not None and shown.modelinfo
+    assert shown.modelinfo["general.parameter_count"] == 1_000_000_000
+
+    assert (await client.delete("new:1b")).status == "success"
+    assert "new:1b" not in [m.model for m in (await client.list()).models]
+    with pytest.raises(ollama.ResponseError) as missing:
+        await client.delete("new:1b")
+    assert missing.value.status_code == 404 and "not found" in missing.value.error
 
     with pytest.raises(ollama.ResponseError) as exc:
         await client.chat(model="nope", messages=[])

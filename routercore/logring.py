@@ -1,0 +1,72 @@
+"""The router's recent log lines, kept in memory for `GET /api/logs`, and the masking every
+log line gets before the API returns it (the router's own and the agents' alike)."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import re
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+_MASK = "***"
+# What is masked: bearer credentials; the value after any key named like a token, key, secret
+# or password (`token=...`, `"api_key": "..."`, `password: ...`); this project's own token
+# shapes (adm_, agt_, rly_ and sk- followed by a long random part; the 8-character key
+# prefixes the API shows stay readable); and passwords in URLs (`http://user:pw@host`).
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?i)(\bbearer\s+)[^\s\"',;]+"), r"\1" + _MASK),
+    (
+        re.compile(
+            r"(?i)((?:token|api[_-]?key|apikey|secret|password|passwd|pwd|authorization)"
+            r"[\"']?\s*[=:]\s*[\"']?)(?!\*\*\*|bearer\b)([^\s\"',;&}]+)"
+        ),
+        r"\1" + _MASK,
+    ),
+    (re.compile(r"\b(adm_|agt_|rly_|sk-)[A-Za-z0-9_-]{20,}"), r"\1" + _MASK),
+    (re.compile(r"(://[^/\s:@]+:)[^@\s/]+@"), r"\1" + _MASK + "@"),
+)
+
+
+def mask_secrets(line: str) -> str:
+    """`line` with every credential-looking value replaced by ***."""
+    for pattern, replacement in _PATTERNS:
+        line = pattern.sub(replacement, line)
+    return line
+
+
+def parse_level(text: str | None) -> int:
+    """`debug`..`critical` (any case) to a logging level; empty: everything."""
+    if not text:
+        return 0
+    level = LEVELS.get(text.strip().lower())
+    if level is None:
+        raise ValueError(f"level must be one of {', '.join(LEVELS)}")
+    return level
+
+
+class LogRing(logging.Handler):
+    """A logging handler keeping the newest `size` records as formatted lines."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter(FORMAT))
+        self.records: collections.deque[tuple[int, str]] = collections.deque(maxlen=size)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.records.append((record.levelno, self.format(record)))
+        except Exception:  # a bad format argument must not break the caller
+            self.handleError(record)
+
+    def tail(self, lines: int, min_level: int = 0) -> list[str]:
+        """The newest `lines` lines at or above `min_level`, oldest first, masked."""
+        picked: list[str] = []
+        for level, text in reversed(self.records):
+            if level >= min_level:
+                picked.append(text)
+                if len(picked) >= lines:
+                    break
+        picked.reverse()
+        return [mask_secrets(text) for text in picked]
