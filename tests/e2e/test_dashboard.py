@@ -298,7 +298,7 @@ def test_request_history_pages_filters_and_details(
     detail = page.locator("#request-dialog")
     expect(detail).to_be_visible()
     expect(detail.locator("#request-body")).to_contain_text("missing")
-    expect(detail.locator("#request-body")).to_contain_text("not served by any online node")
+    expect(detail.locator("#request-body")).to_contain_text("not served by any node")
 
 
 # -- chat --------------------------------------------------------------------------------------
