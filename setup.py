@@ -1,7 +1,9 @@
 """Builds the optional Cython hot path (ext/*.pyx -> routercore._*).
 
 A missing compiler must not break the install: the pure-Python twins take over. Set
-LLM_ROUTER_REQUIRE_EXTENSIONS=1 to turn a failed build into an error (CI does).
+LLM_ROUTER_REQUIRE_EXTENSIONS=1 to turn a failed build into an error (CI does), and
+LLM_ROUTER_PURE_WHEEL=1 to declare no extension at all: the result is a py3-none-any wheel, the
+fallback the release bundles carry for interpreters without a compiled wheel (docs/release.md).
 """
 
 import os
@@ -11,6 +13,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 REQUIRE = os.environ.get("LLM_ROUTER_REQUIRE_EXTENSIONS") == "1"
+PURE = os.environ.get("LLM_ROUTER_PURE_WHEEL") == "1"
 
 
 class OptionalBuildExt(build_ext):
@@ -37,6 +40,8 @@ class OptionalBuildExt(build_ext):
 
 
 def extensions() -> list[Extension]:
+    if PURE:
+        return []
     try:
         from Cython.Build import cythonize
     except ImportError:
