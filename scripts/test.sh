@@ -18,15 +18,26 @@ need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+# Release tests (issue 14) and the real tray/settings window: msitools' wixl/msiinfo, unzip,
+# and Xvfb (the tests start their own display).
+command -v wixl >/dev/null 2>&1 || need+=(wixl)
+command -v msiinfo >/dev/null 2>&1 || need+=(msitools)
+command -v unzip >/dev/null 2>&1 || need+=(unzip)
+command -v Xvfb >/dev/null 2>&1 || need+=(xvfb)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null
 fi
 if [ "${CI:-}" = true ]; then
   # In CI nothing may be skipped for a missing tool.
-  for tool in chromium wrk; do
+  for tool in chromium wrk wixl msiinfo unzip Xvfb; do
     command -v "$tool" >/dev/null 2>&1 || { echo "CI needs $tool and could not install it" >&2; exit 1; }
   done
 fi
+
+# Style and types first (versions pinned in pyproject's dev extra; mypy's files are there too).
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
 
 # The real llama.cpp runtime the node-health tests run behind: its own cached virtualenv
 # outside the project's (~6 minutes to build the first time on 2 cores, then reused).
