@@ -20,7 +20,15 @@ def build_wheel(tmp_path: Path, env_extra: dict[str, str]) -> zipfile.ZipFile:
         ROOT,
         src,
         ignore=shutil.ignore_patterns(
-            ".venv", ".git", "build", "*.so", "*.c", "__pycache__", "test-artifacts", "*.egg-info"
+            ".venv",
+            ".git",
+            "build",
+            "dist",
+            "*.so",
+            "*.c",
+            "__pycache__",
+            "test-artifacts",
+            "*.egg-info",
         ),
     )
     out = tmp_path / "wheels"
