@@ -83,11 +83,12 @@ if ($Uninstall) {
 }
 
 $exe = Find-Python
-$version = (& $exe -c 'import sys; print("%d.%d" % sys.version_info[:2])').Trim()
+# No double quotes inside -c: Windows PowerShell 5.1 does not escape them for native commands.
+$version = (& $exe -c 'import sys; print(sys.version_info[0], sys.version_info[1], sep=chr(46))').Trim()
 if ($Supported -notcontains $version) {
   throw "Python $version at $exe is not supported: this package carries wheels for 3.11, 3.12 and 3.13."
 }
-$bits = (& $exe -c 'import struct; print(struct.calcsize("P") * 8)').Trim()
+$bits = (& $exe -c 'import sys; print(64 if sys.maxsize > 2**32 else 32)').Trim()
 if ($bits -ne '64') { throw "Python at $exe is $bits-bit: the bundled wheels are for 64-bit Python." }
 
 New-Item -ItemType Directory -Force -Path $InstallDir | Out-Null

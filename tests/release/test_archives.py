@@ -168,6 +168,11 @@ def test_install_ps1_installs_offline_and_starts_the_tray(windows_payload: Path)
     assert "'-m', 'agent', '--autostart', 'enable'" in script
     assert "Start-Process -FilePath $VenvPythonw -ArgumentList @('-m', 'agent')" in script
     assert "[switch]$Uninstall" in script and "Remove-Item -Recurse -Force $Venv" in script
+    # Windows PowerShell 5.1 passes embedded double quotes to native programs unescaped: the
+    # Python snippets it runs must not contain any.
+    snippets = re.findall(r"-c '([^']*)'", script)
+    assert len(snippets) == 3
+    assert [s for s in snippets if '"' in s] == []
 
 
 def test_the_wheelhouse_checker_notices_a_missing_wheel(
