@@ -120,7 +120,7 @@ def test_msi_start_at_login_is_an_optional_feature_writing_the_run_value(msi: Pa
 
 
 def test_msi_launch_condition_requires_python_3_11_or_newer(msi: Path) -> None:
-    (launch,) = table(msi, "LaunchCondition")
+    (launch,) = [r for r in table(msi, "LaunchCondition") if "PY311USER" in r["Condition"]]
     assert launch["Condition"].startswith("Installed OR ")
     assert "Python 3.11, 3.12 or 3.13 (64-bit)" in launch["Description"]
     assert "python.org" in launch["Description"]
@@ -157,3 +157,17 @@ def test_msi_runs_the_offline_install_and_removes_the_venv_on_uninstall(msi: Pat
     assert sequence["OfflineInstall"]["Condition"] == "NOT REMOVE"
     assert seq["RemoveVenv"] < seq["RemoveFiles"]
     assert sequence["RemoveVenv"]["Condition"] == 'REMOVE="ALL"'
+
+
+def test_msi_upgrades_replace_the_old_version_first(msi: Path) -> None:
+    upgrades = {r["ActionProperty"]: r for r in table(msi, "Upgrade")}
+    assert upgrades["WIX_UPGRADE_DETECTED"]["VersionMax"] == VERSION  # older versions go
+    assert upgrades["WIX_DOWNGRADE_DETECTED"]["VersionMin"] == VERSION  # newer ones refuse
+    codes = {r["UpgradeCode"] for r in upgrades.values()}
+    props = {r["Property"]: r["Value"] for r in table(msi, "Property")}
+    assert codes == {props["UpgradeCode"]}
+    seq = {r["Action"]: int(r["Sequence"]) for r in table(msi, "InstallExecuteSequence")}
+    # the old product (and its venv) is gone before this one's files and venv are made
+    assert seq["InstallValidate"] < seq["RemoveExistingProducts"] < seq["InstallInitialize"]
+    launch = {r["Condition"] for r in table(msi, "LaunchCondition")}
+    assert "NOT WIX_DOWNGRADE_DETECTED" in launch
