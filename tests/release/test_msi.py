@@ -149,7 +149,8 @@ def test_msi_runs_the_offline_install_and_removes_the_venv_on_uninstall(msi: Pat
         assert kind & 0x400  # deferred: runs inside the install script
         assert action["Source"] == "POWERSHELLEXE"
         assert '-File "[INSTALLDIR]install.ps1"' in action["Target"]
-    assert install["Target"].endswith("-NoAutostart")  # the MSI writes the Run value itself
+    # the MSI writes the Run value itself, and starts the agent once the install is committed
+    assert install["Target"].endswith("-NoAutostart -NoStart")
     assert remove["Target"].endswith("-Uninstall")
     assert int(install["Type"]) & 0x40 == 0  # a failed install fails the MSI
     seq = {a: int(r["Sequence"]) for a, r in sequence.items()}
@@ -171,3 +172,18 @@ def test_msi_upgrades_replace_the_old_version_first(msi: Path) -> None:
     assert seq["InstallValidate"] < seq["RemoveExistingProducts"] < seq["InstallInitialize"]
     launch = {r["Condition"] for r in table(msi, "LaunchCondition")}
     assert "NOT WIX_DOWNGRADE_DETECTED" in launch
+
+
+def test_msi_starts_the_tray_agent_after_a_fresh_install(msi: Path) -> None:
+    actions = {r["Action"]: r for r in table(msi, "CustomAction")}
+    sequence = {r["Action"]: r for r in table(msi, "InstallExecuteSequence")}
+    set_exe, start = actions["SetAgentExe"], actions["StartAgent"]
+    assert int(set_exe["Type"]) == 51  # set a property
+    assert set_exe["Source"] == "AGENTEXE"
+    assert set_exe["Target"] == "[INSTALLDIR]venv\\Scripts\\pythonw.exe"
+    kind = int(start["Type"])
+    assert kind & 0x3F == 50 and start["Source"] == "AGENTEXE" and start["Target"] == "-m agent"
+    assert kind & 0xC0 == 0xC0  # asynchronous, not waited for: the agent keeps running
+    seq = {a: int(r["Sequence"]) for a, r in sequence.items()}
+    assert seq["InstallFinalize"] < seq["SetAgentExe"] < seq["StartAgent"]
+    assert sequence["StartAgent"]["Condition"] == "NOT Installed"
