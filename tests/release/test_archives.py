@@ -12,7 +12,7 @@ from packaging.requirements import Requirement
 from packaging.utils import parse_wheel_filename
 from PIL import Image
 
-from tests.release.conftest import PYTHONS, VERSION, Release, pip_resolve, run, wheelhouse
+from tests.release.conftest import PYTHONS, ROOT, VERSION, Release, pip_resolve, run, wheelhouse
 
 pytestmark = pytest.mark.release
 
@@ -54,7 +54,7 @@ def test_sdist_carries_the_sources_and_no_build_output(release: Release) -> None
         "routercore/static/dashboard.css", "routercore/py.typed", "routercore/_balancer_py.py",
         "agent/py.typed", "agent/tray.py",
         "packaging/windows/agent.wxs", "packaging/windows/install.ps1",
-        "packaging/windows/make_icon.py", "packaging/linux/install.sh",
+        "agent/icons/llm-router.ico", "packaging/linux/install.sh",
     ):  # fmt: skip
         assert needed in files, needed
     assert not [n for n in files if n.endswith((".c", ".so", ".pyc"))]
@@ -155,6 +155,9 @@ def test_windows_wheels_install_on_each_python(windows_payload: Path, python: st
 
 
 def test_icon_is_a_multi_size_ico(windows_payload: Path) -> None:
+    # the application icon scripts/make_icons.py draws (agent/icons/llm-router.ico)
+    committed = ROOT / "agent" / "icons" / "llm-router.ico"
+    assert (windows_payload / "agent.ico").read_bytes() == committed.read_bytes()
     icon = Image.open(windows_payload / "agent.ico")
     assert icon.format == "ICO"
     assert {(16, 16), (32, 32), (48, 48), (256, 256)} <= set(icon.info["sizes"])
