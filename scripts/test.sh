@@ -24,12 +24,14 @@ command -v wixl >/dev/null 2>&1 || need+=(wixl)
 command -v msiinfo >/dev/null 2>&1 || need+=(msitools)
 command -v unzip >/dev/null 2>&1 || need+=(unzip)
 command -v Xvfb >/dev/null 2>&1 || need+=(xvfb)
+# openssl makes the test CAs (the fake HTTPS cloud provider, the agent's HTTPS downloads).
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null
 fi
 if [ "${CI:-}" = true ]; then
   # In CI nothing may be skipped for a missing tool.
-  for tool in chromium wrk wixl msiinfo unzip Xvfb; do
+  for tool in chromium wrk wixl msiinfo unzip Xvfb openssl; do
     command -v "$tool" >/dev/null 2>&1 || { echo "CI needs $tool and could not install it" >&2; exit 1; }
   done
 fi
