@@ -1,4 +1,11 @@
-"""WebSocket over a connection h11 has parsed the upgrade request of (wsproto framing)."""
+"""WebSocket over a connection h11 has parsed the upgrade request of (wsproto framing).
+
+Control frames are bounded: a client may send pings and pongs at CONTROL_RATE per second
+(bursts of CONTROL_BURST); past that the connection is closed (1008). A pong is written only
+while the write buffer is under the server's high-water mark, so a client that pings and never
+reads cannot grow the router's memory (the pings it is owed are dropped, which RFC 6455
+allows: only the most recent ping needs an answer).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ from wsproto.events import (
     CloseConnection,
     Message,
     Ping,
+    Pong,
     RejectConnection,
     TextMessage,
 )
@@ -27,6 +35,8 @@ log = logging.getLogger("routercore.http.websocket")
 
 _MAX_MESSAGE = 1024 * 1024
 _MAX_QUEUED = 64
+CONTROL_RATE = 10.0
+CONTROL_BURST = 50
 
 
 def is_upgrade(request: Request) -> bool:
@@ -48,6 +58,9 @@ class WebSocket:
         self.closed = False
         self._text_parts: list[str | bytes] = []
         self._size = 0
+        self._control_budget = float(CONTROL_BURST)
+        self._control_at = conn.loop.time()
+        self.pongs_dropped = 0
 
     def accept_handshake(self) -> None:
         """Check the upgrade request and send the 101; raises when it is not a valid upgrade."""
@@ -75,8 +88,13 @@ class WebSocket:
             self._finish()
 
     def _on_event(self, event: object) -> None:
-        if isinstance(event, Ping):
-            self._write(self.ws.send(event.response()))
+        if isinstance(event, Ping | Pong):
+            if not self._control_allowed():
+                log.info("event=ws_control_flood peer=%s", self.conn.peer)
+                self.close(1008)
+                return
+            if isinstance(event, Ping):
+                self._pong(event)
         elif isinstance(event, CloseConnection):
             try:
                 self._write(self.ws.send(event.response()))
@@ -104,6 +122,28 @@ class WebSocket:
                     self.reading_paused = True
         elif isinstance(event, RejectConnection):
             self._finish()
+
+    def _control_allowed(self) -> bool:
+        """A token bucket: CONTROL_RATE per second, CONTROL_BURST at once."""
+        now = self.conn.loop.time()
+        budget = self._control_budget + (now - self._control_at) * CONTROL_RATE
+        self._control_at = now
+        if budget < 1.0:
+            self._control_budget = budget
+            return False
+        self._control_budget = min(budget, CONTROL_BURST) - 1.0
+        return True
+
+    def _pong(self, ping: Ping) -> None:
+        transport = self.conn.transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size() >= self.conn.limits.write_high_water:
+            if not self.pongs_dropped:
+                log.info("event=ws_pongs_dropped peer=%s reason=client_not_reading", self.conn.peer)
+            self.pongs_dropped += 1
+            return
+        self._write(self.ws.send(ping.response()))
 
     async def send_text(self, text: str) -> None:
         if self.closed or self.conn.closed:
