@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import Any
 
-from routercore import __version__
+from routercore import __version__, logsafe
 from routercore.config import ENV_PREFIX, ConfigError, load_config, settings
 
 # Settings that get their own short, conventional flags (the rest: --setting-name).
@@ -53,6 +53,7 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    logsafe.install()
 
 
 def install_loop() -> None:
