@@ -1,4 +1,8 @@
-"""Route table, auth check and the one place errors become each API's error format."""
+"""Route table, auth and origin checks, and the one place errors become each API's error format.
+
+A request is admitted (route, origin, credentials) from its head: the server asks before it
+reads a body (`head_check`), so a refusal never costs the body; dispatch admits the rest.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Literal
 from routercore.auth import bearer, secret_equals, token_matches
 from routercore.errors import RouterError, Unauthorized
 from routercore.http.messages import Request, Response, WebSocketAccept
+from routercore.origins import LISTED, OriginPolicy
 
 log = logging.getLogger("routercore.app")
 
@@ -64,7 +69,13 @@ class AuthPolicy:
         return token is not None and token_matches(token, self.admin_token_hash)
 
     def check(self, request: Request, level: Auth) -> None:
-        if level in ("none", "agent"):
+        if level == "none":
+            return
+        if level == "agent":
+            # The token is checked against the node named in the body; without one the body
+            # need not be read at all.
+            if bearer(request) is None:
+                raise Unauthorized("invalid agent token")
             return
         if level == "read":
             if self.open_reads or self.is_admin(request):
@@ -107,8 +118,9 @@ class Route:
 class App:
     """Maps (method, path) to handlers; exact paths first, then `{param}` patterns in order."""
 
-    def __init__(self, auth: AuthPolicy) -> None:
+    def __init__(self, auth: AuthPolicy, origins: OriginPolicy | None = None) -> None:
         self.auth = auth
+        self.origins = origins or OriginPolicy(())
         self.exact: dict[tuple[str, str], Route] = {}
         self.patterns: list[Route] = []
         self.paths: dict[str, set[str]] = {}
@@ -139,8 +151,36 @@ class App:
             allowed.add(route.method)
         return None, {}, allowed
 
-    async def dispatch(self, request: Request) -> Response | WebSocketAccept | None:
+    def head_check(self, request: Request) -> Response | None:
+        """For the server, before a body is read: None to read it, else the refusal."""
+        return self.admit(request)
+
+    def admit(self, request: Request) -> Response | None:
+        """Route, origin and credentials, from the head alone; sets `request.route`."""
         route, params, allowed = self.match(request.method, request.path)
+        origin = request.header(b"origin")
+        if origin is not None:
+            verdict = self.origins.verdict(origin, request.header(b"host"))
+            if verdict is None:
+                log.info(
+                    "event=origin_refused origin=%r method=%s path=%s",
+                    origin,
+                    request.method,
+                    request.path,
+                )
+                return error_body(
+                    request.path,
+                    403,
+                    f"requests from the web origin {origin!r} are not allowed "
+                    "(allow it with LLM_ROUTER_CORS_ORIGINS)",
+                    code="origin_not_allowed",
+                    error_type="permission_error",
+                )
+            if verdict == LISTED:
+                request.cors_origin = origin
+            if route is None and allowed and request.method == "OPTIONS":
+                request.cors_origin = origin  # the server adds the allow-origin fields
+                return _preflight(request, allowed)
         if route is None:
             if allowed:
                 resp = error_body(request.path, 405, f"method {request.method} not allowed")
@@ -149,9 +189,22 @@ class App:
             return error_body(
                 request.path, 404, f"no such endpoint: {request.path}", code="not_found"
             )
-        request.params = params
         try:
             self.auth.check(request, route.auth)
+        except RouterError as exc:
+            return from_exception(request, exc)
+        request.params = params
+        request.route = route
+        return None
+
+    async def dispatch(self, request: Request) -> Response | WebSocketAccept | None:
+        route = request.route
+        if route is None:
+            refusal = self.admit(request)
+            if refusal is not None:
+                return refusal
+            route = request.route
+        try:
             return await route.handler(request)
         except RouterError as exc:
             if exc.status >= 500:
@@ -164,3 +217,17 @@ class App:
             if request.stream is not None and request.stream.client_gone:
                 return None
             return from_exception(request, exc)
+
+
+def _preflight(request: Request, allowed: set[str]) -> Response:
+    """The CORS preflight answer for an admitted origin."""
+    methods = sorted(allowed | {"OPTIONS"})
+    asked = request.header(b"access-control-request-headers")
+    return Response(
+        204,
+        headers=[
+            ("access-control-allow-methods", ", ".join(methods)),
+            ("access-control-allow-headers", asked or "authorization, content-type"),
+            ("access-control-max-age", "600"),
+        ],
+    )

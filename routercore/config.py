@@ -163,6 +163,16 @@ class RouterConfig:
     write_timeout: float = _opt(60.0, "a client that reads nothing this long is cut", minimum=0.1)
     idle_timeout: float = _opt(75.0, "idle keep-alive connections close after this", minimum=0.1)
     max_connections: int = _opt(10000, "client connections at once; more are refused", minimum=1)
+    max_connections_per_address: int = _opt(
+        2500, "client connections at once from one address; more get 503 (0: no cap)", minimum=0
+    )
+    body_deadline: float = _opt(120.0, "seconds to receive a whole request body", minimum=0.1)
+    max_inflight_body_bytes: int = _opt(
+        256 * 1024 * 1024, "request body bytes held at once; past it new bodies get 503", minimum=1
+    )
+    cors_origins: tuple[str, ...] = _opt(
+        (), "origins allowed to call the API from a browser besides the router's own ('*': any)"
+    )
     queue_max: int = _opt(1024, "requests waiting for a free node", minimum=0)
     queue_timeout: float = _opt(30.0, "seconds a request may wait for a free node", minimum=0.0)
     connect_timeout: float = _opt(5.0, "seconds to connect to a node", minimum=0.1)

@@ -27,6 +27,8 @@ from routercore.http.server import HTTPServer, ServerLimits
 from routercore.http.upstream import UpstreamPool
 from routercore.logring import LogRing
 from routercore.model_overrides import ModelOverrides
+from routercore.logsafe import SHOW_SECRET
+from routercore.origins import OriginPolicy
 from routercore.provider_proxy import forward_to_provider
 from routercore.providers import Providers
 from routercore.proxy import Proxy
@@ -108,7 +110,7 @@ class RouterService:
             api_keys=config.api_keys,
             open_reads=config.open_reads,
         )
-        self.app = App(self.auth)
+        self.app = App(self.auth, OriginPolicy(config.cors_origins))
         # Optional APIs hook in here: start hooks run once the store is open, stop hooks
         # before it closes (e.g. the API key ring loads and flushes its keys).
         self.start_hooks: list[Callable[[], None]] = []
@@ -134,8 +136,13 @@ class RouterService:
             write_high_water=config.write_high_water,
             access_log=config.access_log,
             fast_path=config.http_fast_path,
+            body_deadline=config.body_deadline,
+            max_inflight_body_bytes=config.max_inflight_body_bytes,
+            max_connections_per_address=config.max_connections_per_address,
         )
-        self.server = HTTPServer(self.app.dispatch, limits, error_response)
+        self.server = HTTPServer(
+            self.app.dispatch, limits, error_response, head_check=self.app.head_check
+        )
         self.tasks: list[asyncio.Task[Any]] = []
         self.address: tuple[str, int] | None = None
         self.admin_token_generated: str | None = None
@@ -174,6 +181,7 @@ class RouterService:
             "event=admin_token_generated token=%s (shown once; set "
             "LLM_ROUTER_ADMIN_TOKEN to choose your own)",
             token,
+            extra=SHOW_SECRET,
         )
 
     async def start(self) -> tuple[str, int]:

@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from routercore.errors import ClientError
+from routercore.http import json_limits
 
 if TYPE_CHECKING:
     from routercore.http.websocket import WebSocket
@@ -30,6 +31,11 @@ class Request:
     query_string: str = ""
     params: dict[str, str] = field(default_factory=dict)
     stream: ResponseStream | None = None
+    # Set by the app when it admitted the request from its head (route, origin, credentials),
+    # so that dispatch does not judge it twice.
+    route: Any = None
+    # An allow-listed foreign origin: the answer carries the CORS headers that let it be read.
+    cors_origin: str = ""
 
     def __post_init__(self) -> None:
         path, _, query = self.target.partition("?")
@@ -48,11 +54,12 @@ class Request:
         return dict(parse_qsl(self.query_string, keep_blank_values=True))
 
     def json(self) -> Any:
-        """The body as JSON, or a ClientError (400) that says what is wrong."""
+        """The body as JSON, or a ClientError (400) that says what is wrong (json_limits bounds
+        what a body may build)."""
         if not self.body:
             raise ClientError("request body is empty; expected a JSON object")
         try:
-            return orjson.loads(self.body)
+            return json_limits.loads(self.body)
         except orjson.JSONDecodeError as exc:
             raise ClientError(f"request body is not valid JSON: {exc}") from None
 

@@ -5,6 +5,11 @@ The protocol only moves bytes and enforces limits; what to answer is decided by 
 callable (app.py). Handles keep-alive, pipelining (one request at a time, in order),
 `Expect: 100-continue`, chunked request bodies, header/body/idle timeouts, a connection cap,
 and write flow control (handlers await drain instead of growing the buffer).
+
+A request with a body is judged from its head first (`HeadCheck`: route, origin, credentials):
+a refusal is answered at once and the connection closed, so nobody can make the router read
+and hold a body it would refuse. Bodies are bounded per request (size, whole-body deadline,
+pieces) and together (`max_inflight_body_bytes`); connections per client address are capped.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ access_log = logging.getLogger("routercore.access")
 
 Dispatch = Callable[[Request], Awaitable["Response | WebSocketAccept | None"]]
 ErrorResponder = Callable[[Request | None, int, str], Response]
+# Decides from the head alone (body still empty) whether a request with a body may send it:
+# None to read the body, or the refusal to answer at once.
+HeadCheck = Callable[[Request], "Response | None"]
 
 SERVER_HEADER = (b"server", b"llm-router")
 _MAX_PIPELINED_BUFFER = 256 * 1024
@@ -38,6 +46,11 @@ _MAX_PIPELINED_BUFFER = 256 * 1024
 # closing, so its kernel does not get a reset that destroys our answer before it is read.
 _LINGER_SECONDS = 1.0
 _NO_BODY_STATUSES = frozenset({204, 304})
+# A chunked body may arrive in this many pieces, plus one per _MIN_PIECE_AVERAGE bytes: each
+# chunk costs h11 a few microseconds of Python, so 1-byte chunks would multiply the cost of a
+# body by thousands. Honest clients send far larger chunks (and reads are far larger).
+_FREE_PIECES = 1024
+_MIN_PIECE_AVERAGE = 512
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,12 @@ class ServerLimits:
     write_timeout: float = 60.0
     # Plain requests skip h11 (wire.py); False sends every request through h11.
     fast_path: bool = True
+    # The whole body must arrive within this (body_timeout alone bounds only each pause).
+    body_deadline: float = 120.0
+    # Body bytes held by all connections together; past it new bodies get 503.
+    max_inflight_body_bytes: int = 256 * 1024 * 1024
+    # Connections at once from one client address; 0: no cap.
+    max_connections_per_address: int = 0
 
 
 def plain_error(_request: Request | None, status: int, message: str) -> Response:
@@ -64,11 +83,20 @@ def plain_error(_request: Request | None, status: int, message: str) -> Response
 class ServerState:
     """What all connections of one server share: limits, the app, the live connection set."""
 
-    def __init__(self, dispatch: Dispatch, limits: ServerLimits, on_error: ErrorResponder) -> None:
+    def __init__(
+        self,
+        dispatch: Dispatch,
+        limits: ServerLimits,
+        on_error: ErrorResponder,
+        head_check: HeadCheck | None = None,
+    ) -> None:
         self.dispatch = dispatch
         self.limits = limits
         self.on_error = on_error
+        self.head_check = head_check
         self.connections: set[HTTPConnection] = set()
+        self.per_address: dict[str, int] = {}
+        self.body_bytes = 0  # request body bytes held by all connections
         # Handler tasks outlive their connection at times (a WebSocket session notices the
         # close only at its next receive): shutdown waits for these, not just the connections.
         self.tasks: set[asyncio.Task[None]] = set()
@@ -92,6 +120,13 @@ class HTTPConnection(asyncio.Protocol):
         # would otherwise cost ~35 bytes of object overhead per body byte.
         self.body: bytes | bytearray = b""
         self.body_size = 0
+        self.body_held = 0  # what this connection counts in state.body_bytes
+        self.body_pieces = 0
+        self.body_deadline_at = 0.0  # loop time; 0: no body being read
+        self.chunked = False
+        # The request built at the head (when the head check ran), completed with its body.
+        self.pending: Request | None = None
+        self.address_counted = False
         self.writable = asyncio.Event()
         self.writable.set()
         self.closed = False
@@ -113,22 +148,42 @@ class HTTPConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else ""
         transport.set_write_buffer_limits(high=self.limits.write_high_water)  # type: ignore[attr-defined]
-        if len(self.state.connections) >= self.limits.max_connections or self.state.draining:
-            reason = "draining" if self.state.draining else "max_connections"
-            log.warning("event=connection_refused reason=%s peer=%s", reason, self.peer)
-            resp = self.state.on_error(None, 503, "too many connections; try again later")
-            self._write_raw_response(resp)
-            self.closed = True
-            transport.close()
+        state = self.state
+        if len(state.connections) >= self.limits.max_connections or state.draining:
+            self._refuse("draining" if state.draining else "max_connections")
             return
-        self.state.connections.add(self)
+        cap = self.limits.max_connections_per_address
+        if cap:
+            count = state.per_address.get(self.peer, 0)
+            if count >= cap:
+                self._refuse("max_connections_per_address")
+                return
+            state.per_address[self.peer] = count + 1
+            self.address_counted = True
+        state.connections.add(self)
         self._arm_head_timer()
+
+    def _refuse(self, reason: str) -> None:
+        log.warning("event=connection_refused reason=%s peer=%s", reason, self.peer)
+        resp = self.state.on_error(None, 503, "too many connections; try again later")
+        resp.headers.append(("retry-after", "1"))
+        self._write_raw_response(resp)
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.upgraded is not None and not self.closed:
             self.upgraded(b"")
         self.closed = True
         self.state.connections.discard(self)
+        if self.address_counted:
+            self.address_counted = False
+            left = self.state.per_address.pop(self.peer, 1) - 1
+            if left > 0:
+                self.state.per_address[self.peer] = left
+        if self.task is None:
+            self._drop_body()
         self._cancel_timer()
         self.writable.set()
         if self.task is not None and not self.task.done() and self.upgraded is None:
@@ -234,10 +289,22 @@ class HTTPConnection(asyncio.Protocol):
                 return
             else:
                 assert isinstance(event, bytes | bytearray)
-                self.body_size += len(event)
+                size = len(event)
+                self.body_size += size
                 if self.body_size > self.limits.max_body_bytes:
                     self._reject_body_too_large()
                     return
+                state = self.state
+                state.body_bytes += size
+                self.body_held += size
+                if state.body_bytes > self.limits.max_inflight_body_bytes:
+                    self._reject_body_memory_full()
+                    return
+                if self.chunked:
+                    self.body_pieces += 1
+                    if self.body_pieces > _FREE_PIECES + self.body_size // _MIN_PIECE_AVERAGE:
+                        self._reject_tiny_pieces()
+                        return
                 if self.body_size == len(event):
                     self.body = event  # the whole body so far: no copy
                 else:
@@ -246,8 +313,14 @@ class HTTPConnection(asyncio.Protocol):
                     self.body += event
                 body_progress = True
         if body_progress and not self.closed and self.task is None:
-            # the body timeout is the longest pause between reads: re-arm once per read
-            self._set_timer(self.limits.body_timeout, self._on_body_timeout)
+            # the body timeout is the longest pause between reads: re-arm once per read, but
+            # never past the whole body's deadline
+            delay = self.limits.body_timeout
+            if self.body_deadline_at:
+                left = self.body_deadline_at - self.loop.time()
+                if left < delay:
+                    delay = max(left, 0.0)
+            self._set_timer(delay, self._on_body_timeout)
 
     def _on_head(self, event: Head) -> bool:
         self.request_head = event
@@ -288,10 +361,38 @@ class HTTPConnection(asyncio.Protocol):
         if length is not None and length > self.limits.max_body_bytes:
             self._reject_body_too_large()
             return False
+        self.pending = None
+        self.body_pieces = 0
+        self.body_deadline_at = 0.0
+        self.chunked = b"transfer-encoding" in names
+        if (length or self.chunked) and not self._admit_body(event, length or 0):
+            return False
         if self.state.draining:
             self._force_close = True
         if self.wire.waiting_for_100_continue:
             self._write(self.wire.send_continue())
+        return True
+
+    def _admit_body(self, head: Head, length: int) -> bool:
+        """Before a body is read: room for it, and the app's verdict on the head alone."""
+        state = self.state
+        if state.body_bytes + length > self.limits.max_inflight_body_bytes:
+            self._reject_body_memory_full()
+            return False
+        if state.head_check is not None:
+            request = _make_request(head, b"", self.peer)
+            refusal = state.head_check(request)
+            if refusal is not None:
+                log.info(
+                    "event=refused_before_body peer=%s path=%s status=%s",
+                    self.peer,
+                    request.path,
+                    refusal.status,
+                )
+                self._answer_and_close(refusal, request)
+                return False
+            self.pending = request
+        self.body_deadline_at = self.loop.time() + self.limits.body_deadline
         return True
 
     def _start_handler(self) -> None:
@@ -300,7 +401,13 @@ class HTTPConnection(asyncio.Protocol):
         self._cancel_timer()
         body = bytes(self.body)
         self.body = b""
-        self.task = task = self.loop.create_task(self._run(_make_request(head, body, self.peer)))
+        request = self.pending
+        if request is None:
+            request = _make_request(head, body, self.peer)
+        else:
+            request.body = body
+            self.pending = None
+        self.task = task = self.loop.create_task(self._run(request))
         self.state.tasks.add(task)
         task.add_done_callback(self.state.tasks.discard)
 
@@ -322,6 +429,7 @@ class HTTPConnection(asyncio.Protocol):
         finally:
             self._log_access(request, stream, started)
             self.task = None
+            self._release_body()
         if not self.closed:
             self._next_cycle()
 
@@ -425,6 +533,22 @@ class HTTPConnection(asyncio.Protocol):
         log.info("event=bad_request peer=%s status=%s reason=%r", self.peer, status, str(exc))
         self._error_and_close(status, f"malformed HTTP request: {exc}")
 
+    def _reject_body_memory_full(self) -> None:
+        log.warning(
+            "event=body_memory_full peer=%s held=%d limit=%d",
+            self.peer,
+            self.state.body_bytes,
+            self.limits.max_inflight_body_bytes,
+        )
+        request = self._partial_request()
+        resp = self.state.on_error(request, 503, "the server holds too many request bodies")
+        resp.headers.append(("retry-after", "1"))
+        self._answer_and_close(resp, request)
+
+    def _reject_tiny_pieces(self) -> None:
+        log.info("event=body_too_fragmented peer=%s pieces=%d", self.peer, self.body_pieces)
+        self._error_and_close(400, "request body arrives in too many tiny chunks")
+
     def _reject_body_too_large(self) -> None:
         log.info("event=body_too_large peer=%s limit=%s", self.peer, self.limits.max_body_bytes)
         req = self._partial_request()
@@ -439,11 +563,15 @@ class HTTPConnection(asyncio.Protocol):
         """Answer `status` with `Connection: close`, then close (after a short linger)."""
         if request is None:
             request = self._partial_request()
-        resp = self.state.on_error(request, status, message)
+        self._answer_and_close(self.state.on_error(request, status, message), request)
+
+    def _answer_and_close(self, resp: Response, request: Request | None) -> None:
         if self.wire.can_start_response:
             wire = self.wire
             try:
                 headers = _response_headers(resp, close=True)
+                if request is not None and request.cors_origin:
+                    headers.extend(cors_headers(request.cors_origin))
                 out = wire.send_head(resp.status, headers, _reason(resp.status))
                 if request is None or request.method != "HEAD":
                     out += wire.send_data(resp.body)
@@ -452,7 +580,11 @@ class HTTPConnection(asyncio.Protocol):
                 self._write_raw_response(resp)
         if request is not None and self.limits.access_log:
             access_log.info(
-                "%s %s %s 0.0ms node=- peer=%s", request.method, request.path, status, self.peer
+                "%s %s %s 0.0ms node=- peer=%s",
+                request.method,
+                request.path,
+                resp.status,
+                self.peer,
             )
         self._close(linger=True)
 
@@ -471,7 +603,13 @@ class HTTPConnection(asyncio.Protocol):
 
     def _on_body_timeout(self) -> None:
         if self.task is None and not self.closed:
-            log.info("event=body_timeout peer=%s", self.peer)
+            whole = bool(self.body_deadline_at) and self.loop.time() >= self.body_deadline_at
+            log.info(
+                "event=body_timeout peer=%s reason=%s received=%d",
+                self.peer,
+                "deadline" if whole else "pause",
+                self.body_size,
+            )
             self._error_and_close(408, "timed out reading the request body")
 
     def _on_idle_timeout(self) -> None:
@@ -502,11 +640,24 @@ class HTTPConnection(asyncio.Protocol):
             lines.append(name + b": " + value)
         self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + resp.body)
 
+    def _release_body(self) -> None:
+        if self.body_held:
+            self.state.body_bytes -= self.body_held
+            self.body_held = 0
+
+    def _drop_body(self) -> None:
+        """The body being read will never be handled: free it and its share of the cap."""
+        self.body = b""
+        self.pending = None
+        self._release_body()
+
     def _close(self, *, linger: bool = False) -> None:
         if self.closed:
             return
         self.closed = True
         self._cancel_timer()
+        if self.task is None:
+            self._drop_body()
         transport = self.transport
         if transport is None:
             return
@@ -525,6 +676,8 @@ class HTTPConnection(asyncio.Protocol):
     def abort(self) -> None:
         self.closed = True
         self._cancel_timer()
+        if self.task is None:
+            self._drop_body()
         if self.transport is not None:
             self.transport.abort()
 
@@ -567,6 +720,7 @@ class _Stream:
         # Not the request itself: it holds this stream, and the pair would be a reference cycle
         # per request, left for the cyclic garbage collector instead of freed on the spot.
         self.head_request = request.method == "HEAD"
+        self.cors = request.cors_origin
         self.started = False
         self.head_sent = False
         self.finished = False
@@ -598,6 +752,8 @@ class _Stream:
             out.append((name, value))
         if self.c._force_close:
             out.append((b"connection", b"close"))
+        if self.cors:
+            out.extend(cors_headers(self.cors))
         self.no_body = self.no_body or status in _NO_BODY_STATUSES
         self._held = self.c.wire.send_head(status, out, _reason(status))
         self.head_sent = True
@@ -643,6 +799,8 @@ class _Stream:
             return
         no_body = resp.status in _NO_BODY_STATUSES
         headers = _response_headers(resp, close=c._force_close)
+        if self.cors:
+            headers.extend(cors_headers(self.cors))
         self.status = resp.status
         for name, value in resp.headers:
             if name.lower() == "x-router-node":
@@ -656,6 +814,15 @@ class _Stream:
         self.finished = True
         c._write(out + wire.send_end())
         await c.drain()
+
+
+def cors_headers(origin: str) -> list[tuple[bytes, bytes]]:
+    """What lets a browser page at an allow-listed origin read the answer."""
+    return [
+        (b"access-control-allow-origin", origin.encode("latin-1")),
+        (b"access-control-expose-headers", b"x-router-node, retry-after"),
+        (b"vary", b"origin"),
+    ]
 
 
 def _make_request(head: Head, body: bytes, peer: str) -> Request:
@@ -718,9 +885,13 @@ class HTTPServer:
     """Binds a listening socket and tracks connections for graceful shutdown."""
 
     def __init__(
-        self, dispatch: Dispatch, limits: ServerLimits, on_error: ErrorResponder = plain_error
+        self,
+        dispatch: Dispatch,
+        limits: ServerLimits,
+        on_error: ErrorResponder = plain_error,
+        head_check: HeadCheck | None = None,
     ) -> None:
-        self.state = ServerState(dispatch, limits, on_error)
+        self.state = ServerState(dispatch, limits, on_error, head_check)
         self.server: asyncio.base_events.Server | None = None
 
     async def start(
