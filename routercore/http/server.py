@@ -430,6 +430,7 @@ class HTTPConnection(asyncio.Protocol):
             self._log_access(request, stream, started)
             self.task = None
             self._release_body()
+            request.stream = None  # the pair is a reference cycle: break it here
         if not self.closed:
             self._next_cycle()
 
@@ -717,10 +718,11 @@ class _Stream:
 
     def __init__(self, conn: HTTPConnection, request: Request) -> None:
         self.c = conn
-        # Not the request itself: it holds this stream, and the pair would be a reference cycle
-        # per request, left for the cyclic garbage collector instead of freed on the spot.
         self.head_request = request.method == "HEAD"
-        self.cors = request.cors_origin
+        # For its cors_origin, which the app sets while handling. The request holds this stream
+        # too: HTTPConnection._run unlinks the pair when done, so it is freed on the spot
+        # instead of being left for the cyclic garbage collector.
+        self.request = request
         self.started = False
         self.head_sent = False
         self.finished = False
@@ -752,8 +754,8 @@ class _Stream:
             out.append((name, value))
         if self.c._force_close:
             out.append((b"connection", b"close"))
-        if self.cors:
-            out.extend(cors_headers(self.cors))
+        if self.request.cors_origin:
+            out.extend(cors_headers(self.request.cors_origin))
         self.no_body = self.no_body or status in _NO_BODY_STATUSES
         self._held = self.c.wire.send_head(status, out, _reason(status))
         self.head_sent = True
@@ -799,8 +801,8 @@ class _Stream:
             return
         no_body = resp.status in _NO_BODY_STATUSES
         headers = _response_headers(resp, close=c._force_close)
-        if self.cors:
-            headers.extend(cors_headers(self.cors))
+        if self.request.cors_origin:
+            headers.extend(cors_headers(self.request.cors_origin))
         self.status = resp.status
         for name, value in resp.headers:
             if name.lower() == "x-router-node":

@@ -466,3 +466,52 @@ def test_a_session_that_reads_late_loses_no_messages(run: Any) -> None:
             assert got == [f"m{i}" + "x" * 4000 for i in range(500)]
 
     run(main())
+
+
+def test_pongs_are_dropped_while_the_client_reads_nothing(run: Any) -> None:
+    """A client that pings and never reads cannot grow the write buffer with pongs."""
+    sessions: list[WebSocket] = []
+
+    async def flood_target(ws: WebSocket) -> None:
+        sessions.append(ws)
+        await ws.send_text("x" * (16 * 1024 * 1024))  # fills every buffer on the way
+        await ws.receive()
+
+    async def main() -> None:
+        async with serve(ws_app(flood_target), write_timeout=30.0) as (_, port):
+            c = await WSClient.connect(port)
+            ws = (await eventually(lambda: sessions, message="session"))[0]
+            transport = ws.conn.transport
+            assert transport is not None
+            high = ws.conn.limits.write_high_water
+            await eventually(lambda: transport.get_write_buffer_size() >= high, message="full")
+            before = transport.get_write_buffer_size()
+            for i in range(20):  # within the control-frame rate
+                c.send(Ping(payload=b"%d" % i))
+            await eventually(lambda: ws.pongs_dropped == 20, message="20 pongs dropped")
+            assert transport.get_write_buffer_size() <= before
+            # Reading again: the message arrives whole, with no pong behind it.
+            assert len(await c.text()) == 16 * 1024 * 1024
+            c.send(Ping(payload=b"now"))
+            event = await c.next_event()
+            assert isinstance(event, Pong) and event.payload == b"now"
+
+    run(main())
+
+
+def test_a_ping_flood_closes_with_1008(run: Any) -> None:
+    async def main() -> None:
+        async with serve(ws_app(echo_session)) as (_, port):
+            c = await WSClient.connect(port)
+            # 60 pings in one write (so the router reads them all before it closes): the
+            # burst allowance is 50.
+            c.writer.write(b"".join(c.ws.send(Ping(payload=b"p")) for _ in range(60)))
+            events = []
+            while (event := await c.next_event()) is not None:
+                events.append(event)
+            pongs = [e for e in events if isinstance(e, Pong)]
+            closes = [e for e in events if isinstance(e, CloseConnection)]
+            assert 50 <= len(pongs) < 60
+            assert closes and closes[0].code == 1008
+
+    run(main())
