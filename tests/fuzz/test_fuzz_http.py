@@ -205,13 +205,15 @@ METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", 
 HEADER_NAMES = [
     "Content-Type", "Accept", "Authorization", "Connection", "Expect", "Upgrade", "Cookie",
     "Sec-WebSocket-Key", "Sec-WebSocket-Version", "X-Request-Id", "Transfer-Encoding",
-    "Content-Length", "Host", "User-Agent", "Range", "If-None-Match",
+    "Content-Length", "Host", "User-Agent", "Range", "If-None-Match", "Origin",
+    "Access-Control-Request-Method",
 ]  # fmt: skip
 HEADER_VALUES = [
     "application/json", "close", "keep-alive", "upgrade", "Upgrade", "websocket",
     "100-continue", "chunked", "gzip", "chunked, gzip", "identity", "Bearer x",
     "Bearer test-admin-token", "13", "dGhlIHNhbXBsZSBub25jZQ==", "-1", "0", "1e9",
     "99999999999999999999999999999999", "0x10", " 5", "5 ", "bytes=0-", "*",
+    "http://evil.example", "http://fuzz", "null", "https://fuzz:443", "POST",
 ]  # fmt: skip
 
 text = st.text(max_size=40)
@@ -251,11 +253,17 @@ def structured_request(draw: st.DrawFn) -> tuple[bytes, bytes]:
     if draw(st.booleans()):
         headers.insert(0, ("Host", "fuzz"))
     payload = draw(body)
-    framing = draw(st.sampled_from(["length", "length", "chunked", "none", "lie", "bad-chunks"]))
+    framing = draw(
+        st.sampled_from(["length", "length", "chunked", "none", "lie", "bad-chunks", "tiny-chunks"])
+    )
     if framing == "length":
         headers.append(("Content-Length", str(len(payload))))
     elif framing == "lie":
         headers.append(("Content-Length", draw(huge)))
+    elif framing == "tiny-chunks":
+        # around the allowance for 1-byte chunks (1024 + 1 per 512 bytes): answered or 400
+        headers.append(("Transfer-Encoding", "chunked"))
+        payload = b"1\r\nx\r\n" * draw(st.integers(900, 3000)) + b"0\r\n\r\n"
     elif framing in ("chunked", "bad-chunks"):
         headers.append(("Transfer-Encoding", "chunked"))
         if framing == "chunked":
@@ -284,6 +292,9 @@ SAFE_HEADERS = st.sampled_from(
         ("User-Agent", "fuzz/1.0 \u00e9".encode().decode("latin-1")),
         ("Accept-Encoding", "gzip"),
         ("Upgrade", "websocket"),
+        ("Origin", "http://fuzz"),  # the router's own origin (Host: fuzz)
+        ("Origin", "http://evil.example"),
+        ("Origin", "null"),
     ]
 )
 JSON_BODIES = st.recursive(
@@ -312,7 +323,7 @@ def valid_request(draw: st.DrawFn) -> tuple[bytes, bytes]:
         headers.append(("Content-Length", str(len(payload))))
     else:
         headers.append(("Transfer-Encoding", "chunked"))
-        step = draw(st.integers(1, 64))
+        step = draw(st.one_of(st.integers(1, 64), st.just(1)))
         pieces = [payload[i : i + step] for i in range(0, len(payload), step)]
         payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
     head = f"{method} {target} HTTP/1.1\r\n"

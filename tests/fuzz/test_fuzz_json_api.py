@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from routercore.http.json_limits import MAX_CONTAINERS, MAX_VALUES
 from tests.conftest import ADMIN_TOKEN
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
@@ -95,8 +96,26 @@ def dumps(value: Any) -> bytes:
 
 
 @st.composite
+def json_bomb(draw: st.DrawFn) -> bytes:
+    """Many arrays/objects or values, just under or over json_limits' bounds, bare or inside a
+    field the router reads past."""
+    element = draw(st.sampled_from([b"[]", b"{}", b"[[]]", b"0", b'""', b"1.5", b"null"]))
+    containers = element.startswith((b"[", b"{"))
+    bound = MAX_CONTAINERS if containers else MAX_VALUES
+    count = draw(st.sampled_from([bound - 10, bound + 1, bound + 1000]))
+    if element == b"[[]]":
+        count //= 2
+    bomb = b"[" + b",".join([element] * count) + b"]"
+    if draw(st.booleans()):
+        return bomb
+    return b'{"model": "llama3", "messages": ' + bomb + b', "agent_id": "x"}'
+
+
+@st.composite
 def body_for(draw: st.DrawFn, kind: str) -> bytes:
-    choice = draw(st.integers(0, 9))
+    choice = draw(st.integers(0, 10))
+    if choice == 10:
+        return draw(json_bomb())
     if choice <= 5:  # an object using the endpoint's field names with random values
         keys = draw(st.lists(st.sampled_from(FIELDS[kind]), max_size=len(FIELDS[kind])))
         obj = {k: draw(json_values) for k in keys}
