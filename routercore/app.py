@@ -160,7 +160,9 @@ class App:
         route, params, allowed = self.match(request.method, request.path)
         origin = request.header(b"origin")
         if origin is not None:
-            verdict = self.origins.verdict(origin, request.header(b"host"))
+            verdict = self.origins.verdict(
+                origin, request.header(b"host"), request.header(b"x-forwarded-host")
+            )
             if verdict is None:
                 log.info(
                     "event=origin_refused origin=%r method=%s path=%s",

@@ -74,6 +74,9 @@ def test_the_dashboard_at_the_routers_own_origin_keeps_working(router: Any) -> N
     assert http("PATCH", router.url + path, patch, token=ADMIN_TOKEN, headers=own)[0] == 200
     assert http("GET", router.url + "/api/dashboard/overview", headers=own)[0] == 200
     assert ws_status(router.port, own["Origin"]) == 101
+    # Behind a reverse proxy that rewrites Host, the browser's host comes as X-Forwarded-Host.
+    proxied = {"Origin": "https://router.example", "X-Forwarded-Host": "router.example"}
+    assert http("POST", router.url + "/api/agents/register", NODE, headers=proxied)[0] == 200
     # Same-origin answers need no CORS fields.
     headers = http("GET", router.url + "/api/agents", headers=own)[1]
     assert "access-control-allow-origin" not in headers
