@@ -37,6 +37,9 @@ ROUTER_LIMITS = {
     "idle_timeout": 5.0,
     "max_header_bytes": 8192,
     "max_body_bytes": 64 * 1024,
+    "body_deadline": 0.5,
+    "max_inflight_body_bytes": 1024 * 1024,
+    "max_connections_per_address": 64,
 }
 
 # -- a strict response reader ----------------------------------------------------------------
