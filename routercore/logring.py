@@ -1,39 +1,18 @@
 """The router's recent log lines, kept in memory for `GET /api/logs`, and the masking every
-log line gets before the API returns it (the router's own and the agents' alike)."""
+log line gets before the API returns it (the router's own and the agents' alike): the same
+`mask_secrets` as every log record's (routercore.logsafe)."""
 
 from __future__ import annotations
 
 import collections
 import logging
-import re
+
+from routercore.logsafe import mask_secrets
+
+__all__ = ["FORMAT", "LEVELS", "LogRing", "mask_secrets", "parse_level"]
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
-
-_MASK = "***"
-# What is masked: bearer credentials; the value after any key named like a token, key, secret
-# or password (`token=...`, `"api_key": "..."`, `password: ...`); this project's own token
-# shapes (adm_, agt_, rly_ and sk- followed by a long random part; the 8-character key
-# prefixes the API shows stay readable); and passwords in URLs (`http://user:pw@host`).
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"(?i)(\bbearer\s+)[^\s\"',;]+"), r"\1" + _MASK),
-    (
-        re.compile(
-            r"(?i)((?:token|api[_-]?key|apikey|secret|password|passwd|pwd|authorization)"
-            r"[\"']?\s*[=:]\s*[\"']?)(?!\*\*\*|bearer\b)([^\s\"',;&}]+)"
-        ),
-        r"\1" + _MASK,
-    ),
-    (re.compile(r"\b(adm_|agt_|rly_|sk-)[A-Za-z0-9_-]{20,}"), r"\1" + _MASK),
-    (re.compile(r"(://[^/\s:@]+:)[^@\s/]+@"), r"\1" + _MASK + "@"),
-)
-
-
-def mask_secrets(line: str) -> str:
-    """`line` with every credential-looking value replaced by ***."""
-    for pattern, replacement in _PATTERNS:
-        line = pattern.sub(replacement, line)
-    return line
 
 
 def parse_level(text: str | None) -> int:

@@ -6,7 +6,8 @@ CR/LF, forge whole log lines. Instead of escaping at each call site, `SafeLogFil
 the log handlers (`install`) and rewrites each record's final text (message and traceback):
 bearer/basic credentials, `token=`/`password=`-style pairs, and the router's own token
 formats (`sk-`, `adm_`, `agt_`) become `***`; control and line-separator characters become
-`\\xNN`/`\\uNNNN`. The one deliberate exception is the generated admin token, shown once at
+`\\xNN`/`\\uNNNN`. The log ring behind `GET /api/logs` (logring.py) masks with the same
+patterns. The one deliberate exception is the generated admin token, shown once at
 first start: that record is logged with `extra=SHOW_SECRET` and is only escaped.
 """
 
@@ -18,24 +19,28 @@ import re
 SHOW_SECRET = {"show_secret": True}
 MASK = "***"
 
-_NAMES = (
-    r"(?:agent_token|relay_token|registration_token|admin_token|access_token|token"
-    r"|api[_-]?key|password|passwd|secret)"
-)
-_SECRET = re.compile(
-    r"(?i)"
-    r"(\b(?:bearer|basic)\s+)[^\s'\",;]+"
-    r"|(\b" + _NAMES + r"[\"']?\s*[:=]\s*[\"']?)[^\s'\"&,;)}\]]+"
-    r"|(\b(?:sk-|adm_|agt_))[A-Za-z0-9_\-]{6,}"
+# What is masked: bearer and basic credentials; the value after any key named like a token,
+# key, secret or password (`token=...`, `"agent_token": "..."`, `password: ...`); this
+# project's own token shapes (adm_, agt_, rly_ and sk- followed by a long random part; the
+# 8-character key prefixes the API shows stay readable); and passwords in URLs.
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?i)(\b(?:bearer|basic)\s+)(?!\*\*\*)[^\s\"',;]+"), r"\1" + MASK),
+    (
+        re.compile(
+            r"(?i)((?:token|api[_-]?key|apikey|secret|password|passwd|pwd|authorization)"
+            r"[\"']?\s*[=:]\s*[\"']?)(?!\*\*\*|bearer\b|basic\b)([^\s\"',;&})\]]+)"
+        ),
+        r"\1" + MASK,
+    ),
+    (re.compile(r"\b(adm_|agt_|rly_|sk-)[A-Za-z0-9_-]{20,}"), r"\1" + MASK),
+    (re.compile(r"(://[^/\s:@]+:)[^@\s/]+@"), r"\1" + MASK + "@"),
 )
 # Cheap test first (on the lower-cased text: a case-insensitive regex costs ten times more):
 # most records, the access log's among them, hold none of these.
-_MAYBE_SECRET = re.compile(r"bearer|basic|token|key|passw|secret|sk-|adm_|agt_")
+_MAYBE_SECRET = re.compile(
+    r"bearer|basic|token|key|secret|passw|pwd|authorization|sk-|adm_|agt_|rly_|://"
+)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def _mask(match: re.Match[str]) -> str:
-    return (match.group(1) or match.group(2) or match.group(3)) + MASK
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -44,9 +49,12 @@ def _escape(match: re.Match[str]) -> str:
 
 
 def mask_secrets(text: str) -> str:
+    """`text` with every credential-looking value replaced by ***."""
     if _MAYBE_SECRET.search(text.lower()) is None:
         return text
-    return _SECRET.sub(_mask, text)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 def escape_controls(text: str) -> str:

@@ -9,7 +9,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from routercore import __version__
+from routercore import __version__, logsafe
 from routercore.agent_logs import AgentLogRequests
 from routercore.api.logs import LogsAPI
 from routercore.api.models import ModelsAPI
@@ -26,8 +26,8 @@ from routercore.health import HealthMonitor
 from routercore.http.server import HTTPServer, ServerLimits
 from routercore.http.upstream import UpstreamPool
 from routercore.logring import LogRing
-from routercore.model_overrides import ModelOverrides
 from routercore.logsafe import SHOW_SECRET
+from routercore.model_overrides import ModelOverrides
 from routercore.origins import OriginPolicy
 from routercore.provider_proxy import forward_to_provider
 from routercore.providers import Providers
@@ -185,6 +185,7 @@ class RouterService:
         )
 
     async def start(self) -> tuple[str, int]:
+        logsafe.install([self.log_ring])
         logging.getLogger().addHandler(self.log_ring)
         self.store.open()
         self._admin_token()

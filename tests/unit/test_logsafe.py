@@ -39,8 +39,9 @@ def logged() -> Iterator[tuple[logging.Logger, io.StringIO]]:
         ("relay_token=r3lay-s3cret&x=1", "r3lay-s3cret"),
         ("user password: hunter2hunter2", "hunter2hunter2"),
         ("API-KEY=k-11112222", "k-11112222"),
-        ("an api key sk-AbCdEf123456 in text", "AbCdEf123456"),
-        ("an admin token adm_ZYXWVU987654 in text", "ZYXWVU987654"),
+        ("an api key sk-AbCdEf1234567890abcdef in text", "AbCdEf1234567890abcdef"),
+        ("an admin token adm_ZYXWVU9876543210zyxw in text", "ZYXWVU9876543210zyxw"),
+        ("proxy=http://bob:pa55word@proxy:3128/", "pa55word"),
         ("registration_token='reg-secret-1'", "reg-secret-1"),
     ],
 )
