@@ -135,7 +135,12 @@ def test_fuzz_node_replies(router_factory: Any, error_log: ErrorLog) -> None:
     node = RawNode(b"")
     cases = [0]
     try:
-        register = {"machine_name": "raw", "runtime_port": node.port, "models": ["m"]}
+        register = {
+            "machine_name": "raw",
+            "runtime_port": node.port,
+            "models": ["m"],
+            "runtime_kind": "ollama",  # answered as sent: no translation, no kind question
+        }
 
         @settings(
             max_examples=EXAMPLES,

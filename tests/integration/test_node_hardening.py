@@ -49,7 +49,14 @@ def register(
     models: list[str] | None = None,
     **extra: Any,
 ) -> tuple[int, Any]:
-    body = {"machine_name": name, "runtime_port": port, "models": models or ["m"], **extra}
+    # An Ollama node (both APIs, answered as sent): the router does not ask it what it speaks.
+    body = {
+        "machine_name": name,
+        "runtime_port": port,
+        "models": models or ["m"],
+        "runtime_kind": "ollama",
+        **extra,
+    }
     status, _, payload = http("POST", router.url + "/api/agents/register", body)
     return status, payload
 
