@@ -49,7 +49,10 @@ def extensions() -> list[Extension]:
             raise
         sys.stderr.write("warning: Cython missing; pure-Python twins will be used\n")
         return []
-    exts = [Extension("routercore._balancer", ["ext/balancer.pyx"])]
+    exts = [
+        Extension("routercore._balancer", ["ext/balancer.pyx"]),
+        Extension("routercore._prefix_index", ["ext/prefix_index.pyx"]),
+    ]
     return cythonize(
         exts, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False}
     )

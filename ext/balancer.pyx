@@ -9,19 +9,27 @@ both implementations round identically; the hot loop only multiplies and compare
 """
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.stdint cimport uint64_t
 from libc.string cimport memmove, memset
 
 from routercore._balancer_py import (
+    DEFAULT_AFFINITY_EPSILON,
+    DEFAULT_PREFIX_ENTRIES,
     LATENCY,
     LEAST_LOADED,
     ROUND_ROBIN,
     check_algorithm,
+    check_anchor,
+    check_epsilon,
     ewma_update,
     load_score,
     normalise_max_concurrency,
     normalise_models,
+    rendezvous_seed,
     valid_ttfb,
 )
+from routercore._prefix_index import PrefixIndex
+from routercore._prefix_index_py import check_hashes
 
 cdef enum:
     ALGO_ROUND_ROBIN = 0
@@ -33,11 +41,28 @@ ctypedef struct NodeSlot:
     long long in_flight
     long long max_conc      # 0 = unlimited
     long long picks
+    long long affinity_hits
+    long long affinity_picks
+    uint64_t seed           # rendezvous identity (routercore._balancer_py.rendezvous_seed)
     double load             # weighted heartbeat load
     double ewma             # EWMA of TTFB in ms; 0.0 until the first sample
     unsigned char available
     unsigned char has_ewma
     unsigned char excluded  # set only for the duration of one pick()
+
+
+cdef inline uint64_t _mix(uint64_t z) noexcept nogil:
+    """splitmix64's finaliser; the twin's mix64 does the same with masked Python ints."""
+    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EB
+    return z ^ (z >> 31)
+
+
+cdef inline bint _eligible(const NodeSlot *node) noexcept nogil:
+    """Available, with room, and not excluded from this pick."""
+    if not node.available or node.excluded:
+        return False
+    return not (node.max_conc and node.in_flight >= node.max_conc)
 
 
 cdef Py_ssize_t _choose(
@@ -131,6 +156,9 @@ cdef class Balancer:
     cdef list _node_models    # slot index -> tuple of models the node lists
     cdef list _free           # free slot indices, reused last-in first-out
     cdef dict _models         # model -> _Candidates
+    cdef dict _tags           # model -> its number in the prefix index
+    cdef double _epsilon
+    cdef object _index        # PrefixIndex; node slots are its owners
 
     def __cinit__(self, *args, **kwargs):
         self._nodes = NULL
@@ -139,8 +167,17 @@ cdef class Balancer:
     def __dealloc__(self):
         PyMem_Free(self._nodes)
 
-    def __init__(self, algorithm = LEAST_LOADED):
+    def __init__(
+        self,
+        algorithm = LEAST_LOADED,
+        *,
+        prefix_entries = DEFAULT_PREFIX_ENTRIES,
+        affinity_epsilon = DEFAULT_AFFINITY_EPSILON,
+    ):
         self._algorithm = check_algorithm(algorithm)
+        self._epsilon = check_epsilon(affinity_epsilon)
+        self._index = PrefixIndex(prefix_entries)
+        self._tags = {}
         if algorithm == ROUND_ROBIN:
             self._algo = ALGO_ROUND_ROBIN
         elif algorithm == LATENCY:
@@ -207,13 +244,18 @@ cdef class Balancer:
         memory,
         gpu,
         gpu_memory,
+        affinity_key = None,
     ):
-        """Insert or update one node; touches only the model lists whose membership changed."""
+        """Insert or update one node; touches only the model lists whose membership changed.
+
+        `affinity_key` names the node for rendezvous hashing (default: its id); a node that
+        stops being available forgets its prefixes, and so does a model it stops listing."""
         cdef int slot
         cdef _Candidates cands
         cdef tuple new_models = normalise_models(models)
         cdef long long max_conc = normalise_max_concurrency(max_concurrency)
         cdef double load = load_score(cpu, memory, gpu, gpu_memory)
+        cdef uint64_t seed = rendezvous_seed(node_id if affinity_key is None else affinity_key)
         existing = self._slot_of.get(node_id)
         slot = self._new_slot(node_id) if existing is None else existing
         old_models = self._node_models[slot]
@@ -222,6 +264,11 @@ cdef class Balancer:
         for model in old_models:
             if model not in new:
                 self._unlist(model, slot)
+                tag = self._tags.get(model)
+                if tag is not None:
+                    self._index.forget(slot, tag)
+        if self._nodes[slot].available and not available:
+            self._index.forget(slot)
         for model in new_models:
             if model not in old:
                 cands = self._models.get(model)
@@ -233,6 +280,7 @@ cdef class Balancer:
         self._nodes[slot].available = 1 if available else 0
         self._nodes[slot].max_conc = max_conc
         self._nodes[slot].load = load
+        self._nodes[slot].seed = seed
 
     def remove_node(self, node_id):
         """Forget a node (unknown ids are ignored: removal may race a late heartbeat)."""
@@ -240,6 +288,7 @@ cdef class Balancer:
         if existing is None:
             return
         cdef int slot = existing
+        self._index.forget(slot)
         for model in self._node_models[slot]:
             self._unlist(model, slot)
         self._ids[slot] = None
@@ -277,6 +326,89 @@ cdef class Balancer:
         slot = cands.slots[pos]
         self._nodes[slot].picks += 1
         return self._ids[slot]
+
+    def pick_affine(self, model, hashes, anchor, exclude=()):
+        """Like `pick`, for a prompt with known prefix boundaries: (node, affinity hit).
+
+        The node that served the longest recorded prefix wins while its in-flight count stays
+        within the bound (1 + epsilon) x mean + 1; else the rendezvous winner for `anchor`
+        within the same bound; else the configured algorithm. The prompt's boundaries are then
+        recorded for the chosen node."""
+        cdef Py_ssize_t n_hashes = check_hashes(hashes)
+        cdef uint64_t anc = check_anchor(anchor)
+        cdef _Candidates cands
+        cdef Py_ssize_t i, pos, upto
+        cdef int slot, owner, chosen = -1, top = -1
+        cdef long long total = 0, count = 0
+        cdef double bound
+        cdef uint64_t score, top_score = 0
+        cdef bint hit = False
+        cdef list marked = None
+        cdef NodeSlot *node
+        found = self._models.get(model)
+        if found is None:
+            return (None, False)
+        cands = <_Candidates>found
+        if cands.n == 0:
+            return (None, False)
+        if exclude:
+            marked = []
+            for node_id in exclude:
+                existing = self._slot_of.get(node_id)
+                if existing is not None:
+                    slot = existing
+                    self._nodes[slot].excluded = 1
+                    marked.append(slot)
+        try:
+            for i in range(cands.n):
+                node = &self._nodes[cands.slots[i]]
+                if _eligible(node):
+                    total += node.in_flight
+                    count += 1
+            if count == 0:
+                return (None, False)
+            bound = (1.0 + self._epsilon) * (<double>total / <double>count) + 1.0
+            tag = self._tags.get(model)
+            if tag is None:
+                tag = self._tags[model] = len(self._tags)
+            upto = n_hashes
+            while True:
+                pos, owner = self._index.longest(hashes, upto, tag)
+                if pos < 0:
+                    break
+                if 0 <= owner < len(self._ids) and self._ids[owner] is not None and _eligible(
+                    &self._nodes[owner]
+                ):
+                    if self._nodes[owner].in_flight <= bound:
+                        chosen = owner
+                        hit = True
+                    break
+                upto = pos
+            if chosen < 0:
+                for i in range(cands.n):
+                    slot = cands.slots[i]
+                    if _eligible(&self._nodes[slot]):
+                        score = _mix(anc ^ self._nodes[slot].seed)
+                        if top < 0 or score > top_score:
+                            top = slot
+                            top_score = score
+                if top >= 0 and self._nodes[top].in_flight <= bound:
+                    chosen = top
+            if chosen < 0:
+                pos = _choose(self._nodes, cands.slots, cands.n, cands.cursor % cands.n, self._algo)
+                cands.cursor = pos + 1
+                chosen = cands.slots[pos]
+        finally:
+            if marked is not None:
+                for slot in marked:
+                    self._nodes[slot].excluded = 0
+        node = &self._nodes[chosen]
+        node.picks += 1
+        node.affinity_picks += 1
+        if hit:
+            node.affinity_hits += 1
+        self._index.record(hashes, chosen, tag)
+        return (self._ids[chosen], hit)
 
     def serves(self, model):
         """True when some available node lists `model`, room or not (else the API answers 404)."""
@@ -321,3 +453,31 @@ cdef class Balancer:
 
     def picks(self):
         return {node_id: self._nodes[<int>slot].picks for node_id, slot in self._slot_of.items()}
+
+    def affinity_stats(self):
+        """Per node: (affinity hits, picks made with a prompt prefix)."""
+        return {
+            node_id: (self._nodes[<int>slot].affinity_hits, self._nodes[<int>slot].affinity_picks)
+            for node_id, slot in self._slot_of.items()
+        }
+
+    def affinity(self, node_id):
+        """The node's (affinity hits, prefix picks); (0, 0) for an unknown node."""
+        existing = self._slot_of.get(node_id)
+        if existing is None:
+            return (0, 0)
+        return (self._nodes[<int>existing].affinity_hits, self._nodes[<int>existing].affinity_picks)
+
+    def prefix_entries(self):
+        """(prefix hash, node id, model) of every indexed prefix, least recent first."""
+        models = {tag: model for model, tag in self._tags.items()}
+        return [(key, self._ids[owner], models[tag]) for key, owner, tag in self._index.entries()]
+
+    @property
+    def affinity_epsilon(self):
+        return self._epsilon
+
+    @property
+    def prefix_index(self):
+        """The index itself (read-only use: its size, its entries in tests)."""
+        return self._index

@@ -6,8 +6,11 @@ checks), so the floating-point maths exists once and the two cannot drift apart.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Collection, Iterable
+
+from routercore._prefix_index_py import PrefixIndex, check_hashes
 
 ROUND_ROBIN = "round_robin"
 LEAST_LOADED = "least_loaded"
@@ -19,6 +22,10 @@ EWMA_ALPHA = 0.3
 CPU_WEIGHT = 0.4
 MEMORY_WEIGHT = 0.3
 GPU_WEIGHT = 0.3
+
+DEFAULT_PREFIX_ENTRIES = 65536
+DEFAULT_AFFINITY_EPSILON = 0.25
+_U64 = (1 << 64) - 1
 
 
 def check_algorithm(algorithm: str) -> str:
@@ -88,10 +95,47 @@ def normalise_max_concurrency(max_concurrency: int | None) -> int:
     return value
 
 
+def check_epsilon(epsilon: float) -> float:
+    """The load-bound slack: a finite number >= 0."""
+    value = float(epsilon)
+    if not math.isfinite(value) or value < 0.0:
+        raise ValueError(f"affinity epsilon must be a finite number >= 0, got {epsilon!r}")
+    return value
+
+
+def check_anchor(anchor: int) -> int:
+    """A rendezvous anchor is an unsigned 64-bit int."""
+    if isinstance(anchor, bool) or not isinstance(anchor, int) or not 0 <= anchor <= _U64:
+        raise ValueError(f"anchor must be an unsigned 64-bit int, got {anchor!r}")
+    return anchor
+
+
+def affinity_bound(total_in_flight: int, eligible: int, epsilon: float) -> float:
+    """The most requests a preferred node may have in flight and still be preferred:
+    (1 + epsilon) x the mean over the eligible nodes, plus one (so an idle fleet is no bar)."""
+    return (1.0 + epsilon) * (float(total_in_flight) / float(eligible)) + 1.0
+
+
+def rendezvous_seed(key: str) -> int:
+    """A node's rendezvous identity: the same on every router replica for the same key (its
+    address), so replicas agree on where a new conversation goes without talking."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+def mix64(value: int) -> int:
+    """splitmix64's finaliser (the compiled side does the same in C with wrapping uint64)."""
+    z = value & _U64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
+    return z ^ (z >> 31)
+
+
 class _NodeState:
     """What the balancer tracks for one node."""
 
     __slots__ = (
+        "affinity_hits",
+        "affinity_picks",
         "available",
         "ewma",
         "has_ewma",
@@ -100,11 +144,17 @@ class _NodeState:
         "max_conc",
         "models",
         "node_id",
+        "owner",
         "picks",
+        "seed",
     )
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, owner: int) -> None:
         self.node_id = node_id
+        self.owner = owner  # the node's number in the prefix index
+        self.seed = 0
+        self.affinity_hits = 0
+        self.affinity_picks = 0
         self.models: tuple[str, ...] = ()
         self.available = False
         self.max_conc = 0
@@ -130,10 +180,21 @@ class Balancer:
 
     implementation = "python"
 
-    def __init__(self, algorithm: str = LEAST_LOADED) -> None:
+    def __init__(
+        self,
+        algorithm: str = LEAST_LOADED,
+        *,
+        prefix_entries: int = DEFAULT_PREFIX_ENTRIES,
+        affinity_epsilon: float = DEFAULT_AFFINITY_EPSILON,
+    ) -> None:
         self._algorithm = check_algorithm(algorithm)
+        self._epsilon = check_epsilon(affinity_epsilon)
+        self._index = PrefixIndex(prefix_entries)
         self._nodes: dict[str, _NodeState] = {}
         self._models: dict[str, _ModelCandidates] = {}
+        self._owners: dict[int, _NodeState] = {}
+        self._next_owner = 0
+        self._tags: dict[str, int] = {}  # model -> its number in the prefix index
 
     @property
     def algorithm(self) -> str:
@@ -156,20 +217,32 @@ class Balancer:
         memory: float | None,
         gpu: float | None,
         gpu_memory: float | None,
+        affinity_key: str | None = None,
     ) -> None:
-        """Insert or update one node; touches only the model lists whose membership changed."""
+        """Insert or update one node; touches only the model lists whose membership changed.
+
+        `affinity_key` names the node for rendezvous hashing (default: its id); a node that
+        stops being available forgets its prefixes, and so does a model it stops listing."""
         new_models = normalise_models(models)
         max_conc = normalise_max_concurrency(max_concurrency)
         load = load_score(cpu, memory, gpu, gpu_memory)
+        seed = rendezvous_seed(node_id if affinity_key is None else affinity_key)
         node = self._nodes.get(node_id)
         if node is None:
-            node = _NodeState(node_id)
+            node = _NodeState(node_id, self._next_owner)
+            self._next_owner += 1
             self._nodes[node_id] = node
+            self._owners[node.owner] = node
         old = set(node.models)
         new = set(new_models)
         for model in node.models:
             if model not in new:
                 self._unlist(model, node)
+                tag = self._tags.get(model)
+                if tag is not None:
+                    self._index.forget(node.owner, tag)
+        if node.available and not available:
+            self._index.forget(node.owner)
         for model in new_models:
             if model not in old:
                 self._models.setdefault(model, _ModelCandidates()).nodes.append(node)
@@ -177,6 +250,7 @@ class Balancer:
         node.available = bool(available)
         node.max_conc = max_conc
         node.load = load
+        node.seed = seed
 
     def _unlist(self, model: str, node: _NodeState) -> None:
         cands = self._models[model]
@@ -189,6 +263,8 @@ class Balancer:
         node = self._nodes.pop(node_id, None)
         if node is None:
             return
+        del self._owners[node.owner]
+        self._index.forget(node.owner)
         for model in node.models:
             self._unlist(model, node)
 
@@ -197,6 +273,81 @@ class Balancer:
         cands = self._models.get(model)
         if cands is None:
             return None
+        chosen = self._choose(cands, exclude)
+        if chosen is None:
+            return None
+        chosen.picks += 1
+        return chosen.node_id
+
+    def pick_affine(
+        self, model: str, hashes: bytes, anchor: int, exclude: Collection[str] = ()
+    ) -> tuple[str | None, bool]:
+        """Like `pick`, for a prompt with known prefix boundaries: (node, affinity hit).
+
+        The node that served the longest recorded prefix wins while its in-flight count stays
+        within `affinity_bound`; else the rendezvous winner for `anchor` (the conversation's
+        start) within the same bound; else the configured algorithm. The prompt's boundaries
+        are then recorded for the chosen node."""
+        n_hashes = check_hashes(hashes)
+        anchor = check_anchor(anchor)
+        cands = self._models.get(model)
+        if cands is None:
+            return None, False
+        total = 0
+        count = 0
+        for node in cands.nodes:
+            if self._eligible(node, exclude):
+                total += node.in_flight
+                count += 1
+        if count == 0:
+            return None, False
+        bound = affinity_bound(total, count, self._epsilon)
+        tag = self._tags.setdefault(model, len(self._tags))
+        chosen: _NodeState | None = None
+        hit = False
+        upto = n_hashes
+        while True:
+            pos, owner = self._index.longest(hashes, upto, tag)
+            if pos < 0:
+                break
+            holder = self._owners.get(owner)
+            if holder is not None and self._eligible(holder, exclude):
+                if holder.in_flight <= bound:
+                    chosen = holder
+                    hit = True
+                break
+            upto = pos
+        if chosen is None:
+            top: _NodeState | None = None
+            top_score = 0
+            for node in cands.nodes:
+                if self._eligible(node, exclude):
+                    score = mix64(anchor ^ node.seed)
+                    if top is None or score > top_score:
+                        top = node
+                        top_score = score
+            if top is not None and top.in_flight <= bound:
+                chosen = top
+        if chosen is None:
+            chosen = self._choose(cands, exclude)
+            assert chosen is not None  # some node was eligible
+        chosen.picks += 1
+        chosen.affinity_picks += 1
+        if hit:
+            chosen.affinity_hits += 1
+        self._index.record(hashes, chosen.owner, tag)
+        return chosen.node_id, hit
+
+    @staticmethod
+    def _eligible(node: _NodeState, exclude: Collection[str]) -> bool:
+        if not node.available:
+            return False
+        if node.max_conc and node.in_flight >= node.max_conc:
+            return False
+        return not (exclude and node.node_id in exclude)
+
+    def _choose(self, cands: _ModelCandidates, exclude: Collection[str]) -> _NodeState | None:
+        """The configured algorithm's choice among the candidates; advances the RR cursor."""
         nodes = cands.nodes
         n = len(nodes)
         start = cands.cursor % n
@@ -236,9 +387,7 @@ class Balancer:
         if best_pos < 0:
             return None
         cands.cursor = best_pos + 1
-        chosen = nodes[best_pos]
-        chosen.picks += 1
-        return chosen.node_id
+        return nodes[best_pos]
 
     def serves(self, model: str) -> bool:
         """True when some available node lists `model`, room or not (else the API answers 404)."""
@@ -273,3 +422,32 @@ class Balancer:
 
     def picks(self) -> dict[str, int]:
         return {node_id: node.picks for node_id, node in self._nodes.items()}
+
+    def affinity_stats(self) -> dict[str, tuple[int, int]]:
+        """Per node: (affinity hits, picks made with a prompt prefix)."""
+        return {
+            node_id: (node.affinity_hits, node.affinity_picks)
+            for node_id, node in self._nodes.items()
+        }
+
+    def affinity(self, node_id: str) -> tuple[int, int]:
+        """The node's (affinity hits, prefix picks); (0, 0) for an unknown node."""
+        node = self._nodes.get(node_id)
+        return (node.affinity_hits, node.affinity_picks) if node is not None else (0, 0)
+
+    def prefix_entries(self) -> list[tuple[int, str, str]]:
+        """(prefix hash, node id, model) of every indexed prefix, least recent first."""
+        models = {tag: model for model, tag in self._tags.items()}
+        return [
+            (key, self._owners[owner].node_id, models[tag])
+            for key, owner, tag in self._index.entries()
+        ]
+
+    @property
+    def affinity_epsilon(self) -> float:
+        return self._epsilon
+
+    @property
+    def prefix_index(self) -> PrefixIndex:
+        """The index itself (read-only use: its size, its entries in tests)."""
+        return self._index

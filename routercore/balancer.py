@@ -1,5 +1,8 @@
 """Node-selection balancer facade: the compiled routercore._balancer, or its pure-Python twin.
 
+The compiled balancer keeps its prompt-prefix index in routercore._prefix_index (the twin's:
+routercore._prefix_index_py); the two extensions are used together or not at all.
+
 The switch mirrors aiohttp's: the compiled module is used when it imports, unless
 LLM_ROUTER_NO_EXTENSIONS=1 (then it is not even loaded); LLM_ROUTER_REQUIRE_EXTENSIONS=1 turns a
 missing build into an ImportError so CI cannot silently test only the twin.
@@ -12,8 +15,15 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from routercore import _balancer_py
-from routercore._balancer_py import ALGORITHMS, LATENCY, LEAST_LOADED, ROUND_ROBIN
+from routercore import _balancer_py, _prefix_index_py
+from routercore._balancer_py import (
+    ALGORITHMS,
+    DEFAULT_AFFINITY_EPSILON,
+    DEFAULT_PREFIX_ENTRIES,
+    LATENCY,
+    LEAST_LOADED,
+    ROUND_ROBIN,
+)
 
 __all__ = [
     "ALGORITHMS",
@@ -25,6 +35,7 @@ __all__ = [
     "ROUND_ROBIN",
     "Balancer",
     "make_balancer",
+    "make_prefix_index",
 ]
 
 log = logging.getLogger("routercore.balancer")
@@ -33,18 +44,21 @@ _NO_EXTENSIONS = os.environ.get("LLM_ROUTER_NO_EXTENSIONS") == "1"
 _REQUIRE_EXTENSIONS = os.environ.get("LLM_ROUTER_REQUIRE_EXTENSIONS") == "1"
 
 _compiled: Any = None
+_compiled_index: Any = None
 COMPILED_UNAVAILABLE_REASON: str | None = None
 if _NO_EXTENSIONS:
     COMPILED_UNAVAILABLE_REASON = "LLM_ROUTER_NO_EXTENSIONS=1"
 else:
     try:
+        _compiled_index = importlib.import_module("routercore._prefix_index")
         _compiled = importlib.import_module("routercore._balancer")
     except ImportError as exc:
         if _REQUIRE_EXTENSIONS:
             raise ImportError(
-                "LLM_ROUTER_REQUIRE_EXTENSIONS=1 but routercore._balancer is not built "
-                "(run `python setup.py build_ext --inplace`)"
+                "LLM_ROUTER_REQUIRE_EXTENSIONS=1 but routercore._balancer or "
+                "routercore._prefix_index is not built (run `python setup.py build_ext --inplace`)"
             ) from exc
+        _compiled_index = None
         COMPILED_UNAVAILABLE_REASON = (
             f"routercore._balancer not built ({exc}); run `python setup.py build_ext --inplace`"
         )
@@ -66,25 +80,46 @@ class Balancer(_Selected):
 
     __slots__ = ()
 
-    def __init__(self, algorithm: str = LEAST_LOADED) -> None:
+    def __init__(
+        self,
+        algorithm: str = LEAST_LOADED,
+        *,
+        prefix_entries: int = DEFAULT_PREFIX_ENTRIES,
+        affinity_epsilon: float = DEFAULT_AFFINITY_EPSILON,
+    ) -> None:
         global _logged
-        super().__init__(algorithm)
+        super().__init__(
+            algorithm, prefix_entries=prefix_entries, affinity_epsilon=affinity_epsilon
+        )
         if not _logged:
             _logged = True
             log.info("balancer implementation=%s algorithm=%s", IMPLEMENTATION, algorithm)
 
 
 def make_balancer(
-    algorithm: str = LEAST_LOADED, implementation: str | None = None
+    algorithm: str = LEAST_LOADED, implementation: str | None = None, **affinity: Any
 ) -> _balancer_py.Balancer:
-    """A balancer of the selected implementation, or of an explicit one ("cython"/"python")."""
+    """A balancer of the selected implementation, or of an explicit one ("cython"/"python");
+    `affinity` takes prefix_entries and affinity_epsilon."""
     if implementation is None:
-        return Balancer(algorithm)
+        return Balancer(algorithm, **affinity)
     if implementation == "python":
-        return _balancer_py.Balancer(algorithm)
+        return _balancer_py.Balancer(algorithm, **affinity)
     if implementation == "cython":
         if _compiled is None:
             raise ImportError(f"cython balancer unavailable: {COMPILED_UNAVAILABLE_REASON}")
-        compiled: _balancer_py.Balancer = _compiled.Balancer(algorithm)
+        compiled: _balancer_py.Balancer = _compiled.Balancer(algorithm, **affinity)
         return compiled
+    raise ValueError(f"unknown implementation {implementation!r}; valid choices: cython, python")
+
+
+def make_prefix_index(capacity: int, implementation: str) -> _prefix_index_py.PrefixIndex:
+    """A bare prefix index of one implementation ("cython"/"python"), for tests and the bench."""
+    if implementation == "python":
+        return _prefix_index_py.PrefixIndex(capacity)
+    if implementation == "cython":
+        if _compiled_index is None:
+            raise ImportError(f"cython prefix index unavailable: {COMPILED_UNAVAILABLE_REASON}")
+        index: _prefix_index_py.PrefixIndex = _compiled_index.PrefixIndex(capacity)
+        return index
     raise ValueError(f"unknown implementation {implementation!r}; valid choices: cython, python")
