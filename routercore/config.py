@@ -139,6 +139,15 @@ class RouterConfig:
     heartbeat_interval: float = _opt(10.0, "seconds between agent heartbeats", minimum=0.1)
     heartbeat_timeout: float = _opt(30.0, "no heartbeat this long: node offline", minimum=0.2)
     balancer: str = _opt("least_loaded", "round_robin, least_loaded or latency")
+    prefix_affinity: bool = _opt(
+        True, "send a prompt to the node that served its longest prefix (false: balancer only)"
+    )
+    prefix_index_entries: int = _opt(
+        65536, "prompt-prefix boundaries remembered (LRU, all models together)", minimum=1
+    )
+    prefix_affinity_epsilon: float = _opt(
+        0.25, "affinity yields when a node has > (1 + this) x mean in flight + 1", minimum=0.0
+    )
     admin_token: str = _opt("", "bearer token for management calls; generated when empty")
     registration_token: str = _opt("", "when set, register needs it as bearer token")
     api_keys: tuple[str, ...] = _opt((), "comma list; when set, proxy APIs need one")
@@ -255,6 +264,10 @@ def _validate(cfg: RouterConfig) -> None:
         raise ConfigError(f"invalid value for balancer: {cfg.balancer!r} (one of {BALANCERS})")
     if cfg.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"invalid value for log_level: {cfg.log_level!r} (one of {LOG_LEVELS})")
+    if cfg.prefix_index_entries >= 2**30:
+        raise ConfigError(
+            f"invalid value for prefix_index_entries: {cfg.prefix_index_entries} (must be < 2**30)"
+        )
     if cfg.port > 65535:
         raise ConfigError(f"invalid value for port: {cfg.port} (must be <= 65535)")
     if cfg.heartbeat_timeout <= cfg.heartbeat_interval:

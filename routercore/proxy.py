@@ -58,6 +58,7 @@ from routercore.usage import TailScanner, error_event
 if TYPE_CHECKING:
     from routercore.balancer import Balancer
     from routercore.config import RouterConfig
+    from routercore.prefix import PromptPrefix
     from routercore.store import Store
 
 log = logging.getLogger("routercore.proxy")
@@ -150,7 +151,8 @@ class AttemptFailed(Exception):
 class _Waiter:
     model: str
     exclude: tuple[str, ...]
-    future: asyncio.Future[str]
+    prefix: PromptPrefix | None
+    future: asyncio.Future[tuple[str, bool | None]]
 
 
 @dataclass
@@ -165,6 +167,8 @@ class Attempt:
     scanner: TailScanner | None = None
     sent_to_client: bool = False
     tried: list[str] = field(default_factory=list)
+    prefix: PromptPrefix | None = None
+    affinity: bool | None = None  # the pick was a prefix-affinity hit (None: no prefix)
 
 
 class Proxy:
@@ -204,12 +208,20 @@ class Proxy:
     # -- entry point -------------------------------------------------------------------------
 
     async def forward(
-        self, request: Request, *, api: str, endpoint: str, model: str, streaming: bool
+        self,
+        request: Request,
+        *,
+        api: str,
+        endpoint: str,
+        model: str,
+        streaming: bool,
+        prefix: PromptPrefix | None = None,
     ) -> Response | None:
-        """Forward `request` (body untouched) to a node serving `model` and relay the answer."""
+        """Forward `request` (body untouched) to a node serving `model` and relay the answer;
+        with a `prefix`, the node that holds the prompt's longest prefix is preferred."""
         started = time.perf_counter()
         ts = now_rfc3339()
-        att = Attempt(scanner=TailScanner(api))
+        att = Attempt(scanner=TailScanner(api), prefix=prefix)
         self.stats.in_flight += 1
         try:
             await self._forward(request, att, api, endpoint, model, streaming, started)
@@ -268,7 +280,9 @@ class Proxy:
         deadline = started + self.cfg.request_timeout
         registry = self.registry
         while True:
-            node_id = await self._acquire_slot(model, tuple(att.tried), deadline)
+            node_id, att.affinity = await self._acquire_slot(
+                model, tuple(att.tried), deadline, att.prefix
+            )
             att.node_id = node_id
             ttfb: float | None = None
             try:
@@ -591,11 +605,21 @@ class Proxy:
 
     # -- capacity queue ----------------------------------------------------------------------
 
-    async def _acquire_slot(self, model: str, exclude: tuple[str, ...], deadline: float) -> str:
-        node_id = self.balancer.pick(model, exclude)
+    def _pick(
+        self, model: str, exclude: tuple[str, ...], prefix: PromptPrefix | None
+    ) -> tuple[str | None, bool | None]:
+        """(node, affinity hit); without a prefix (or PREFIX_AFFINITY off) the plain pick."""
+        if prefix is None:
+            return self.balancer.pick(model, exclude), None
+        return self.balancer.pick_affine(model, prefix.hashes, prefix.anchor, exclude)
+
+    async def _acquire_slot(
+        self, model: str, exclude: tuple[str, ...], deadline: float, prefix: PromptPrefix | None
+    ) -> tuple[str, bool | None]:
+        node_id, affinity = self._pick(model, exclude, prefix)
         if node_id is not None:
             self._picked(node_id)
-            return node_id
+            return node_id, affinity
         if not self.balancer.serves(model):
             raise self._not_servable(model)
         retry_after = max(1, int(self.cfg.queue_timeout / 4) or 1)
@@ -606,7 +630,7 @@ class Proxy:
                 retry_after=retry_after,
             )
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(model, exclude, loop.create_future())
+        waiter = _Waiter(model, exclude, prefix, loop.create_future())
         self.waiters.append(waiter)
         self.stats.queued += 1
         timeout = min(self.cfg.queue_timeout, max(0.0, deadline - time.perf_counter()))
@@ -639,7 +663,7 @@ class Proxy:
         except ValueError:
             pass
         if waiter.future.done() and not waiter.future.cancelled():
-            self.balancer.request_finished(waiter.future.result(), None)
+            self.balancer.request_finished(waiter.future.result()[0], None)
             self._drain()
         else:
             waiter.future.cancel()
@@ -652,11 +676,11 @@ class Proxy:
             if waiter.future.done():
                 self.waiters.remove(waiter)
                 continue
-            node_id = self.balancer.pick(waiter.model, waiter.exclude)
+            node_id, affinity = self._pick(waiter.model, waiter.exclude, waiter.prefix)
             if node_id is not None:
                 self._picked(node_id)
                 self.waiters.remove(waiter)
-                waiter.future.set_result(node_id)
+                waiter.future.set_result((node_id, affinity))
 
     # -- accounting --------------------------------------------------------------------------
 
@@ -712,6 +736,7 @@ class Proxy:
                 int(streaming),
                 request.peer,
                 att.error[:HISTORY_ERROR_MAX] if att.error else att.error,
+                None if att.affinity is None else int(att.affinity),
             )
         )
         if len(self._rows) >= _ROWS_BATCH:

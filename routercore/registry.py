@@ -450,4 +450,6 @@ class NodeRegistry:
             memory=m.memory_usage,
             gpu=m.gpu_usage,
             gpu_memory=m.gpu_memory_usage,
+            # Rendezvous by address, not by id: every router replica knows a node's address.
+            affinity_key=f"{node.ip_address}:{node.runtime_port}",
         )

@@ -52,7 +52,11 @@ class RouterService:
             history_max_rows=config.history_max_rows,
             samples_max_rows=config.samples_max_rows,
         )
-        self.balancer = Balancer(config.balancer)
+        self.balancer = Balancer(
+            config.balancer,
+            prefix_entries=config.prefix_index_entries,
+            affinity_epsilon=config.prefix_affinity_epsilon,
+        )
         self.registry = NodeRegistry(
             self.store,
             self.balancer,

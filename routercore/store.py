@@ -81,6 +81,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     "ALTER TABLE nodes ADD COLUMN runtime_kind TEXT;",
     DEPLOYMENTS_SCHEMA,
+    # Whether the balancer picked the node for holding the prompt's prefix (NULL: no prefix).
+    "ALTER TABLE requests ADD COLUMN affinity_hit INTEGER;",
 )
 
 NODE_COLUMNS = (
@@ -94,6 +96,7 @@ NODE_COLUMNS = (
 REQUEST_COLUMNS = (
     "id", "ts", "node_id", "model", "endpoint", "method", "status_code", "outcome",
     "duration_ms", "ttfb_ms", "prompt_tokens", "completion_tokens", "stream", "client", "error",
+    "affinity_hit",
 )  # fmt: skip
 METRIC_COLUMNS = ("cpu_usage", "memory_usage", "gpu_usage", "gpu_memory_usage", "active_requests")
 SAMPLE_COLUMNS = ("node_id", "ts", "cpu", "memory", "gpu", "gpu_memory", "active_requests")
@@ -251,6 +254,7 @@ def _row_node(row: Sequence[Any]) -> Node:
 def _request_dict(row: Sequence[Any]) -> dict[str, Any]:
     out = dict(zip(REQUEST_COLUMNS, row, strict=True))
     out["stream"] = None if out["stream"] is None else bool(out["stream"])
+    out["affinity_hit"] = None if out["affinity_hit"] is None else bool(out["affinity_hit"])
     return out
 
 
@@ -399,8 +403,9 @@ class Store:
         row = [record.get(c) for c in REQUEST_COLUMNS]
         row[0] = row[0] or str(uuid.uuid4())
         row[1] = row[1] or _now()
-        if row[12] is not None:
-            row[12] = int(bool(row[12]))
+        for flag in (12, 15):  # stream, affinity_hit
+            if row[flag] is not None:
+                row[flag] = int(bool(row[flag]))
         self._queue.put((_SQL_REQUEST, tuple(row)))
 
     def add_request_row(self, row: tuple[Any, ...]) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from routercore import __version__
+from routercore.api.metrics import affinity_totals
 from routercore.auth import bearer, token_matches
 from routercore.errors import ClientError, NotFound, Unauthorized
 from routercore.http.messages import Request, Response, WebSocketAccept
@@ -98,6 +99,11 @@ def status_filter(raw: str) -> tuple[str | None, int | None]:
     raise ClientError(
         f"query parameter 'status' must be one of {', '.join(OUTCOMES)} or an HTTP status code"
     )
+
+
+def affinity_summary(hits: int, picks: int) -> dict[str, Any]:
+    """Prefix-affinity picks of a node or of the router: hits, picks, and the hit rate."""
+    return {"hits": hits, "picks": picks, "hit_rate": round(hits / picks, 4) if picks else None}
 
 
 class StaticFile:
@@ -193,6 +199,7 @@ class SnapshotBuilder:
                 "avg_latency_ms": st.avg_latency_ms,
             },
             "in_flight": self.svc.balancer.in_flight(node.id),
+            "affinity": self._affinity(node.id),
             "error_rate": (
                 round(st.failed_requests / st.total_requests, 4) if st.total_requests else None
             ),
@@ -200,12 +207,17 @@ class SnapshotBuilder:
             "problem": node.problem,
         }
 
+    def _affinity(self, node_id: str) -> dict[str, Any]:
+        return affinity_summary(*self.svc.balancer.affinity(node_id))
+
     def node_detail_row(self, node: Node) -> dict[str, Any]:
         """The full public record (system, GPUs, notes) plus the table's derived fields."""
         try:
             row = node.to_public()
             compact = self._node_row(node)
-            for key in ("display_name", "gpu_count", "in_flight", "error_rate", "health"):
+            for key in (
+                "display_name", "gpu_count", "in_flight", "affinity", "error_rate", "health"
+            ):  # fmt: skip
                 row[key] = compact[key]
             if not _json_safe(row):
                 raise TypeError("a field holds a value JSON cannot carry")
@@ -255,6 +267,10 @@ class SnapshotBuilder:
             },
             "latency_ms": {"p50": stats.percentile(0.50), "p95": stats.percentile(0.95)},
             "models": models,
+            "affinity": {
+                "enabled": svc.config.prefix_affinity,
+                **affinity_summary(*affinity_totals(svc.balancer.affinity_stats())),
+            },
         }
 
     def series(self) -> dict[str, Any]:

@@ -20,7 +20,11 @@ FANOUT_MAX_BYTES = 16 * 1024 * 1024  # one node's answer to a fan-out GET
 
 def routing_fields(request: Request, *, stream_default: bool) -> tuple[str, bool]:
     """Only what routing needs: `model` (required string) and `stream` (bool)."""
-    data = request.json_object()
+    return model_and_stream(request.json_object(), stream_default=stream_default)
+
+
+def model_and_stream(data: dict[str, Any], *, stream_default: bool) -> tuple[str, bool]:
+    """`model` (required string) and `stream` (bool) of a parsed request body."""
     model = data.get("model")
     if model is None:
         raise ClientError("field 'model' is required", code="missing_model")

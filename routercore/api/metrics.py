@@ -60,6 +60,14 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("node_requests_total", "counter", "Requests the node served (since registration load)."),
     ("node_failed_requests_total", "counter", "Requests that failed on the node."),
     ("balancer_picks_total", "counter", "Times the balancer chose each node."),
+    (
+        "affinity_picks_total",
+        "counter",
+        "Picks made for a prompt with prefix boundaries, by node and result (hit: the node "
+        "held the prompt's longest known prefix).",
+    ),
+    ("affinity_hit_rate", "gauge", "Share of prefix picks that were affinity hits, overall."),
+    ("node_affinity_hit_rate", "gauge", "Share of the node's prefix picks that were hits."),
     ("store_backlog", "gauge", "Store writes queued but not yet committed."),
     ("store_dropped_total", "counter", "Store writes dropped (backlog cap or invalid)."),
 )
@@ -122,6 +130,11 @@ class Exposition:
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
+
+
+def affinity_totals(per_node: Mapping[str, tuple[int, int]]) -> tuple[int, int]:
+    """(hits, prefix picks) over every node the balancer knows."""
+    return sum(h for h, _ in per_node.values()), sum(p for _, p in per_node.values())
 
 
 def render(svc: RouterService) -> str:
@@ -188,6 +201,18 @@ def render(svc: RouterService) -> str:
     out.family("balancer_picks_total")
     for node_id, picks in sorted(svc.balancer.picks().items()):
         out.sample("balancer_picks_total", picks, {"node": node_id})
+    affinity = svc.balancer.affinity_stats()
+    out.family("affinity_picks_total")
+    for node_id, (hits, picks) in sorted(affinity.items()):
+        out.sample("affinity_picks_total", hits, {"node": node_id, "result": "hit"})
+        out.sample("affinity_picks_total", picks - hits, {"node": node_id, "result": "miss"})
+    hits, picks = affinity_totals(affinity)
+    out.family("affinity_hit_rate")
+    out.sample("affinity_hit_rate", hits / picks if picks else 0.0)
+    out.family("node_affinity_hit_rate")
+    for node_id, (hits, picks) in sorted(affinity.items()):
+        if picks:
+            out.sample("node_affinity_hit_rate", hits / picks, {"node": node_id})
     out.family("store_backlog")
     out.sample("store_backlog", svc.store.backlog)
     out.family("store_dropped_total")

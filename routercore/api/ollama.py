@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from routercore import __version__
-from routercore.api.inference import fan_out, routing_fields
+from routercore.api.inference import fan_out, model_and_stream
 from routercore.http.messages import Request, Response
+from routercore.prefix import prompt_prefix
 
 if TYPE_CHECKING:
     from routercore.app import App
@@ -96,9 +97,11 @@ class OllamaAPI:
     async def _forward(
         self, request: Request, endpoint: str, stream_default: bool
     ) -> Response | None:
-        model, stream = routing_fields(request, stream_default=stream_default)
+        data = request.json_object()
+        model, stream = model_and_stream(data, stream_default=stream_default)
+        prefix = prompt_prefix(endpoint, model, data) if self.svc.config.prefix_affinity else None
         return await self.svc.proxy.forward(
-            request, api="ollama", endpoint=endpoint, model=model, streaming=stream
+            request, api="ollama", endpoint=endpoint, model=model, streaming=stream, prefix=prefix
         )
 
     async def chat(self, request: Request) -> Response | None:

@@ -6,9 +6,10 @@ import calendar
 import time
 from typing import TYPE_CHECKING, Any
 
-from routercore.api.inference import routing_fields
+from routercore.api.inference import model_and_stream
 from routercore.errors import ModelNotFound
 from routercore.http.messages import Request, Response
+from routercore.prefix import prompt_prefix
 
 if TYPE_CHECKING:
     from routercore.app import App
@@ -36,9 +37,11 @@ class OpenAIAPI:
         app.add("GET", "/v1/models/{id}", self.model, auth="api")
 
     async def _forward(self, request: Request, endpoint: str) -> Response | None:
-        model, stream = routing_fields(request, stream_default=False)
+        data = request.json_object()
+        model, stream = model_and_stream(data, stream_default=False)
+        prefix = prompt_prefix(endpoint, model, data) if self.svc.config.prefix_affinity else None
         return await self.svc.proxy.forward(
-            request, api="openai", endpoint=endpoint, model=model, streaming=stream
+            request, api="openai", endpoint=endpoint, model=model, streaming=stream, prefix=prefix
         )
 
     async def chat(self, request: Request) -> Response | None:

@@ -272,6 +272,9 @@
     $("card-total").textContent = num(o.requests.total);
     $("card-errors").textContent = num(o.requests.errors);
     $("card-inflight").textContent = `${o.requests.in_flight} / ${o.requests.queued}`;
+    const aff = o.affinity || {};
+    $("card-affinity").textContent = aff.enabled === false ? "off" : pct(aff.hit_rate ?? null);
+    $("card-affinity").title = aff.picks ? `${num(aff.hits)} of ${num(aff.picks)} prefix picks went to the node holding the prompt` : "";
   }
 
   function usageBar(value) {
@@ -316,7 +319,7 @@
   function rowSignature(n) {
     return JSON.stringify([n.display_name, n.custom_name, n.machine_name, n.tags, n.ip_address, n.runtime_port,
       n.runtime_version, n.runtime_kind, n.status, n.enabled, n.models, n.metrics, n.gpu_count, n.in_flight,
-      n.max_concurrency, n.stats, n.error_rate, healthText(n), n.problem]);
+      n.max_concurrency, n.stats, n.error_rate, healthText(n), n.problem, n.affinity]);
   }
 
   // "ollama 0.5.7", "openai" (llama.cpp, vLLM: only /v1), or "–" while the router finds out.
@@ -345,7 +348,9 @@
       el("td", { class: "num active", text: String(n.in_flight ?? 0) + (n.max_concurrency ? ` / ${n.max_concurrency}` : "") }),
       el("td", { class: "num opt total", text: `${num(n.stats.total_requests)}` }),
       el("td", { class: "num opt", text: ms(n.stats.avg_latency_ms) }),
-      el("td", { class: "num opt", text: n.error_rate === null ? "–" : pct(n.error_rate) }));
+      el("td", { class: "num opt", text: n.error_rate === null ? "–" : pct(n.error_rate) }),
+      el("td", { class: "num opt affinity", text: pct(n.affinity ? n.affinity.hit_rate : null),
+        title: n.affinity && n.affinity.picks ? `${num(n.affinity.hits)} of ${num(n.affinity.picks)} prefix picks were affinity hits` : "" }));
     return { row, uptime, seen, sig: rowSignature(n) };
   }
 
@@ -742,6 +747,7 @@
         ...kv("Status", `${r.status_code} (${r.outcome})`), ...kv("Duration", ms(r.duration_ms)),
         ...kv("Time to first byte", ms(r.ttfb_ms)), ...kv("Prompt tokens", r.prompt_tokens ?? "–"),
         ...kv("Completion tokens", r.completion_tokens ?? "–"), ...kv("Streamed", r.stream ? "yes" : "no"),
+        ...kv("Affinity hit", r.affinity_hit === null || r.affinity_hit === undefined ? "–" : r.affinity_hit ? "yes" : "no"),
         ...kv("Client", r.client || "–"), ...kv("Error", r.error || "–"));
     } catch (e) {
       $("request-body").replaceChildren(...kv("Error", e.message));

@@ -219,7 +219,10 @@ def test_every_documented_family_is_exposed_with_help_and_type(router: RouterThr
     assert value(fams, "queue_length") == 0
 
 
-def test_counts_follow_traffic(router: RouterThread, fake_nodes: Callable[..., Any]) -> None:
+def test_counts_follow_traffic(
+    router_factory: Callable[..., RouterThread], fake_nodes: Callable[..., Any]
+) -> None:
+    router = router_factory(prefix_affinity=False)  # one prompt, spread by least_loaded
     join(router, fake_nodes, 2)
     ids = {a["id"]: a["machine_name"] for a in router.agents()}
     for _ in range(5):
@@ -298,3 +301,31 @@ def test_closed_reads_protect_metrics(router_factory: Callable[..., RouterThread
     router = router_factory(open_reads=False)
     assert http("GET", router.url + "/metrics")[0] == 401
     assert PREFIX + "build_info" in scrape(router, token=ADMIN_TOKEN)
+
+
+def test_affinity_hit_rate_per_node_and_overall(
+    router: RouterThread, fake_nodes: Callable[..., Any]
+) -> None:
+    """Three turns of one conversation: the first is a miss, the follow-ups are hits, on the
+    node that served the first."""
+    join(router, fake_nodes, 2)
+    messages: list[dict[str, str]] = []
+    for turn in range(3):
+        messages.append({"role": "user", "content": f"question {turn}"})
+        status, headers, body = http(
+            "POST", router.url + "/v1/chat/completions", {"model": "llama3", "messages": messages}
+        )
+        assert status == 200
+        messages.append(body["choices"][0]["message"])
+        if turn == 0:
+            home = headers["x-router-node"]
+        assert headers["x-router-node"] == home
+    fams = scrape(router)
+    assert value(fams, "affinity_picks_total", node=home, result="hit") == 2
+    assert value(fams, "affinity_picks_total", node=home, result="miss") == 1
+    assert value(fams, "affinity_hit_rate") == pytest.approx(2 / 3)
+    assert value(fams, "node_affinity_hit_rate", node=home) == pytest.approx(2 / 3)
+    other = next(a["id"] for a in router.agents() if a["id"] != home)
+    assert value(fams, "affinity_picks_total", node=other, result="hit") == 0
+    rated = {dict(lab)["node"] for _, lab in fams[PREFIX + "node_affinity_hit_rate"].samples}
+    assert rated == {home}  # no rate for a node without prefix picks

@@ -96,6 +96,10 @@ def test_shows_nodes_and_follows_traffic_and_offline(
     expect(page.locator("#card-total")).to_have_text("3", timeout=LIVE)
     expect(page.locator("#card-success")).to_have_text("100.0%", timeout=LIVE)
     expect(page.locator("#card-p50")).not_to_have_text(DASH, timeout=LIVE)
+    # The same prompt three times: a miss, then two hits on the node that holds it.
+    expect(page.locator("#card-affinity")).to_have_text("66.7%", timeout=LIVE)
+    hits = [n for n in router.service.balancer.affinity_stats().values() if n[1]]
+    assert hits == [(2, 3)]
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
@@ -148,8 +152,9 @@ def test_table_sorts_by_name_and_status(
 
 
 def test_charts_draw_the_last_hour(
-    router: RouterThread, fake_nodes: Callable[..., Any], page: Any
+    router_factory: Callable[..., RouterThread], fake_nodes: Callable[..., Any], page: Any
 ) -> None:
+    router = router_factory(prefix_affinity=False)  # one prompt, yet a line for each node
     join(router, fake_nodes, 2)
     for _ in range(4):
         assert chat(router) == 200

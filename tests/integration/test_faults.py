@@ -59,12 +59,16 @@ def ids_by_port(router: Any) -> dict[int, str]:
     return {a["runtime_port"]: a["id"] for a in router.agents()}
 
 
+# These tests send one prompt over and over and rely on round robin to reach the faulty node;
+# prefix affinity would keep that prompt on one node, so they turn it off.
+
+
 # -- a node killed mid-stream ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("path", "body"), STREAMS)
 def test_node_killed_mid_stream(router_factory: Any, fake_nodes: Any, path: str, body: Any) -> None:
-    router = router_factory(balancer="round_robin", probe_interval=30)
+    router = router_factory(balancer="round_robin", probe_interval=30, prefix_affinity=False)
     nodes = join(router, fake_nodes, 2, token_delay=0.05, tokens=400)
     ids = ids_by_port(router)
     by_id = {ids[n.port]: n for n in nodes}
@@ -169,6 +173,7 @@ def test_request_timeout_before_the_head_gives_504(router_factory: Any, fake_nod
 def test_hanging_node_is_failed_over_and_marked(router_factory: Any, fake_nodes: Any) -> None:
     router = router_factory(
         balancer="round_robin",
+        prefix_affinity=False,
         read_timeout=0.5,
         probe_interval=30,
         heartbeat_interval=30,
@@ -186,7 +191,7 @@ def test_hanging_node_is_failed_over_and_marked(router_factory: Any, fake_nodes:
 
 
 def test_garbage_fails_over_and_alone_gives_502(router_factory: Any, fake_nodes: Any) -> None:
-    router = router_factory(balancer="round_robin", probe_interval=30)
+    router = router_factory(balancer="round_robin", probe_interval=30, prefix_affinity=False)
     bad, good = join(router, fake_nodes, 2)
     ids = ids_by_port(router)
     bad.set_fault("garbage")
@@ -264,6 +269,7 @@ def test_connect_timeout_fails_over(
 ) -> None:
     router = router_factory(
         balancer="round_robin",
+        prefix_affinity=False,
         connect_timeout=0.3,
         heartbeat_interval=0.5,
         heartbeat_timeout=60,
@@ -312,7 +318,9 @@ def test_queue_length_limit(router_factory: Any, fake_nodes: Any) -> None:
 
 def test_no_request_lost_while_nodes_fail(router_factory: Any, fake_nodes: Any) -> None:
     """Three nodes, two of them cycling through refuse/500/garbage/death under load."""
-    router = router_factory(balancer="round_robin", probe_interval=0.2, max_retries=2)
+    router = router_factory(
+        balancer="round_robin", probe_interval=0.2, max_retries=2, prefix_affinity=False
+    )
     a, b, _good = join(router, fake_nodes, 3)
     results: Counter[int] = Counter()
     errors: list[str] = []

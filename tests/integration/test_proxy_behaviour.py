@@ -39,15 +39,19 @@ def open_stream(router, body, path="/api/generate"):
 # -- spreading ---------------------------------------------------------------------------------
 
 
+# The same prompt every time: with prefix affinity on, it would rightly stay on one node. These
+# tests are about the configured algorithm itself, so they turn affinity off.
+
+
 def test_round_robin_spreads_evenly(router_factory, fake_nodes):
-    router = router_factory(balancer="round_robin")
+    router = router_factory(balancer="round_robin", prefix_affinity=False)
     join(router, fake_nodes, 3)
     counts = collections.Counter(served_by(router, 30))
     assert sorted(counts.values()) == [10, 10, 10]
 
 
 def test_least_loaded_avoids_the_busy_node(router_factory, fake_nodes):
-    router = router_factory(balancer="least_loaded")
+    router = router_factory(balancer="least_loaded", prefix_affinity=False)
     nodes = join(router, fake_nodes, 3)
     slow = {"model": "llama3", "prompt": "x", "stream": True}
     for n in nodes:
@@ -63,7 +67,7 @@ def test_least_loaded_avoids_the_busy_node(router_factory, fake_nodes):
 
 
 def test_latency_prefers_the_fast_node(router_factory, fake_nodes):
-    router = router_factory(balancer="latency")
+    router = router_factory(balancer="latency", prefix_affinity=False)
     fast = fake_nodes(register=router.url, name="fast", first_token_delay=0.0)
     slow = fake_nodes(register=router.url, name="slow", first_token_delay=0.15)
     online_ids(router, 2)
@@ -73,7 +77,8 @@ def test_latency_prefers_the_fast_node(router_factory, fake_nodes):
     assert picks[ids[slow.port]] >= 1  # an unsampled node gets tried
 
 
-def test_model_aware_routing(router, fake_nodes):
+def test_model_aware_routing(router_factory, fake_nodes):
+    router = router_factory(prefix_affinity=False)  # node a must get some of the same prompt
     a = fake_nodes(register=router.url, name="a", models=["m1"])
     b = fake_nodes(register=router.url, name="b", models=["m2", "m1"])
     online_ids(router, 2)
@@ -100,7 +105,8 @@ def test_disabled_node_gets_no_requests(router, fake_nodes):
 
 @pytest.mark.parametrize("fault", ["status500", "refuse", "garbage"])
 def test_failover_before_first_byte(router_factory, fake_nodes, fault):
-    router = router_factory(balancer="round_robin", probe_interval=30)
+    # Round robin without affinity, so that the failing node is tried first on some request.
+    router = router_factory(balancer="round_robin", probe_interval=30, prefix_affinity=False)
     bad, _good = join(router, fake_nodes, 2)
     ids = node_ids_by_port(router)
     bad.node.set_fault(fault)
@@ -117,7 +123,11 @@ def test_failover_before_first_byte(router_factory, fake_nodes, fault):
 
 def test_unreachable_node_comes_back_after_probe(router_factory, fake_nodes):
     router = router_factory(
-        balancer="round_robin", probe_interval=0.2, heartbeat_timeout=30, heartbeat_interval=20
+        balancer="round_robin",
+        probe_interval=0.2,
+        heartbeat_timeout=30,
+        heartbeat_interval=20,
+        prefix_affinity=False,  # the failing node must get one of the same three prompts
     )
     bad, _good = join(router, fake_nodes, 2)
     ids = node_ids_by_port(router)

@@ -51,6 +51,7 @@ def req(i: int, **kw: Any) -> dict[str, Any]:
         "stream": True,
         "client": "127.0.0.1",
         "error": None,
+        "affinity_hit": None,
     }
     rec.update(kw)
     return rec
@@ -115,6 +116,31 @@ def test_migrates_from_empty_and_reopens_idempotently(db: Path, opened: Any) -> 
     s2.close()
     conn = apsw.Connection(str(db))
     assert conn.pragma("user_version") == len(MIGRATIONS)
+    conn.close()
+
+
+async def test_a_version_1_database_gains_the_affinity_column(db: Path, opened: Any) -> None:
+    """A database written before prefix affinity keeps its history; old rows read as NULL."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    conn = apsw.Connection(str(db))
+    migrate(conn, MIGRATIONS[:1])
+    old = req(1)
+    del old["affinity_hit"]
+    conn.execute(
+        f"INSERT INTO requests ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})",
+        tuple(old.values()),
+    )
+    conn.close()
+    s = opened()
+    s.add_request(req(2, affinity_hit=True))
+    s.add_request(req(3, affinity_hit=False))
+    assert s.flush()
+    rows, total = await s.query_requests(limit=10)
+    assert total == 3
+    assert {r["id"][-1]: r["affinity_hit"] for r in rows} == {"1": None, "2": True, "3": False}
+    s.close()
+    conn = apsw.Connection(str(db))
+    assert conn.pragma("user_version") == len(MIGRATIONS) >= 2
     conn.close()
 
 
