@@ -37,6 +37,49 @@ def _table(title: str, header: str, align: str, rows: list[str]) -> list[str]:
     return ["", title, "", header, align, *rows]
 
 
+def _affinity_tables(a: dict[str, Any]) -> list[str]:
+    s = a["settings"]
+    rows = []
+    for mode in ("without", "with"):
+        m = a[mode]
+        per_node = ", ".join(f"{k} {v}" for k, v in sorted(m["requests_per_node"].items()))
+        rows.append(
+            f"| {mode} | {_f(m['first_turn_mean_s'])} | {_f(m['follow_up_mean_s'])} | "
+            f"{_f(m['follow_up_min_s'])}-{_f(m['follow_up_max_s'])} | {m['follow_ups']} | "
+            f"{per_node} | {m['conversations_on_one_node']}/{m['conversations']} |"
+        )
+    pick = a["pick"]
+    py, cy = pick["python"], pick["cython"] or {}
+    return [
+        *_table(
+            f"Prefix affinity on two llama.cpp nodes (--cache True, 1 thread each; "
+            f"{s['conversations']} interleaved conversations x {s['turns']} turns per phase, "
+            f"{s['rounds']} rounds alternating the two routers; ~{s['document_words']}-word first "
+            f"message; streamed, TTFT = first event; load average {a['loadavg_start']} -> "
+            f"{a['loadavg_end']}):",
+            "| PREFIX_AFFINITY | first turn TTFT s | follow-up TTFT mean s | range s | follow-ups "
+            "| requests per node | conversations on one node |",
+            "| --- | ---: | ---: | ---: | ---: | --- | ---: |",
+            rows,
+        ),
+        "",
+        f"Follow-up TTFT with / without: {a['follow_up_ratio']}. Streams llama.cpp ended at "
+        f"once without a token, sent again and not timed: with "
+        f"{a['with'].get('empty_streams_resent', 0)}, without "
+        f"{a['without'].get('empty_streams_resent', 0)}.",
+        *_table(
+            f"Affinity pick, {pick['indexed']} indexed prefixes, 16 nodes (hashing a ~1,300-token "
+            f"chat at its boundaries: {pick['prefix_hash_us']} µs per request):",
+            "| pick | twin ns | Cython ns |",
+            "| --- | ---: | ---: |",
+            [
+                f"| follow-up (hit) | {_f(py['hit_ns'], 0)} | {_f(cy.get('hit_ns'), 0)} |",
+                f"| new conversation | {_f(py['new_ns'], 0)} | {_f(cy.get('new_ns'), 0)} |",
+            ],
+        ),
+    ]
+
+
 def render(r: dict[str, Any]) -> str:
     """The Markdown tables of one run (sections that did not run are left out)."""
     m, s = r["machine"], r["settings"]
@@ -149,6 +192,8 @@ def render(r: dict[str, Any]) -> str:
             f"{rel['relay_cpu_us_per_stream']} µs per stream, {rel['relay_cpu_us_per_chunk']} µs "
             "per chunk.",
         ]
+    if "affinity" in r:
+        lines += _affinity_tables(r["affinity"])
     lines += _table(
         "Targets:",
         "| target | measured | limit | met |",
@@ -188,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", type=Path, help="keep logs and configs in this directory")
     args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
+    sections = tuple(x for x in args.only.split(",") if x)
+    if set(sections) - {"balancer", "affinity"} and shutil.which("wrk") is None:
         print("the benchmark needs wrk (apt-get install wrk)", file=sys.stderr)
         return 2
     pin = not args.no_pin and (os.cpu_count() or 1) >= 2
@@ -196,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         "nginx": not args.no_nginx,
         "sut_cores": args.sut_cores if pin else None,
         "load_cores": args.load_cores if pin else None,
-        "sections": tuple(x for x in args.only.split(",") if x),
+        "sections": sections,
     }
     unknown = set(kw["sections"]) - set(SECTIONS)
     if unknown:

@@ -164,7 +164,9 @@ class Processes:
         wait_until(lambda: proc.alive() and port_open(port), 30, f"{name} on port {port}")
         return proc
 
-    def router(self, port: int, *, extra_env: dict[str, str] | None = None) -> Proc:
+    def router(
+        self, port: int, *, extra_env: dict[str, str] | None = None, name: str = "router"
+    ) -> Proc:
         cmd = [
             sys.executable,
             "-m",
@@ -181,9 +183,9 @@ class Processes:
             "warning",
         ]
         env = {"LLM_ROUTER_ADMIN_TOKEN": ADMIN_TOKEN, **(extra_env or {})}
-        proc = self.start("router", cmd, self.sut_cores, env=env)
+        proc = self.start(name, cmd, self.sut_cores, env=env)
         url = f"http://127.0.0.1:{port}/healthz"
-        wait_until(lambda: proc.alive() and get_json(url).get("status") == "ok", 30, "router")
+        wait_until(lambda: proc.alive() and get_json(url).get("status") == "ok", 30, name)
         return proc
 
     def wait_online(self, router_port: int, count: int) -> None:

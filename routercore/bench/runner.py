@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from routercore.bench import affinity as affinity_bench
 from routercore.bench import balancer as balancer_bench
 from routercore.bench import relay as relay_bench
+from routercore.bench.affinity import AffinitySettings
 from routercore.bench.procs import Proc, Processes, free_port, running
 
 CHAT_BODY = '{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
@@ -24,7 +26,16 @@ CHAT_BODY = '{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
 REPLAY_BODY = '{"model":"replay","messages":[{"role":"user","content":"hi"}]}'
 STREAM_BODY = '{"model":"%s","stream":true,"messages":[{"role":"user","content":"hi"}]}'
 PATH = "/v1/chat/completions"
-SECTIONS = ("throughput", "latency", "streams", "translated", "held", "balancer", "relay")
+SECTIONS = (
+    "throughput",
+    "latency",
+    "streams",
+    "translated",
+    "held",
+    "balancer",
+    "relay",
+    "affinity",
+)
 
 WRK_LUA = """
 wrk.method = "POST"
@@ -60,6 +71,7 @@ class Settings:
     load_cores: str | None = "1"
     nginx: bool = True
     sections: tuple[str, ...] = SECTIONS
+    affinity_quick: bool = False  # short conversations on the llama.cpp nodes (smoke runs)
 
     @classmethod
     def quick(cls, **kw: Any) -> Settings:
@@ -71,6 +83,7 @@ class Settings:
             hold_counts=(100, 1000, 2000),
             hold_window=1.0,
             balancer_budget=0.1,
+            affinity_quick=True,
             **kw,
         )
 
@@ -382,6 +395,10 @@ class Bench:
             r["balancer"] = balancer_bench.run(s.balancer_sizes, s.balancer_budget)
         if "relay" in s.sections:
             r["relay"] = relay_bench.run(self, router, rport, sport, replay_port)
+        if "affinity" in s.sections:
+            scale = AffinitySettings.quick() if s.affinity_quick else AffinitySettings()
+            r["affinity"] = affinity_bench.run(p, scale)
+            r["affinity"]["pick"] = balancer_bench.run_affinity(s.balancer_budget)
         r["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         r["targets"] = targets(r)
         return r
@@ -477,11 +494,33 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     if held:
         rss = held[-1]["rss_mb"]
         out.append(_target("router RSS with 2,000 streams (MB)", rss, "<= 250", rss <= 250))
+    if "affinity" in r:
+        out += _affinity_targets(r["affinity"])
     worst = min((b["speedup"] for b in r.get("balancer", []) if b["speedup"]), default=None)
     if worst is not None:
         out.append(
             _target("Cython pick speed-up over the twin (worst size)", worst, ">= 10", worst >= 10)
         )
+    return out
+
+
+def _affinity_targets(aff: dict[str, Any]) -> list[dict[str, Any]]:
+    ratio = aff["follow_up_ratio"]
+    out = [
+        _target(
+            "mean follow-up TTFT with affinity / without (2 llama.cpp nodes)",
+            ratio,
+            "<= 0.2",
+            ratio <= 0.2,
+        )
+    ]
+    compiled = aff["pick"]["cython"]
+    if compiled is not None:
+        worst = max(compiled["hit_ns"], compiled["new_ns"])
+        out.append(
+            _target("affinity pick, 1,000 indexed prefixes, compiled (µs)",
+                    round(worst / 1000, 3), "<= 5", worst <= 5000)
+        )  # fmt: skip
     return out
 
 

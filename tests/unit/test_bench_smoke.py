@@ -17,7 +17,7 @@ from tests.conftest import ROOT
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.timeout(300),
+    pytest.mark.timeout(420),
     pytest.mark.skipif(shutil.which("wrk") is None, reason="the benchmark needs wrk"),
 ]
 
@@ -27,7 +27,7 @@ def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "routercore.bench", "--quick", "--json", str(out),
          "--keep", str(tmp_path / "work")],
-        cwd=str(ROOT), capture_output=True, text=True, timeout=280,
+        cwd=str(ROOT), capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     logs = "\n".join(
         p.read_text(errors="replace")[-1500:] for p in (tmp_path / "work").glob("*.log")
@@ -75,6 +75,17 @@ def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
         assert tp_row["rps"] > 0 and tp_row["errors"] == 0 and tp_row["cpu_us_per_req"] > 0
     assert relay["relay_cpu_us_per_stream"] > 0
     assert "| router -> relay -> node |" in proc.stdout and "Relay adds:" in proc.stdout
+
+    # Prefix affinity on two real llama.cpp nodes (short conversations in --quick).
+    aff = r["affinity"]
+    for mode in ("with", "without"):
+        m = aff[mode]
+        assert m["follow_ups"] == 2 and 0 < m["follow_up_min_s"] <= m["follow_up_max_s"]
+        assert sum(m["requests_per_node"].values()) == 4
+    assert aff["with"]["conversations_on_one_node"] == aff["with"]["conversations"] == 2
+    assert aff["follow_up_ratio"] > 0
+    assert aff["pick"]["python"]["hit_ns"] > 0 and aff["pick"]["prefix_hash_us"] > 0
+    assert "Prefix affinity on two llama.cpp nodes" in proc.stdout
 
     names = {t["target"] for t in r["targets"]}
     assert len(names) >= 6 and all(isinstance(t["met"], bool) for t in r["targets"])
