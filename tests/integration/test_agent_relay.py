@@ -206,7 +206,10 @@ def test_flow_control_a_slow_client_pauses_the_runtime(cluster: RelayCluster) ->
     wait_until(runtime_blocked, timeout=30, what="the runtime's writes to be paused")
     time.sleep(0.5)  # a moment for anything still moving; the answer must not complete
     assert cluster.stats()["completed"] == completed
-    assert runtime_blocked()
+    # Kernel buffers may still grow a little (autotuning) and let the runtime write a bit more,
+    # but it ends up paused again, the answer far from complete.
+    wait_until(runtime_blocked, timeout=10, what="the runtime's writes paused again")
+    assert cluster.stats()["completed"] == completed
     sock.close()
     wait_until(lambda: cluster.stats()["cancelled"] == cancelled + 1, timeout=15,
                what="the runtime to see the cancel")  # fmt: skip
