@@ -719,6 +719,10 @@ class Proxy:
         self.stats.record(outcome)
         if att.node_id is not None and att.sent_to_client:
             self.registry.record_result(att.node_id, att.outcome == "ok", duration)
+        if not known and att.node_id is None:
+            # A name nothing lists, answered by the router itself: counted above
+            # (llm_router_unknown_model_requests_total), no row per invented name.
+            return
         self._rows.append(
             (
                 outcome.request_id,

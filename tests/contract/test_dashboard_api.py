@@ -202,7 +202,15 @@ def test_request_history_pages_and_filters(
     nodes = join(router, fake_nodes, 1, models=["llama3", "qwen2"])
     for i in range(7):
         assert chat(router, "llama3" if i % 2 else "qwen2") == 200
+    # A name no node lists is only counted (no row per invented name)...
     assert chat(router, "nope") == 404
+    metrics = http("GET", router.url + "/metrics")[2]
+    assert b"llm_router_unknown_model_requests_total 1" in metrics
+    # ...while a known model refused by the router is recorded.
+    node_id = router.agents()[0]["id"]
+    patch = {"enabled": False}
+    assert http("PATCH", f"{router.url}/api/agents/{node_id}", patch, token=ADMIN_TOKEN)[0] == 200
+    assert chat(router, "llama3") == 404
     wait_for(lambda: history(router)["total"] == 8, message="8 stored requests")
 
     first = history(router, "?limit=3")
@@ -216,9 +224,8 @@ def test_request_history_pages_and_filters(
 
     assert history(router, "?model=qwen2")["total"] == 4
     assert history(router, "?status=ok")["total"] == 7
-    assert history(router, "?status=rejected")["items"][0]["model"] == "nope"
+    assert history(router, "?status=rejected")["items"][0]["model"] == "llama3"
     assert history(router, "?status=404")["total"] == 1
-    node_id = router.agents()[0]["id"]
     by_node = history(router, f"?agent_id={node_id}&model=llama3")
     assert by_node["total"] == 3 and all(r["node_id"] == node_id for r in by_node["items"])
     assert history(router, "?agent_id=00000000-0000-0000-0000-000000000000")["total"] == 0

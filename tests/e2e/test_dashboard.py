@@ -278,6 +278,14 @@ def test_request_history_pages_filters_and_details(
     join(router, fake_nodes, 1, models=["llama3", "qwen2"])
     for i in range(55):
         assert chat(router, "qwen2" if i < 5 else "llama3") == 200
+    # A model only a disabled node lists: refused by the router, and recorded (a name no node
+    # lists at all would only be counted).
+    gone = {"machine_name": "gone", "runtime_port": free_port(), "models": ["missing"]}
+    status, _, reg = http("POST", router.url + "/api/agents/register", gone)
+    assert status == 201
+    patch = {"enabled": False}
+    url = f"{router.url}/api/agents/{reg['agent_id']}"
+    assert http("PATCH", url, patch, token=ADMIN_TOKEN)[0] == 200
     assert chat(router, "missing") == 404
     url = router.url + "/api/dashboard/request-history"
     wait_for(lambda: http("GET", url)[2]["total"] == 56, message="56 stored requests")

@@ -133,9 +133,10 @@ def test_unknown_model_names_share_one_label_and_do_not_grow_the_scrape(
     def stored() -> list[dict[str, Any]]:
         return http("GET", router.url + "/api/dashboard/request-history?limit=500")[2]["items"]
 
-    rows = wait_for(lambda: [r for r in stored() if r["model"].startswith("hhh")] or None)
-    assert len(rows[0]["model"]) == 256  # stored names are cut
-    assert len(rows[0]["error"]) <= 1024
+    # Invented names are counted only: no history row per name either (the requests for the
+    # known model above are there, so the history itself works).
+    wait_for(lambda: any(r["model"] == "llama3" for r in stored()), message="llama3 stored")
+    assert not [r for r in stored() if r["model"].startswith(("hhh", "invented-"))]
 
 
 def test_long_listed_model_names_are_cut_in_labels(

@@ -346,12 +346,16 @@ def dechunk(body: bytes) -> bytes:
 
 def test_history_keeps_failed_and_rejected_requests(router, fake_nodes):
     join(router, fake_nodes, 1)
-    chat(router, {**CHAT, "model": "nope"})
+    node_id = router.agents()[0]["id"]
+    # A known model its (only, now disabled) node cannot serve: refused by the router, recorded.
+    patch = {"enabled": False}
+    assert http("PATCH", f"{router.url}/api/agents/{node_id}", patch, token=ADMIN_TOKEN)[0] == 200
+    chat(router, CHAT)
 
     def rows():
         router.service.store.flush()
         fut = asyncio.run_coroutine_threadsafe(
-            router.service.store.query_requests(model="nope"), router.loop
+            router.service.store.query_requests(model="llama3"), router.loop
         )
         return fut.result(10)[0]
 
