@@ -33,8 +33,24 @@ def error_body(
     return Response.json({"error": message}, status)
 
 
+# Codes for the errors the HTTP server answers itself (limits, framing), so that /v1 clients
+# get a `code` as they do for the handlers' errors (the same 413 says payload_too_large both ways).
+_SERVER_ERROR_CODES = {
+    400: "invalid_request",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+    431: "headers_too_large",
+    500: "internal_error",
+    503: "server_busy",
+    505: "http_version_not_supported",
+}
+
+
 def error_response(request: Request | None, status: int, message: str) -> Response:
-    return error_body(request.path if request else "", status, message)
+    """An error the HTTP server answers itself (before or instead of a handler)."""
+    path = request.path if request else ""
+    return error_body(path, status, message, code=_SERVER_ERROR_CODES.get(status))
 
 
 def from_exception(request: Request, exc: RouterError) -> Response:

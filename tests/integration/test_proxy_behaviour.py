@@ -282,6 +282,8 @@ def test_body_over_limit_gets_413(router_factory, fake_nodes):
         "POST", router.url + "/v1/chat/completions", raw=orjson.dumps({**CHAT, "pad": "x" * 2000})
     )
     assert status == 413 and body["error"]["message"]
+    # The server's own refusals carry a code under /v1, as the handlers' errors do.
+    assert body["error"]["code"] == "payload_too_large"
 
 
 def test_slow_reader_does_not_make_the_router_buffer(router_factory, fake_nodes):
