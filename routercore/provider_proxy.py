@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from routercore.accounting import Attempt
 from routercore.error_answer import pass_error_answer
 from routercore.errors import UpstreamError, UpstreamTimeout
+from routercore.hop_headers import SAFETY_HEADERS
 from routercore.http.messages import Request
-from routercore.proxy import SAFETY_HEADERS, Attempt, AttemptFailed
+from routercore.proxy import AttemptFailed
 from routercore.translate import ResponseTranslator, ollama_response_translator, ollama_to_openai
 
 if TYPE_CHECKING:

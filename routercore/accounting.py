@@ -1,0 +1,162 @@
+"""What a finished request leaves behind: live stats, the node's record, one history row.
+
+Kept apart from the request path (proxy.py), which only fills an `Attempt` and hands it over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from routercore.stats import METRIC_LABEL_MAX, OTHER_MODEL, LiveStats, Outcome
+
+if TYPE_CHECKING:
+    from routercore.http.messages import Request
+    from routercore.prefix import PromptPrefix
+    from routercore.providers import Providers
+    from routercore.registry import NodeRegistry
+    from routercore.store import Store
+    from routercore.usage import TailScanner
+
+# History rows are handed to the store in batches: one wake-up of its writer thread (and one
+# transaction) per batch instead of per request. Flushed when full, on a timer, and at shutdown
+# (RouterService.stop).
+_ROWS_BATCH = 256
+# Stored model names and error texts are cut to these lengths (characters).
+HISTORY_MODEL_MAX = 256
+HISTORY_ERROR_MAX = 1024
+_ROWS_DELAY = 0.05
+
+_ids = random.Random()  # seeded from os.urandom; request ids need to be unique, not secret
+_UUID7_BITS = (0x7 << 76) | (0b10 << 62)  # version 7, RFC 9562 variant
+
+
+def request_id() -> str:
+    """A version 7 UUID (RFC 9562): milliseconds since the epoch, then 74 random bits.
+
+    Time-ordered, so the history table's unique id index grows at its end instead of at a
+    random place per row (cheaper for the store's writer, which shares the router's core);
+    the random bits come from a seeded PRNG instead of an os.urandom system call.
+    """
+    ms = int(time.time() * 1000) & 0xFFFF_FFFF_FFFF
+    value = (ms << 80) | _UUID7_BITS | (_ids.getrandbits(12) << 64) | _ids.getrandbits(62)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+@dataclass
+class Attempt:
+    """What one forwarded request measured."""
+
+    node_id: str | None = None
+    status: int = 0
+    ttfb_ms: float | None = None
+    outcome: str = "error"
+    error: str | None = None
+    scanner: TailScanner | None = None
+    sent_to_client: bool = False
+    tried: list[str] = field(default_factory=list)
+    prefix: PromptPrefix | None = None
+    affinity: bool | None = None  # the pick was a prefix-affinity hit (None: no prefix)
+
+
+class Accounting:
+    """Records finished requests: live stats, the node's result, batched history rows."""
+
+    def __init__(
+        self,
+        registry: NodeRegistry,
+        store: Store,
+        stats: LiveStats,
+        providers: Providers | None,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.stats = stats
+        self.providers = providers
+        self._rows: list[tuple[object, ...]] = []  # in store.REQUEST_COLUMNS order
+        self._rows_timer: asyncio.TimerHandle | None = None
+
+    def record(
+        self,
+        request: Request,
+        att: Attempt,
+        ts: str,
+        started: float,
+        endpoint: str,
+        model: str,
+        streaming: bool,
+    ) -> None:
+        """Account one finished request (`started`: its perf_counter start; `ts`: RFC 3339)."""
+        duration = (time.perf_counter() - started) * 1000.0
+        usage = (
+            att.scanner.usage() if att.scanner is not None and att.outcome != "rejected" else None
+        )
+        # Labels and per-model counters only for models some node lists; what a client
+        # invents is counted under one label (else every made-up name lives until restart).
+        known = self.registry.knows_model(model) or self._provider_lists(model)
+        if not known:
+            self.stats.unknown_model_requests += 1
+        outcome = Outcome(
+            request_id=request_id(),
+            node_id=att.node_id,
+            model=model[:METRIC_LABEL_MAX] if known else OTHER_MODEL,
+            endpoint=endpoint,
+            status_code=att.status,
+            outcome=att.outcome,
+            duration_ms=duration,
+            ttfb_ms=att.ttfb_ms,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+        )
+        self.stats.record(outcome)
+        if att.node_id is not None and att.sent_to_client:
+            self.registry.record_result(att.node_id, att.outcome == "ok", duration)
+        if not known and att.node_id is None:
+            # A name nothing lists, answered by the router itself: counted above
+            # (llm_router_unknown_model_requests_total), no row per invented name.
+            return
+        self._rows.append(
+            (
+                outcome.request_id,
+                ts,
+                att.node_id,
+                model[:HISTORY_MODEL_MAX],
+                endpoint,
+                request.method,
+                att.status,
+                att.outcome,
+                round(duration, 3),
+                round(att.ttfb_ms, 3) if att.ttfb_ms is not None else None,
+                outcome.prompt_tokens,
+                outcome.completion_tokens,
+                int(streaming),
+                request.peer,
+                att.error[:HISTORY_ERROR_MAX] if att.error else att.error,
+                None if att.affinity is None else int(att.affinity),
+            )
+        )
+        if len(self._rows) >= _ROWS_BATCH:
+            self.flush_rows()
+        elif self._rows_timer is None:
+            self._rows_timer = asyncio.get_running_loop().call_later(_ROWS_DELAY, self.flush_rows)
+
+    def _provider_lists(self, model: str) -> bool:
+        """`model` is a configured provider's prefix plus a model that provider lists."""
+        if not self.providers:
+            return False
+        resolved = self.providers.resolve(model)
+        return resolved is not None and resolved[1] in resolved[0].models
+
+    def flush_rows(self) -> None:
+        """Hand the finished requests' history rows to the store."""
+        if self._rows_timer is not None:
+            self._rows_timer.cancel()
+            self._rows_timer = None
+        rows, self._rows = self._rows, []
+        add = self.store.add_request_row
+        for row in rows:
+            add(row)
