@@ -56,7 +56,7 @@ def closed_port() -> int:
 def setup(
     clock: Clock, port: int, *, probe_interval: float = 5, probe_max_interval: float = 30
 ) -> tuple[NodeRegistry, Any, HealthMonitor, Node]:
-    balancer = make_balancer("round_robin", "python")
+    balancer: Any = make_balancer("round_robin", "python")
     registry = NodeRegistry(
         MemoryNodeStore(), balancer, breaker_failures=2, breaker_backoff=5, clock=clock
     )
