@@ -238,9 +238,18 @@ def test_valid_responses_give_the_same_events_as_h11(response: Response, cuts: l
     got = ours(pieces, **kwargs)
     assert got == expected, raw
     assert got.ended and len(got.heads) == 1
+    # The framing the head reports (h11 keeps it to itself; the body and end above agree).
+    keep = response.version == b"1.1" and b"close" not in (response.connection or b"").lower()
+    head_bytes = b"".join(line + b"\r\n" for line in response.render_head()) + b"\r\n"
+    events = ResponseParser(head_request=True).feed(head_bytes)  # the head alone
+    head = events[0]
+    assert isinstance(head, ResponseHead)
+    assert head.keep_alive == keep
+    assert head.chunked == (response.framing == "chunked")
+    length = len(response.body) if response.framing == "length" else None
+    assert head.content_length == length
     if not response.eof and not response.behind:
         # Not vacuous: a keep-alive answer with nothing behind it is reusable on both sides.
-        keep = response.version == b"1.1" and b"close" not in (response.connection or b"").lower()
         assert got.reusable == (keep and (response.framing != "eof" or not response.has_body))
 
 
