@@ -98,6 +98,11 @@ Event = ResponseHead | bytes | _End
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_EOF, _DONE = range(8)
 
 
+_HTTP1_VERSION_RE = re.compile(rb"HTTP/1\.[0-9]")
+_STATUS_CODE_RE = re.compile(rb"[0-9]{3}")
+_CHUNK_SIZE_RE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
 class ProtocolError(Exception):
     """The bytes from the node are not a valid HTTP/1.1 response."""
 
@@ -159,13 +164,12 @@ class ResponseParser:
                     if len(data) > 1024:
                         raise ProtocolError("chunk size line too long")
                     break
-                size_text = data[:i].split(b";", 1)[0].strip()
-                try:
-                    size = int(size_text, 16)
-                except ValueError:
-                    raise ProtocolError(f"bad chunk size {size_text[:20]!r}") from None
-                if size < 0:
-                    raise ProtocolError("negative chunk size")
+                # chunk-size = 1*HEXDIG, then optional BWS ";" extensions (RFC 9112 7.1); int()
+                # alone would also take signs, "_", "0x" and surrounding spaces.
+                size_text = data[:i].split(b";", 1)[0].rstrip(b" \t")
+                if not _CHUNK_SIZE_RE.fullmatch(size_text):
+                    raise ProtocolError(f"bad chunk size {size_text[:20]!r}")
+                size = int(size_text, 16)
                 data = data[i + 2 :]
                 if size == 0:
                     self.state = _TRAILERS
@@ -228,13 +232,12 @@ class ResponseParser:
         lines = head.split(b"\r\n")
         status_line = lines[0]
         parts = status_line.split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+        if len(parts) < 2 or not _HTTP1_VERSION_RE.fullmatch(parts[0]):
             raise ProtocolError(f"bad status line {status_line[:40]!r}")
-        try:
-            status = int(parts[1])
-        except ValueError:
-            raise ProtocolError(f"bad status code {parts[1][:10]!r}") from None
-        if not 100 <= status <= 999:
+        if not _STATUS_CODE_RE.fullmatch(parts[1]):
+            raise ProtocolError(f"bad status code {parts[1][:10]!r}")
+        status = int(parts[1])
+        if status < 100:
             raise ProtocolError(f"bad status code {status}")
         headers: list[tuple[bytes, bytes]] = []
         length: int | None = None
