@@ -35,12 +35,16 @@ log = logging.getLogger("routercore.api.dashboard")
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # The only files served: URL path -> (file name, content type). Nothing else is reachable.
+# The page's ES modules: dashboard.js is the entry, the rest are what it imports.
+SCRIPTS = (
+    "dashboard.js", "state.js", "dom.js", "api.js", "charts.js", "nodes.js",
+    "node_detail.js", "history.js", "chat.js", "models.js",
+)  # fmt: skip
 STATIC_FILES = {
     "/dashboard": ("dashboard.html", "text/html; charset=utf-8"),
     "/dashboard/": ("dashboard.html", "text/html; charset=utf-8"),
-    "/dashboard/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
-    "/dashboard/models.js": ("models.js", "text/javascript; charset=utf-8"),
     "/dashboard/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
+    **{f"/dashboard/{name}": (name, "text/javascript; charset=utf-8") for name in SCRIPTS},
 }
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -120,9 +121,30 @@ def test_page_has_a_strict_csp_and_no_remote_assets(router: RouterThread) -> Non
     headers = http("GET", router.url + "/dashboard")[1]
     csp = headers["content-security-policy"]
     assert "default-src 'self'" in csp and "script-src 'self'" in csp
-    for name in ("dashboard.html", "dashboard.js", "dashboard.css"):
+    for name in ("dashboard.html", "dashboard.css", *dashboard.SCRIPTS):
         text = (dashboard.STATIC_DIR / name).read_text()
         assert "https://" not in text and "http://" not in text.replace("http://www.w3.org", "")
+
+
+def test_every_module_the_page_imports_is_served_as_javascript(router: RouterThread) -> None:
+    """The page loads one ES module; following its imports must reach only served scripts,
+    and every script in the package must be reachable (no file shipped and never loaded)."""
+    page = http("GET", router.url + "/dashboard")[2]
+    assert b'<script type="module" src="/dashboard/dashboard.js"></script>' in page
+    seen: set[str] = set()
+    todo = ["dashboard.js"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        status, headers, body = http("GET", f"{router.url}/dashboard/{name}")
+        assert status == 200, name
+        assert headers["content-type"] == "text/javascript; charset=utf-8"
+        assert len(body.decode().splitlines()) <= 600, f"{name} is over 600 lines"
+        todo += re.findall(r'^import (?:[^"]* from )?"\./([a-z_]+\.js)";$', body.decode(), re.M)
+    assert seen == set(dashboard.SCRIPTS)
+    assert seen == {p.name for p in dashboard.STATIC_DIR.glob("*.js")}
 
 
 @pytest.mark.parametrize(
