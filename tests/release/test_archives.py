@@ -12,6 +12,7 @@ from packaging.requirements import Requirement
 from packaging.utils import parse_wheel_filename
 from PIL import Image
 
+from routercore.api.dashboard import SCRIPTS
 from tests.release.conftest import PYTHONS, ROOT, VERSION, Release, pip_resolve, run, wheelhouse
 
 pytestmark = pytest.mark.release
@@ -57,6 +58,8 @@ def test_sdist_carries_the_sources_and_no_build_output(release: Release) -> None
         "agent/icons/llm-router.ico", "packaging/linux/install.sh",
     ):  # fmt: skip
         assert needed in files, needed
+    for script in SCRIPTS:  # every ES module the page imports
+        assert f"routercore/static/{script}" in files, script
     assert not [n for n in files if n.endswith((".c", ".so", ".pyc"))]
 
 
@@ -68,6 +71,7 @@ def test_compiled_wheel_is_manylinux_and_carries_the_balancer(release: Release) 
     assert [n for n in names if re.fullmatch(r"routercore/_balancer\..*\.so", n)]
     for needed in ("routercore/static/dashboard.html", "agent/py.typed", "routercore/cli.py"):
         assert needed in names
+    assert {f"routercore/static/{script}" for script in SCRIPTS} <= set(names)
     assert f"llm_router-{VERSION}.dist-info/licenses/LICENSE" in names
     entry_points = zipfile.ZipFile(release.compiled_wheel).read(
         f"llm_router-{VERSION}.dist-info/entry_points.txt"
@@ -80,6 +84,7 @@ def test_pure_wheel_has_no_extension_and_no_uvloop_on_windows(release: Release) 
     names = run(["unzip", "-Z1", str(release.pure_wheel)]).stdout.split()
     assert not [n for n in names if n.endswith((".so", ".pyd"))]
     assert "routercore/_balancer_py.py" in names and "routercore/static/dashboard.js" in names
+    assert {f"routercore/static/{script}" for script in SCRIPTS} <= set(names)
     metadata = zipfile.ZipFile(release.pure_wheel).read(f"llm_router-{VERSION}.dist-info/METADATA")
     assert b'Requires-Dist: uvloop>=0.19; sys_platform != "win32"' in metadata
 
