@@ -337,6 +337,49 @@ def test_chat_console_streams_the_answer_and_names_the_node(
     expect(page.locator("#card-total")).to_have_text("1", timeout=LIVE)
 
 
+def test_chat_stop_keeps_the_partial_answer_and_new_chat_clears(
+    router: RouterThread, fake_nodes: Callable[..., Any], page: Any
+) -> None:
+    join(router, fake_nodes, 1, tokens=30, token_delay=0.1)
+    open_dashboard(page, router, "chat")
+    expect(page.locator("#chat-model")).to_have_value("llama3")
+    page.fill("#chat-prompt", "Tell me something long")
+    page.click("#chat-send")
+    answer = page.locator(".msg.assistant").last
+    expect(answer.locator(".text")).to_contain_text("tok1")
+    expect(page.locator("#chat-send")).to_be_disabled()
+    page.click("#chat-stop")
+    expect(answer).to_have_attribute("data-done", "true")
+    expect(answer.locator(".text")).to_contain_text("[stopped]")
+    assert "tok29" not in answer.locator(".text").inner_text()
+    expect(page.locator("#chat-stop")).to_be_disabled()
+    expect(page.locator("#chat-send")).to_be_enabled()
+    page.click("#chat-clear")
+    expect(page.locator("#chat-log .msg")).to_have_count(0)
+
+
+def test_token_button_stores_the_token_and_forget_drops_it(
+    router: RouterThread, fake_nodes: Callable[..., Any], page: Any
+) -> None:
+    join(router, fake_nodes, 2)
+    open_dashboard(page, router)
+    page.fill("#node-filter", "fake-1")
+    expect(page.locator("#nodes-table tbody tr")).to_have_count(1)
+    expect(page.locator("#nodes-count")).to_have_text("(1 of 2)")
+    page.click("#token-button")
+    page.fill("#token-input", ADMIN_TOKEN)
+    page.click("#token-save")
+    expect(page.locator("#notice")).to_contain_text("Admin token stored for this tab.")
+    # The live channel reopens with the new token.
+    expect(page.locator("#conn-state")).to_have_attribute("data-state", "live")
+    assert page.evaluate("sessionStorage.getItem('llmRouterAdminToken')") == ADMIN_TOKEN
+    page.click("#token-button")
+    page.click("#token-forget")
+    expect(page.locator("#notice")).to_contain_text("Admin token forgotten.")
+    expect(page.locator("#token-dialog")).to_be_hidden()
+    assert page.evaluate("sessionStorage.getItem('llmRouterAdminToken')") is None
+
+
 # -- live channel: reconnect, fallback, closed reads -------------------------------------------
 
 
