@@ -17,33 +17,7 @@ from routercore.breaker import HALF_OPEN, OPEN
 from routercore.health import HealthMonitor
 from routercore.node import OFFLINE, ONLINE, UNREACHABLE, Node, NodeMetrics
 from routercore.registry import NodeRegistry
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class MemoryNodeStore:
-    """The calls the registry makes on its store, kept in memory."""
-
-    def __init__(self) -> None:
-        self.saved: dict[str, Node] = {}
-
-    def load_nodes(self) -> list[Node]:
-        return list(self.saved.values())
-
-    def save_node(self, node: Node) -> None:
-        self.saved[node.id] = node
-
-    def delete_node(self, node_id: str) -> None:
-        self.saved.pop(node_id, None)
-
-    def add_health_sample(self, *args: Any) -> None:
-        pass
+from tests.support.registry_fakes import Clock, MemoryNodeStore
 
 
 def closed_port() -> int:

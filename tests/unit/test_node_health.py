@@ -13,34 +13,7 @@ from routercore.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from routercore.health import HealthMonitor, probe_runtime
 from routercore.node import OFFLINE, ONLINE, UNREACHABLE, Node, NodeMetrics
 from routercore.registry import NodeRegistry
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class MemoryNodeStore:
-    """The four calls the registry makes, kept in memory (the real Store is tested elsewhere)."""
-
-    def __init__(self) -> None:
-        self.saved: dict[str, Node] = {}
-
-    def load_nodes(self) -> list[Node]:
-        return list(self.saved.values())
-
-    def save_node(self, node: Node) -> None:
-        self.saved[node.id] = node
-
-    def delete_node(self, node_id: str) -> None:
-        self.saved.pop(node_id, None)
-
-    def add_health_sample(self, *args: Any) -> None:
-        pass
-
+from tests.support.registry_fakes import Clock, MemoryNodeStore
 
 # -- the breaker ---------------------------------------------------------------------------------
 
