@@ -19,8 +19,15 @@ if [ -f "$VENV/.complete" ]; then
   exit 0
 fi
 
-rm -rf "$VENV"
+# Several checkouts on one machine may ask at once: one builds, the others wait for it.
 mkdir -p "$CACHE"
+exec 9>"$CACHE/.build.lock"
+flock 9
+if [ -f "$VENV/.complete" ]; then
+  echo "$VENV/bin/python"
+  exit 0
+fi
+rm -rf "$VENV"
 "$PY" -m venv "$VENV"
 {
   "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
