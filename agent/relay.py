@@ -29,10 +29,9 @@ from urllib.parse import urlsplit
 
 from routercore.auth import bearer, secret_equals
 from routercore.http.messages import Request, Response
+from routercore.http.response_parser import HOP_BY_HOP, ResponseHead
 from routercore.http.server import HTTPServer, ServerLimits
 from routercore.http.upstream import (
-    HOP_BY_HOP,
-    ResponseHead,
     UpstreamBrokenError,
     UpstreamConnectError,
     UpstreamConnection,

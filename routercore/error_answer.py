@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from routercore.http.messages import ResponseStream
-from routercore.http.upstream import ResponseHead, UpstreamConnection
+from routercore.http.response_parser import ResponseHead
+from routercore.http.upstream import UpstreamConnection
 from routercore.translate import openai_error_to_ollama
 
 log = logging.getLogger("routercore.proxy")

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from routercore.http.upstream import HOP_BY_HOP
+from routercore.http.response_parser import HOP_BY_HOP
 
 if TYPE_CHECKING:
     from routercore.http.messages import Request
-    from routercore.http.upstream import ResponseHead
+    from routercore.http.response_parser import ResponseHead
 
 # content-type is not among them: the handlers parsed the body as JSON, so it goes upstream as
 # JSON whatever the client said (curl -d sends application/x-www-form-urlencoded, which a

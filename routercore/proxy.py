@@ -37,8 +37,8 @@ from routercore.errors import (
 )
 from routercore.hop_headers import SAFETY_HEADERS, HopHeaders, client_headers
 from routercore.http.messages import Request, Response, ResponseStream
+from routercore.http.response_parser import ResponseHead
 from routercore.http.upstream import (
-    ResponseHead,
     UpstreamBrokenError,
     UpstreamConnectError,
     UpstreamConnection,

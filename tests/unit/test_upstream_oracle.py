@@ -1,4 +1,4 @@
-"""The upstream response parser (routercore/http/upstream.py) against h11 as an oracle.
+"""The upstream response parser (routercore/http/response_parser.py) against h11 as an oracle.
 
 `ResponseParser` is hand-written and on the hot path. Here generated responses (1xx heads
 before the final one, 204/304, answers to HEAD, content-length, chunked with extensions and
@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from routercore.http.upstream import END, ProtocolError, ResponseHead, ResponseParser
+from routercore.http.response_parser import END, ProtocolError, ResponseHead, ResponseParser
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 

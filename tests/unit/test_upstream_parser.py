@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from routercore.http.upstream import END, ProtocolError, ResponseHead, ResponseParser
+from routercore.http.response_parser import END, ProtocolError, ResponseHead, ResponseParser
 
 
 def parse(data: bytes | list[bytes], *, eof: bool = False, head_request: bool = False):
