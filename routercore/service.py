@@ -11,7 +11,10 @@ from typing import Any
 
 from routercore import __version__, logsafe
 from routercore.agent_logs import AgentLogRequests
+from routercore.api.dashboard import DashboardAPI
+from routercore.api.keys import KeysAPI
 from routercore.api.logs import LogsAPI
+from routercore.api.metrics import MetricsAPI
 from routercore.api.models import ModelsAPI
 from routercore.api.nodes import NodesAPI
 from routercore.api.ollama import OllamaAPI
@@ -115,7 +118,7 @@ class RouterService:
             open_reads=config.open_reads,
         )
         self.app = App(self.auth, OriginPolicy(config.cors_origins))
-        # Optional APIs hook in here: start hooks run once the store is open, stop hooks
+        # APIs hook in here: start hooks run once the store is open, stop hooks
         # before it closes (e.g. the API key ring loads and flushes its keys).
         self.start_hooks: list[Callable[[], None]] = []
         self.stop_hooks: list[Callable[[], None]] = []
@@ -126,9 +129,11 @@ class RouterService:
             OllamaAPI(self),
             ModelsAPI(self),
             LogsAPI(self),
+            DashboardAPI(self),
+            MetricsAPI(self),
+            KeysAPI(self),
         ):
             api.install(self.app)
-        self._install_optional_apis()
         limits = ServerLimits(
             max_header_bytes=config.max_header_bytes,
             max_body_bytes=config.max_body_bytes,
@@ -150,23 +155,6 @@ class RouterService:
         self.tasks: list[asyncio.Task[Any]] = []
         self.address: tuple[str, int] | None = None
         self.admin_token_generated: str | None = None
-
-    def _install_optional_apis(self) -> None:
-        """Surfaces that live in their own modules (dashboard, metrics, admin keys)."""
-        import importlib
-
-        for module, cls in (
-            ("routercore.api.dashboard", "DashboardAPI"),
-            ("routercore.api.metrics", "MetricsAPI"),
-            ("routercore.api.keys", "KeysAPI"),
-        ):
-            try:
-                mod = importlib.import_module(module)
-            except ModuleNotFoundError as exc:
-                if exc.name != module:
-                    raise
-                continue
-            getattr(mod, cls)(self).install(self.app)
 
     def _admin_token(self) -> None:
         """Configured token, else the stored hash, else a new token printed once."""

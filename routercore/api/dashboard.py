@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from routercore import __version__
+from routercore.api.host import DashboardHost
 from routercore.api.metrics import affinity_totals
 from routercore.auth import bearer, token_matches
 from routercore.errors import ClientError, NotFound, Unauthorized
@@ -29,7 +30,6 @@ from routercore.store import OUTCOMES
 if TYPE_CHECKING:
     from routercore.app import App
     from routercore.http.websocket import WebSocket
-    from routercore.service import RouterService
 
 log = logging.getLogger("routercore.api.dashboard")
 
@@ -135,7 +135,7 @@ class StaticFile:
 class SnapshotBuilder:
     """Builds the JSON the page renders; cached per second and per node-change version."""
 
-    def __init__(self, svc: RouterService) -> None:
+    def __init__(self, svc: DashboardHost) -> None:
         self.svc = svc
         self.version = 0
         self._cached: tuple[tuple[int, int], str] | None = None
@@ -392,7 +392,7 @@ class DashboardFeed:
 
 
 class DashboardAPI:
-    def __init__(self, svc: RouterService) -> None:
+    def __init__(self, svc: DashboardHost) -> None:
         self.svc = svc
         self.snapshots = SnapshotBuilder(svc)
         self.feed = DashboardFeed(self.snapshots)

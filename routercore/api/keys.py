@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from routercore import validate as v
+from routercore.api.host import KeysHost
 from routercore.auth import hash_token, new_token
 from routercore.errors import ClientError, NotFound
 from routercore.http.messages import Request, Response
@@ -24,7 +25,6 @@ from routercore.registry import now_rfc3339
 
 if TYPE_CHECKING:
     from routercore.app import App
-    from routercore.service import RouterService
 
 log = logging.getLogger("routercore.api.keys")
 
@@ -157,7 +157,7 @@ class KeyRing:
 class KeysAPI:
     """`POST /api/keys`, `GET /api/keys`, `DELETE /api/keys/{id}`; all need the admin token."""
 
-    def __init__(self, svc: RouterService) -> None:
+    def __init__(self, svc: KeysHost) -> None:
         self.svc = svc
         self.ring = KeyRing(svc.store)
         svc.start_hooks.append(self.load)

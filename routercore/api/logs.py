@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from routercore.api.host import LogsHost
 from routercore.errors import ClientError, RouterError
 from routercore.http.messages import Request, Response
 from routercore.logring import parse_level
 
 if TYPE_CHECKING:
     from routercore.app import App
-    from routercore.service import RouterService
 
 log = logging.getLogger("routercore.api.logs")
 
@@ -34,7 +34,7 @@ def lines_param(request: Request) -> int:
 
 
 class LogsAPI:
-    def __init__(self, svc: RouterService) -> None:
+    def __init__(self, svc: LogsHost) -> None:
         self.svc = svc
 
     def install(self, app: App) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from routercore import __version__
+from routercore.api.host import MetricsHost
 from routercore.balancer import IMPLEMENTATION
 from routercore.http.messages import Request, Response
 from routercore.node import STATUSES
@@ -17,7 +18,6 @@ from routercore.stats import BUCKETS, METRIC_LABEL_MAX, Histogram
 
 if TYPE_CHECKING:
     from routercore.app import App
-    from routercore.service import RouterService
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "llm_router_"
@@ -137,7 +137,7 @@ def affinity_totals(per_node: Mapping[str, tuple[int, int]]) -> tuple[int, int]:
     return sum(h for h, _ in per_node.values()), sum(p for _, p in per_node.values())
 
 
-def render(svc: RouterService) -> str:
+def render(svc: MetricsHost) -> str:
     """The whole exposition for one scrape."""
     stats, registry, out = svc.stats, svc.registry, Exposition()
     out.family("build_info")
@@ -221,7 +221,7 @@ def render(svc: RouterService) -> str:
 
 
 class MetricsAPI:
-    def __init__(self, svc: RouterService) -> None:
+    def __init__(self, svc: MetricsHost) -> None:
         self.svc = svc
 
     def install(self, app: App) -> None:

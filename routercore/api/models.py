@@ -12,6 +12,7 @@ from urllib.parse import unquote
 import orjson
 
 from routercore import validate as v
+from routercore.api.host import ModelsHost
 from routercore.errors import ClientError, NotFound, RouterError
 from routercore.http.messages import Request, Response
 from routercore.model_overrides import has_model, same_model
@@ -27,7 +28,6 @@ from routercore.pulls import (
 
 if TYPE_CHECKING:
     from routercore.app import App
-    from routercore.service import RouterService
 
 log = logging.getLogger("routercore.api.models")
 
@@ -63,7 +63,7 @@ def failure_status(codes: list[int]) -> int:
 
 
 class ModelsAPI:
-    def __init__(self, svc: RouterService) -> None:
+    def __init__(self, svc: ModelsHost) -> None:
         self.svc = svc
         self.registry = svc.registry
         svc.pulls.listeners.append(self._pull_finished)

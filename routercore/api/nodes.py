@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from routercore import validate as v
+from routercore.api.host import NodesHost
 from routercore.auth import bearer
 from routercore.errors import ClientError, PayloadTooLarge, RouterError
 from routercore.http.messages import Request, Response
@@ -18,7 +19,6 @@ from routercore.runtime_kind import detect_runtime_kind
 
 if TYPE_CHECKING:
     from routercore.app import App
-    from routercore.service import RouterService
 
 log = logging.getLogger("routercore.api.nodes")
 
@@ -66,7 +66,7 @@ def _runtime_kind(data: dict[str, Any]) -> str | None:
 
 
 class NodesAPI:
-    def __init__(self, svc: RouterService) -> None:
+    def __init__(self, svc: NodesHost) -> None:
         self.svc = svc
         self.registry = svc.registry
         self._detecting: dict[str, asyncio.Task[None]] = {}

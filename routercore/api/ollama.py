@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from routercore import __version__
+from routercore.api.host import OllamaHost
 from routercore.api.inference import fan_out, model_and_stream
 from routercore.http.messages import Request, Response
 from routercore.prefix import prompt_prefix
 
 if TYPE_CHECKING:
     from routercore.app import App
-    from routercore.service import RouterService
 
 
 # One model entry a node returned is kept when its JSON is at most this long (else its name).
@@ -28,7 +28,7 @@ class NodeListing:
     bounded concurrency, reused for `fanout_cache_seconds`. Callers arriving during a refresh
     share it, so a burst of calls contacts each node once."""
 
-    def __init__(self, svc: RouterService, path: str, *, all_listed: bool) -> None:
+    def __init__(self, svc: OllamaHost, path: str, *, all_listed: bool) -> None:
         self.svc = svc
         self.path = path
         self.all_listed = all_listed  # tags: every listed model, answered for or not
@@ -79,7 +79,7 @@ class NodeListing:
 
 
 class OllamaAPI:
-    def __init__(self, svc: RouterService) -> None:
+    def __init__(self, svc: OllamaHost) -> None:
         self.svc = svc
         self.tag_listing = NodeListing(svc, "/api/tags", all_listed=True)
         self.ps_listing = NodeListing(svc, "/api/ps", all_listed=False)

@@ -6,6 +6,7 @@ import calendar
 import time
 from typing import TYPE_CHECKING, Any
 
+from routercore.api.host import OpenAIHost
 from routercore.api.inference import model_and_stream
 from routercore.errors import ModelNotFound
 from routercore.http.messages import Request, Response
@@ -13,7 +14,6 @@ from routercore.prefix import prompt_prefix
 
 if TYPE_CHECKING:
     from routercore.app import App
-    from routercore.service import RouterService
 
 
 def _created(iso: str | None) -> int:
@@ -26,7 +26,7 @@ def _created(iso: str | None) -> int:
 
 
 class OpenAIAPI:
-    def __init__(self, svc: RouterService) -> None:
+    def __init__(self, svc: OpenAIHost) -> None:
         self.svc = svc
 
     def install(self, app: App) -> None:
