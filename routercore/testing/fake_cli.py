@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from routercore.testing.fake_runtime import FakeNode, new_event_loop
 from routercore.testing.fake_state import FAULTS, ConfigError
-from routercore.testing.fakenode import FakeNode, new_event_loop
 
 
 def parse_fault(text: str) -> tuple[str, Any]:

@@ -11,14 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from http import HTTPStatus
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import h11
 
-from routercore.testing.fake_api import INFERENCE_PATHS, TEXT, Reply, error_reply
-
-if TYPE_CHECKING:
-    from routercore.testing.fakenode import FakeNode
+from routercore.testing.fake_api import INFERENCE_PATHS, TEXT, FakeAPI, Reply, error_reply
+from routercore.testing.fake_state import Faults, Settings, Stats
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +27,25 @@ _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 GARBAGE = b"\x00\xff\xfeSPLAT not-http \x13\x37 garbage\r\n\r\n\x00"
 
 
+class ServedNode(Protocol):
+    """What a connection uses of its node (`fake_runtime.FakeNode`); named here so the
+    transport does not import the node that imports it."""
+
+    api: FakeAPI
+    api_key: bytes | None
+    settings: Settings
+    faults: Faults
+    stats: Stats
+    connections: set[FakeHTTPProtocol]
+
+    def has_stream_delay(self) -> bool: ...
+    def control(self, method: str, path: str, body: bytes, conn: FakeHTTPProtocol) -> Reply: ...
+
+
 class FakeHTTPProtocol(asyncio.Protocol):
     """Serves one client connection for a `FakeNode`."""
 
-    def __init__(self, node: FakeNode) -> None:
+    def __init__(self, node: ServedNode) -> None:
         self.node = node
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
         self.transport: asyncio.Transport | None = None
