@@ -18,9 +18,10 @@ from typing import Any
 
 from agent import __version__
 from agent.autostart import for_platform, launch_command
-from agent.config import EDITABLE, AgentConfig, ConfigError, load_config
+from agent.config import EDITABLE, AgentConfig, load_config
 from agent.install import InstallError
 from agent.service import AgentService
+from routercore.errors import ConfigError
 
 log = logging.getLogger("agent")
 

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from agent.download import proxy_url, redact_url
 from agent.paths import default_config_path, user_data_dir
+from routercore.errors import ConfigError
 
 ENV_PREFIX = "LLM_AGENT_"
 RUNTIME_KINDS = ("auto", "ollama", "openai")
@@ -33,10 +34,6 @@ DEFAULT_MODEL_TABLE: tuple[tuple[float, str], ...] = (
     (8.0, "llama3.2:3b"),
     (0.0, "llama3.2:1b"),
 )
-
-
-class ConfigError(ValueError):
-    """A setting has an invalid value; the message names the setting and its source."""
 
 
 @dataclass(frozen=True)

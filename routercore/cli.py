@@ -9,7 +9,8 @@ import sys
 from typing import Any
 
 from routercore import __version__, logsafe
-from routercore.config import ENV_PREFIX, ConfigError, load_config, settings
+from routercore.config import ENV_PREFIX, load_config, settings
+from routercore.errors import ConfigError
 
 # Settings that get their own short, conventional flags (the rest: --setting-name).
 _CONTRACT_FLAGS = {"host", "port", "db", "log_level"}

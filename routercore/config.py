@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from routercore.errors import ConfigError
+
 ENV_PREFIX = "LLM_ROUTER_"
 # Cloud providers every router knows by prefix: enabled when their SDK's key variable is set.
 # name -> (key variable, base URL variable, default base URL of its OpenAI-compatible API)
@@ -28,10 +30,6 @@ BUILTIN_PROVIDERS = {
 _PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 BALANCERS = ("round_robin", "least_loaded", "latency")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-class ConfigError(ValueError):
-    """A setting has an invalid value; the message names the setting."""
 
 
 def default_db_path() -> str:

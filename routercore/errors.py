@@ -1,6 +1,13 @@
-"""The error taxonomy. Handlers raise these; `app.py` maps them to each API's error format."""
+"""The error taxonomy. Handlers raise the RouterError family; `app.py` maps them to each API's
+error format. `ConfigError` is the one configuration error of the router, the agent and the
+fake node: their command lines catch it and exit 2, the fake node answers it with 400."""
 
 from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A setting has an invalid value; the message names the setting (and its source, where
+    there are several)."""
 
 
 class RouterError(Exception):

@@ -11,8 +11,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from routercore.errors import ConfigError
 from routercore.testing.fake_runtime import FakeNode, new_event_loop
-from routercore.testing.fake_state import FAULTS, ConfigError
+from routercore.testing.fake_state import FAULTS
 
 
 def parse_fault(text: str) -> tuple[str, Any]:

@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 
 import orjson
 
+from routercore.errors import ConfigError
 from routercore.testing.fake_api import FakeAPI, Reply, error_reply, json_reply
 from routercore.testing.fake_register import RouterRegistration
 from routercore.testing.fake_server import FakeHTTPProtocol
-from routercore.testing.fake_state import FAULTS, ConfigError, Faults, Settings, Stats
+from routercore.testing.fake_state import FAULTS, Faults, Settings, Stats
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

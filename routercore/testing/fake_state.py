@@ -6,15 +6,13 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from routercore.errors import ConfigError
+
 APIS = ("both", "ollama", "openai")
 FAULTS = ("refuse", "status500", "status429", "drop_after", "hang", "garbage")
 DEFAULT_MODELS = ("fake-model",)
 RUNTIME_VERSION = "0.0.0-fake"
 _MAX_PATHS = 256  # distinct paths counted before the rest are lumped under "other"
-
-
-class ConfigError(ValueError):
-    """A bad setting: answered as 400 over HTTP, raised as-is from the Python API."""
 
 
 def _non_negative_float(name: str, value: Any) -> float:

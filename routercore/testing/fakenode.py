@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import sys
 
+from routercore.errors import ConfigError
 from routercore.testing.fake_cli import main
 from routercore.testing.fake_runtime import FakeNode, ThreadedFakeNode, run_in_thread
-from routercore.testing.fake_state import ConfigError
 
 __all__ = ["ConfigError", "FakeNode", "ThreadedFakeNode", "main", "run_in_thread"]
 
