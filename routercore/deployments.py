@@ -24,7 +24,8 @@ from routercore.http.upstream import UpstreamPool
 from routercore.model_overrides import has_model
 from routercore.node import OFFLINE, ONLINE, Node
 from routercore.pulls import FAILED, READY, NodePull, PullManager, node_request
-from routercore.registry import NodeRegistry, now_rfc3339
+from routercore.registry import NodeRegistry
+from routercore.timestamps import now_rfc3339
 
 log = logging.getLogger("routercore.deployments")
 

@@ -45,7 +45,8 @@ from routercore.http.upstream import (
     UpstreamPool,
 )
 from routercore.providers import Providers
-from routercore.registry import NodeRegistry, now_rfc3339
+from routercore.registry import NodeRegistry
+from routercore.timestamps import now_rfc3339
 from routercore.translate import (
     ResponseTranslator,
     TranslationError,

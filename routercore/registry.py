@@ -13,25 +13,12 @@ from routercore.auth import hash_token, new_token, token_matches
 from routercore.breaker import CLOSED, HALF_OPEN, CircuitBreaker
 from routercore.errors import NotFound, Unauthorized
 from routercore.node import OFFLINE, ONLINE, UNREACHABLE, Node, NodeMetrics, repair
+from routercore.timestamps import now_rfc3339
 
 if TYPE_CHECKING:
     from routercore.balancer import Balancer
 
 log = logging.getLogger("routercore.registry")
-
-
-_second_text: tuple[int, str] = (-1, "")
-
-
-def now_rfc3339() -> str:
-    """UTC now as `2026-01-02T03:04:05.678Z`; the seconds part is formatted once per second
-    (this runs once per proxied request)."""
-    global _second_text
-    now = time.time()
-    second = int(now)
-    if second != _second_text[0]:
-        _second_text = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-    return f"{_second_text[1]}.{int((now - second) * 1000):03d}Z"
 
 
 class NodeStore(Protocol):

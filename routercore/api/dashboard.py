@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import logging
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from routercore.errors import ClientError, NotFound, Unauthorized
 from routercore.http.messages import Request, Response, WebSocketAccept
 from routercore.node import OFFLINE, ONLINE, UNREACHABLE, Node
 from routercore.store import OUTCOMES
+from routercore.timestamps import rfc3339
 
 if TYPE_CHECKING:
     from routercore.app import App
@@ -59,10 +59,6 @@ SERIES_STEP = 10  # chart resolution in seconds: 360 points for the hour
 SERIES_TOP_NODES = 8  # per-node chart lines: the busiest nodes of the hour
 HISTORY_MAX_LIMIT = 500
 NODE_RECENT = 25
-
-
-def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _query_int(query: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:

@@ -21,7 +21,7 @@ from routercore.api.host import KeysHost
 from routercore.auth import hash_token, new_token
 from routercore.errors import ClientError, NotFound
 from routercore.http.messages import Request, Response
-from routercore.registry import now_rfc3339
+from routercore.timestamps import now_rfc3339
 
 if TYPE_CHECKING:
     from routercore.app import App

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import calendar
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +10,7 @@ from routercore.api.inference import model_and_stream
 from routercore.errors import ModelNotFound
 from routercore.http.messages import Request, Response
 from routercore.prefix import prompt_prefix
+from routercore.timestamps import rfc3339_seconds
 
 if TYPE_CHECKING:
     from routercore.app import App
@@ -20,7 +20,7 @@ def _created(iso: str | None) -> int:
     if not iso:
         return int(time.time())
     try:
-        return calendar.timegm(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S"))
+        return rfc3339_seconds(iso)
     except ValueError:
         return int(time.time())
 

@@ -32,12 +32,12 @@ from routercore.store.rows import (
     REQUEST_COLUMNS,
     SAMPLE_COLUMNS,
     _node_row,
-    _now,
     _request_dict,
     _row_node,
 )
 from routercore.store.schema import MIGRATIONS, migrate
 from routercore.store.writer import _STOP, StoreWriter
+from routercore.timestamps import MICROS, now_rfc3339
 
 # One logger for the whole package: operators and tests filter on this name.
 log = logging.getLogger("routercore.store")
@@ -154,7 +154,7 @@ class Store(StoreWriter):
         """Record one finished request; a missing id or ts is generated, unknown keys ignored."""
         row = [record.get(c) for c in REQUEST_COLUMNS]
         row[0] = row[0] or str(uuid.uuid4())
-        row[1] = row[1] or _now()
+        row[1] = row[1] or now_rfc3339(MICROS)
         for flag in (12, 15):  # stream, affinity_hit
             if row[flag] is not None:
                 row[flag] = int(bool(row[flag]))

@@ -8,7 +8,6 @@ the writer's shedding (which recognises a statement by identity) share.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -53,10 +52,6 @@ _SQL_SAMPLE = (
 )
 _SQL_DELETE_SAMPLES = "DELETE FROM health_samples WHERE node_id = ?"
 _SQL_DELETE_NODE = "DELETE FROM nodes WHERE id = ?"
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _node_row(node: Node) -> tuple[Any, ...]:

@@ -6,7 +6,6 @@ import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -23,12 +22,12 @@ from routercore.testing.fake_bodies import (
     full_text,
     limit_tokens,
     model_object,
-    now_rfc3339,
     ollama_stream,
     openai_stream,
     pull_stream,
 )
 from routercore.testing.fake_state import RUNTIME_VERSION, Settings, model_digest
+from routercore.timestamps import MICROS, now_rfc3339, rfc3339
 
 JSON = [(b"content-type", b"application/json; charset=utf-8")]
 NDJSON = [(b"content-type", b"application/x-ndjson")]
@@ -174,7 +173,6 @@ class FakeAPI:
             name = self.settings.resolve(model)
             if name is None:
                 continue
-            expires = datetime.fromtimestamp(used, UTC) + timedelta(minutes=5)
             out.append(
                 {
                     "name": name,
@@ -182,7 +180,7 @@ class FakeAPI:
                     "size": MODEL_SIZE,
                     "digest": model_digest(name),
                     "details": DETAILS,
-                    "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "expires_at": rfc3339(used + 300, digits=0),  # 5 minutes after use
                     "size_vram": MODEL_SIZE,
                 }
             )
@@ -211,7 +209,7 @@ class FakeAPI:
         n, reason = limit_tokens(num_predict, s.tokens)
         if empty:  # like Ollama: no prompt only loads the model
             n, reason = 0, "load"
-        base: dict[str, Any] = {"model": model, "created_at": now_rfc3339()}
+        base: dict[str, Any] = {"model": model, "created_at": now_rfc3339(MICROS)}
         t0 = time.perf_counter_ns()
         stats = {
             "prompt_eval_count": max(prompt_words, 1),

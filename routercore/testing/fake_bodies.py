@@ -12,7 +12,6 @@ import math
 import struct
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -62,10 +61,6 @@ def embedding(text: str, dim: int) -> tuple[float, ...]:
 
 def count_words(text: Any) -> int:
     return len(text.split()) if isinstance(text, str) else 0
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def limit_tokens(requested: Any, configured: int) -> tuple[int, str]:

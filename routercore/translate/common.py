@@ -3,7 +3,6 @@ and the tool-call shapes (OpenAI: ids and JSON-string arguments; Ollama: dict ar
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
@@ -73,20 +72,6 @@ def openai_error_to_ollama(status: int, body: bytes) -> bytes:
     if not message:
         message = f"upstream answered HTTP {status}"
     return orjson.dumps({"error": truncate_message(message)})
-
-
-_second_cache: list[Any] = [-1, ""]
-
-
-def now_rfc3339() -> str:
-    """UTC now as Ollama writes `created_at` (`2026-01-02T03:04:05.678901Z`); the seconds part
-    is formatted once per second because this runs once per streamed line."""
-    now = time.time()
-    second = int(now)
-    if second != _second_cache[0]:
-        _second_cache[0] = second
-        _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{_second_cache[1]}.{int((now - second) * 1_000_000):06d}Z"
 
 
 def tool_arguments_to_dict(arguments: Any, where: str) -> dict[str, Any]:

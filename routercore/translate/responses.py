@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 
+from routercore.timestamps import MICROS, now_rfc3339
 from routercore.translate.bodies import (
     CompletionTranslator,
     EmbeddingsTranslator,
     EmbedTranslator,
     ShowTranslator,
 )
-from routercore.translate.common import now_rfc3339 as default_now_rfc3339
 from routercore.translate.stream import StreamTranslator
 from routercore.translate.translator import ResponseTranslator
+
+# `created_at` as Ollama writes it: UTC now with microseconds.
+CREATED_AT = partial(now_rfc3339, MICROS)
 
 
 def ollama_response_translator(
@@ -23,7 +27,7 @@ def ollama_response_translator(
     streaming: bool,
     started_ns: int,
     clock_ns: Callable[[], int] = time.perf_counter_ns,
-    now_rfc3339: Callable[[], str] = default_now_rfc3339,
+    now_rfc3339: Callable[[], str] = CREATED_AT,
     upstream_model: str | None = None,
 ) -> ResponseTranslator:
     """The translator for one request. `model` is the name the client asked for (echoed in every
