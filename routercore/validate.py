@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from routercore.errors import ClientError
-
-_MISSING = object()
 
 
 def _type_error(name: str, expected: str, value: Any) -> ClientError:
     got = type(value).__name__ if value is not None else "null"
     return ClientError(f"field '{name}' must be {expected}, got {got}")
+
+
+def _list_field(
+    data: dict[str, Any],
+    name: str,
+    expected: str,
+    max_items: int,
+    *,
+    each: Callable[[Any], bool] | None = None,
+) -> list[Any] | None:
+    """The list under `name` (None when absent or null), of at most `max_items` items each
+    passing `each`; the list readers below check their items further."""
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or (each is not None and not all(each(v) for v in value)):
+        raise _type_error(name, expected, value)
+    if len(value) > max_items:
+        raise ClientError(f"field '{name}' has more than {max_items} items")
+    return value
 
 
 def get_str(
@@ -22,8 +41,8 @@ def get_str(
     max_len: int = 1024,
     default: str | None = None,
 ) -> str | None:
-    value = data.get(name, _MISSING)
-    if value is _MISSING or value is None:
+    value = data.get(name)
+    if value is None:
         if required:
             raise ClientError(f"field '{name}' is required")
         return default
@@ -44,8 +63,8 @@ def get_int(
     minimum: int | None = None,
     maximum: int | None = None,
 ) -> int | None:
-    value = data.get(name, _MISSING)
-    if value is _MISSING or value is None:
+    value = data.get(name)
+    if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
         raise _type_error(name, "an integer", value)
@@ -69,8 +88,8 @@ def get_percent(data: dict[str, Any], name: str) -> float | None:
 
 
 def get_bool(data: dict[str, Any], name: str, *, default: bool | None = None) -> bool | None:
-    value = data.get(name, _MISSING)
-    if value is _MISSING or value is None:
+    value = data.get(name)
+    if value is None:
         return default
     if not isinstance(value, bool):
         raise _type_error(name, "true or false", value)
@@ -80,13 +99,9 @@ def get_bool(data: dict[str, Any], name: str, *, default: bool | None = None) ->
 def get_str_list(
     data: dict[str, Any], name: str, *, max_items: int = 4096, max_len: int = 512
 ) -> list[str] | None:
-    value = data.get(name, _MISSING)
-    if value is _MISSING or value is None:
+    value = _list_field(data, name, "a list of strings", max_items)
+    if value is None:
         return None
-    if not isinstance(value, list):
-        raise _type_error(name, "a list of strings", value)
-    if len(value) > max_items:
-        raise ClientError(f"field '{name}' has more than {max_items} items")
     for item in value:
         if not isinstance(item, str) or len(item) > max_len:
             raise ClientError(f"field '{name}' must hold strings of at most {max_len} characters")
@@ -94,8 +109,8 @@ def get_str_list(
 
 
 def get_dict(data: dict[str, Any], name: str) -> dict[str, Any] | None:
-    value = data.get(name, _MISSING)
-    if value is _MISSING or value is None:
+    value = data.get(name)
+    if value is None:
         return None
     if not isinstance(value, dict):
         raise _type_error(name, "an object", value)
@@ -105,14 +120,9 @@ def get_dict(data: dict[str, Any], name: str) -> dict[str, Any] | None:
 def get_dict_list(
     data: dict[str, Any], name: str, *, max_items: int = 256
 ) -> list[dict[str, Any]] | None:
-    value = data.get(name, _MISSING)
-    if value is _MISSING or value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise _type_error(name, "a list of objects", value)
-    if len(value) > max_items:
-        raise ClientError(f"field '{name}' has more than {max_items} items")
-    return value
+    return _list_field(
+        data, name, "a list of objects", max_items, each=lambda v: isinstance(v, dict)
+    )
 
 
 # -- nested objects --------------------------------------------------------------------------
@@ -184,11 +194,7 @@ def get_object(data: dict[str, Any], name: str, spec: Spec) -> dict[str, Any] | 
 def get_object_list(
     data: dict[str, Any], name: str, spec: Spec, *, max_items: int
 ) -> list[dict[str, Any]] | None:
-    value = data.get(name)
+    value = _list_field(data, name, "a list of objects", max_items)
     if value is None:
         return None
-    if not isinstance(value, list):
-        raise _type_error(name, "a list of objects", value)
-    if len(value) > max_items:
-        raise ClientError(f"field '{name}' has more than {max_items} items")
     return [check_object(item, f"{name}[{i}]", spec) for i, item in enumerate(value)]

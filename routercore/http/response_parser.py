@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from routercore.sentinel import END, Sentinel
+
 __all__ = [
     "END",
     "HOP_BY_HOP",
@@ -64,14 +66,7 @@ class ResponseHead:
     connection_options: frozenset[bytes] = frozenset()
 
 
-class _End:
-    """The response is complete (a singleton event)."""
-
-    __slots__ = ()
-
-
-END = _End()
-Event = ResponseHead | bytes | _End
+Event = ResponseHead | bytes | Sentinel  # END (routercore.sentinel): the response is complete
 
 # Parser states.
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_EOF, _DONE = range(8)

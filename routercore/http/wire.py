@@ -20,6 +20,8 @@ import re
 
 import h11
 
+from routercore.sentinel import END, Sentinel
+
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
 # The same grammar as h11's _abnf (request line, header field), restricted to HTTP/1.1.
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.1")
@@ -58,26 +60,16 @@ class Head:
         self.content_length = content_length
 
 
-class _Marker:
-    __slots__ = ("name",)
+NEED_DATA = Sentinel("NEED_DATA")  # no complete event in the buffer yet
+PAUSED = Sentinel("PAUSED")  # the request is complete; nothing more is read until the answer
+CLOSED = Sentinel("CLOSED")  # the client closed the connection between requests
+NOT_SIMPLE = Sentinel("NOT_SIMPLE")  # parse_simple_head: outside the fast path's shape
+# END (routercore.sentinel): the request body is complete.
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-NEED_DATA = _Marker("NEED_DATA")  # no complete event in the buffer yet
-PAUSED = _Marker("PAUSED")  # the request is complete; nothing more is read until the answer
-END = _Marker("END")  # the request body is complete
-CLOSED = _Marker("CLOSED")  # the client closed the connection between requests
-NOT_SIMPLE = _Marker("NOT_SIMPLE")  # parse_simple_head: outside the fast path's shape
-
-Event = Head | bytes | bytearray | _Marker
+Event = Head | bytes | bytearray | Sentinel
 
 
-def parse_simple_head(buf: bytes, max_head: int) -> tuple[Head, int] | _Marker:
+def parse_simple_head(buf: bytes, max_head: int) -> tuple[Head, int] | Sentinel:
     """The head at the start of `buf` and its length, NEED_DATA, or NOT_SIMPLE."""
     if buf[0] not in _TOKEN_START:
         return NOT_SIMPLE
