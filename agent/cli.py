@@ -26,6 +26,11 @@ from routercore.errors import ConfigError
 log = logging.getLogger("agent")
 
 
+def _switch(p: argparse.ArgumentParser, flag: str, text: str) -> None:
+    """An on-switch that is None when not given, so the config file's value stands."""
+    p.add_argument(flag, action="store_true", default=None, help=text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llm-router-agent",
@@ -49,28 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--registration-token", metavar="TOKEN", help="sent as bearer token on register")
     p.add_argument("--runtime-kind", choices=("auto", "ollama", "openai"))
-    p.add_argument(
-        "--manage-runtime",
-        action="store_true",
-        default=None,
-        help="start/restart the runtime as a child process",
-    )
+    _switch(p, "--manage-runtime", "start/restart the runtime as a child process")
     p.add_argument("--runtime-command", metavar="CMD", help="command line that starts the runtime")
     p.add_argument(
         "--install-url", metavar="URL", help="where to download the runtime when missing"
     )
     p.add_argument("--install-sha256", metavar="HEX", help="expected SHA-256 of that download")
-    p.add_argument(
+    _switch(
+        p,
         "--allow-unverified",
-        action="store_true",
-        default=None,
-        help="install the runtime even without a checksum (a warning names the risk)",
+        "install the runtime even without a checksum (a warning names the risk)",
     )
-    p.add_argument(
+    _switch(
+        p,
         "--relay",
-        action="store_true",
-        default=None,
-        help="keep the runtime on loopback; the router reaches it through the agent's relay",
+        "keep the runtime on loopback; the router reaches it through the agent's relay",
     )
     p.add_argument("--relay-port", metavar="PORT", help="the relay's port (default 11435)")
     p.add_argument(

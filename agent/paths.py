@@ -14,30 +14,35 @@ APP_ICON = ICON_DIR / "llm-router.ico"  # Windows shortcut and installer (16 to 
 APP_ICON_PNG = ICON_DIR / "llm-router.png"  # the agent's windows (tkinter wants PNG)
 
 
-def user_config_dir(env: Mapping[str, str] | None = None, platform: str | None = None) -> Path:
-    """Where the agent's TOML config lives unless `--config` says otherwise."""
+def _per_user_dir(
+    env: Mapping[str, str] | None,
+    platform: str | None,
+    windows: tuple[str, str],
+    xdg: tuple[str, str],
+) -> Path:
+    """APP_DIR in a per-user base directory: on Windows and elsewhere an environment variable
+    names it, else the fallback below the home directory (`windows`, `xdg`: variable, fallback);
+    macOS keeps config and data alike in Application Support."""
     env = os.environ if env is None else env
     platform = platform or sys.platform
-    if platform == "win32":
-        base = env.get("APPDATA") or str(Path.home() / "AppData" / "Roaming")
-    elif platform == "darwin":
-        base = str(Path.home() / "Library" / "Application Support")
-    else:
-        base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / APP_DIR
+    if platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / APP_DIR
+    variable, fallback = windows if platform == "win32" else xdg
+    return Path(env.get(variable) or str(Path.home() / fallback)) / APP_DIR
+
+
+def user_config_dir(env: Mapping[str, str] | None = None, platform: str | None = None) -> Path:
+    """Where the agent's TOML config lives unless `--config` says otherwise."""
+    return _per_user_dir(
+        env, platform, ("APPDATA", "AppData/Roaming"), ("XDG_CONFIG_HOME", ".config")
+    )
 
 
 def user_data_dir(env: Mapping[str, str] | None = None, platform: str | None = None) -> Path:
     """Where a downloaded runtime is installed: per user, so no administrator rights are needed."""
-    env = os.environ if env is None else env
-    platform = platform or sys.platform
-    if platform == "win32":
-        base = env.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-    elif platform == "darwin":
-        base = str(Path.home() / "Library" / "Application Support")
-    else:
-        base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / APP_DIR
+    return _per_user_dir(
+        env, platform, ("LOCALAPPDATA", "AppData/Local"), ("XDG_DATA_HOME", ".local/share")
+    )
 
 
 def default_config_path(env: Mapping[str, str] | None = None, platform: str | None = None) -> Path:

@@ -87,13 +87,17 @@ def get_percent(data: dict[str, Any], name: str) -> float | None:
     return float(value)
 
 
-def get_bool(data: dict[str, Any], name: str, *, default: bool | None = None) -> bool | None:
+def _of_type(data: dict[str, Any], name: str, kind: type, expected: str) -> Any:
+    """The value under `name` (None when absent or null), which must be a `kind`."""
     value = data.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise _type_error(name, "true or false", value)
+    if value is not None and not isinstance(value, kind):
+        raise _type_error(name, expected, value)
     return value
+
+
+def get_bool(data: dict[str, Any], name: str, *, default: bool | None = None) -> bool | None:
+    value: bool | None = _of_type(data, name, bool, "true or false")
+    return default if value is None else value
 
 
 def get_str_list(
@@ -109,11 +113,7 @@ def get_str_list(
 
 
 def get_dict(data: dict[str, Any], name: str) -> dict[str, Any] | None:
-    value = data.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise _type_error(name, "an object", value)
+    value: dict[str, Any] | None = _of_type(data, name, dict, "an object")
     return value
 
 

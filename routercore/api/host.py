@@ -38,12 +38,17 @@ class Persists(Protocol):
     async def persisted(self, what: str) -> None: ...
 
 
-class OpenAIHost(Protocol):
-    """`routercore.api.openai`: forward inference, list the online nodes' and providers' models."""
+class ForwardHost(Protocol):
+    """`api.inference.forward_inference`: the prefix-affinity setting and the proxy."""
 
     config: RouterConfig
-    registry: NodeRegistry
     proxy: Proxy
+
+
+class OpenAIHost(ForwardHost, Protocol):
+    """`routercore.api.openai`: forward inference, list the online nodes' and providers' models."""
+
+    registry: NodeRegistry
     providers: Providers
 
 

@@ -1,4 +1,5 @@
-"""What the proxy handlers share: reading `model`/`stream` and fanning out to online nodes."""
+"""What the proxy handlers share: forwarding one request by its `model`/`stream`, and fanning
+out to online nodes."""
 
 from __future__ import annotations
 
@@ -8,19 +9,29 @@ from typing import Any
 
 import orjson
 
+from routercore.api.host import ForwardHost
 from routercore.errors import ClientError
-from routercore.http.messages import Request
+from routercore.http.messages import Request, Response
 from routercore.http.upstream import UpstreamPool
 from routercore.node import Node
+from routercore.prefix import prompt_prefix
 
 log = logging.getLogger("routercore.api")
 
 FANOUT_MAX_BYTES = 16 * 1024 * 1024  # one node's answer to a fan-out GET
 
 
-def routing_fields(request: Request, *, stream_default: bool) -> tuple[str, bool]:
-    """Only what routing needs: `model` (required string) and `stream` (bool)."""
-    return model_and_stream(request.json_object(), stream_default=stream_default)
+async def forward_inference(
+    host: ForwardHost, request: Request, *, api: str, endpoint: str, stream_default: bool
+) -> Response | None:
+    """One inference request of either API to the proxy: its model, whether it streams, and
+    (with prefix affinity on) the hash of its prompt's prefix."""
+    data = request.json_object()
+    model, stream = model_and_stream(data, stream_default=stream_default)
+    prefix = prompt_prefix(endpoint, model, data) if host.config.prefix_affinity else None
+    return await host.proxy.forward(
+        request, api=api, endpoint=endpoint, model=model, streaming=stream, prefix=prefix
+    )
 
 
 def model_and_stream(data: dict[str, Any], *, stream_default: bool) -> tuple[str, bool]:

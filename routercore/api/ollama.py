@@ -10,9 +10,8 @@ import orjson
 
 from routercore import __version__
 from routercore.api.host import OllamaHost
-from routercore.api.inference import fan_out, model_and_stream
+from routercore.api.inference import fan_out, forward_inference
 from routercore.http.messages import Request, Response
-from routercore.prefix import prompt_prefix
 
 if TYPE_CHECKING:
     from routercore.app import App
@@ -97,11 +96,8 @@ class OllamaAPI:
     async def _forward(
         self, request: Request, endpoint: str, stream_default: bool
     ) -> Response | None:
-        data = request.json_object()
-        model, stream = model_and_stream(data, stream_default=stream_default)
-        prefix = prompt_prefix(endpoint, model, data) if self.svc.config.prefix_affinity else None
-        return await self.svc.proxy.forward(
-            request, api="ollama", endpoint=endpoint, model=model, streaming=stream, prefix=prefix
+        return await forward_inference(
+            self.svc, request, api="ollama", endpoint=endpoint, stream_default=stream_default
         )
 
     async def chat(self, request: Request) -> Response | None:

@@ -6,10 +6,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from routercore.api.host import OpenAIHost
-from routercore.api.inference import model_and_stream
+from routercore.api.inference import forward_inference
 from routercore.errors import ModelNotFound
 from routercore.http.messages import Request, Response
-from routercore.prefix import prompt_prefix
 from routercore.timestamps import rfc3339_seconds
 
 if TYPE_CHECKING:
@@ -37,11 +36,8 @@ class OpenAIAPI:
         app.add("GET", "/v1/models/{id}", self.model, auth="api")
 
     async def _forward(self, request: Request, endpoint: str) -> Response | None:
-        data = request.json_object()
-        model, stream = model_and_stream(data, stream_default=False)
-        prefix = prompt_prefix(endpoint, model, data) if self.svc.config.prefix_affinity else None
-        return await self.svc.proxy.forward(
-            request, api="openai", endpoint=endpoint, model=model, streaming=stream, prefix=prefix
+        return await forward_inference(
+            self.svc, request, api="openai", endpoint=endpoint, stream_default=False
         )
 
     async def chat(self, request: Request) -> Response | None:

@@ -117,6 +117,11 @@ class FakeAPI:
             return error_reply(path, 400, "request body must be a JSON object", "invalid_json")
         return req
 
+    def _with_body(self, handler: _Handler, path: str, body: bytes) -> Reply:
+        """`handler` with the parsed JSON object body; a body that is none answers 400."""
+        req = self._parse(path, body)
+        return req if isinstance(req, Reply) else handler(self, path, req)
+
     def _model(self, path: str, req: dict[str, Any], key: str = "model") -> str | Reply:
         """The requested model name, or the 400/404 reply for a missing or unknown one."""
         model = req.get(key)
@@ -143,13 +148,9 @@ class FakeAPI:
         elif method == "POST":
             handler = _OLLAMA_POST.get(path)
             if handler is not None:
-                req = self._parse(path, body)
-                if isinstance(req, Reply):
-                    return req
-                return handler(self, path, req)
+                return self._with_body(handler, path, body)
         elif method == "DELETE" and path == "/api/delete":
-            req = self._parse(path, body)
-            return req if isinstance(req, Reply) else self._ollama_delete(path, req)
+            return self._with_body(FakeAPI._ollama_delete, path, body)
         if method in ("GET", "POST"):
             return error_reply(path, 404, "404 page not found")
         return error_reply(path, 405, "405 method not allowed")
@@ -329,10 +330,7 @@ class FakeAPI:
         elif method == "POST":
             handler = _OPENAI_POST.get(path)
             if handler is not None:
-                req = self._parse(path, body)
-                if isinstance(req, Reply):
-                    return req
-                return handler(self, path, req)
+                return self._with_body(handler, path, body)
         return error_reply(path, 404, f"unknown path {path}", "not_found")
 
     def _openai_generate(self, path: str, req: dict[str, Any]) -> Reply:
