@@ -33,6 +33,14 @@ def _list_field(
     return value
 
 
+def _of_type(data: dict[str, Any], name: str, kind: type, expected: str) -> Any:
+    """The value under `name` (None when absent or null), which must be a `kind`."""
+    value = data.get(name)
+    if value is not None and not isinstance(value, kind):
+        raise _type_error(name, expected, value)
+    return value
+
+
 def get_str(
     data: dict[str, Any],
     name: str,
@@ -41,13 +49,11 @@ def get_str(
     max_len: int = 1024,
     default: str | None = None,
 ) -> str | None:
-    value = data.get(name)
+    value: str | None = _of_type(data, name, str, "a string")
     if value is None:
         if required:
             raise ClientError(f"field '{name}' is required")
         return default
-    if not isinstance(value, str):
-        raise _type_error(name, "a string", value)
     if required and not value.strip():
         raise ClientError(f"field '{name}' must not be empty")
     if len(value) > max_len:
@@ -85,14 +91,6 @@ def get_percent(data: dict[str, Any], name: str) -> float | None:
     if not 0.0 <= float(value) <= 100.0:
         raise ClientError(f"field '{name}' must be between 0 and 100")
     return float(value)
-
-
-def _of_type(data: dict[str, Any], name: str, kind: type, expected: str) -> Any:
-    """The value under `name` (None when absent or null), which must be a `kind`."""
-    value = data.get(name)
-    if value is not None and not isinstance(value, kind):
-        raise _type_error(name, expected, value)
-    return value
 
 
 def get_bool(data: dict[str, Any], name: str, *, default: bool | None = None) -> bool | None:

@@ -9,8 +9,7 @@ rather than made up (clients would divide by them for tokens per second).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Unpack
 
 import orjson
 
@@ -21,7 +20,7 @@ from routercore.translate.common import (
     openai_error_message,
     openai_tool_calls_to_ollama,
 )
-from routercore.translate.translator import ResponseTranslator
+from routercore.translate.translator import Exchange, ResponseTranslator
 
 # Embeddings of many inputs make big bodies (about 20 bytes per float as JSON text): 64 MiB
 # holds ~800 vectors of 4096 and still bounds what one answer can make the router hold.
@@ -31,18 +30,8 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 class BodyTranslator(ResponseTranslator):
     """Gathers the body; `finish()` returns the Ollama JSON or raises TranslationError."""
 
-    def __init__(
-        self,
-        *,
-        model: str,
-        started_ns: int,
-        clock_ns: Callable[[], int],
-        now_rfc3339: Callable[[], str],
-        max_body: int = MAX_BODY_BYTES,
-    ) -> None:
-        super().__init__(
-            model=model, started_ns=started_ns, clock_ns=clock_ns, now_rfc3339=now_rfc3339
-        )
+    def __init__(self, *, max_body: int = MAX_BODY_BYTES, **exchange: Unpack[Exchange]) -> None:
+        super().__init__(**exchange)
         self._parts: list[bytes] = []
         self._size = 0
         self._max = max_body
@@ -101,8 +90,8 @@ class CompletionTranslator(BodyTranslator):
     """A chat completion or a text completion as `/api/chat` (`message`) or `/api/generate`
     (`response`); both upstream shapes are read, like the streaming translator does."""
 
-    def __init__(self, *, chat: bool, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *, chat: bool, **exchange: Unpack[Exchange]) -> None:
+        super().__init__(**exchange)
         self._chat = chat
 
     def translate(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -207,8 +196,8 @@ class ShowTranslator(BodyTranslator):
     """`/api/show` from the model's `/v1/models` entry: OpenAI's API says little about a model,
     so most fields are empty. ModelNotFound (404) when the node does not list the model."""
 
-    def __init__(self, *, upstream_model: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *, upstream_model: str, **exchange: Unpack[Exchange]) -> None:
+        super().__init__(**exchange)
         self._upstream_model = upstream_model
 
     def translate(self, payload: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from routercore.translate.bodies import (
     ShowTranslator,
 )
 from routercore.translate.stream import StreamTranslator
-from routercore.translate.translator import ResponseTranslator
+from routercore.translate.translator import Exchange, ResponseTranslator
 
 # `created_at` as Ollama writes it: UTC now with microseconds.
 CREATED_AT = partial(now_rfc3339, MICROS)
@@ -34,37 +34,21 @@ def ollama_response_translator(
     answer); `upstream_model` the id the node knows it by, when different (only `api.show`
     looks for it in `/v1/models`). `streaming` only matters for chat and generate (see
     `ollama_wants_stream`). Durations: total = clock_ns() at the end - started_ns."""
+    exchange: Exchange = {
+        "model": model,
+        "started_ns": started_ns,
+        "clock_ns": clock_ns,
+        "now_rfc3339": now_rfc3339,
+    }
     if endpoint in ("api.chat", "api.generate"):
         chat = endpoint == "api.chat"
         if streaming:
-            return StreamTranslator(
-                chat=chat,
-                model=model,
-                started_ns=started_ns,
-                clock_ns=clock_ns,
-                now_rfc3339=now_rfc3339,
-            )
-        return CompletionTranslator(
-            chat=chat,
-            model=model,
-            started_ns=started_ns,
-            clock_ns=clock_ns,
-            now_rfc3339=now_rfc3339,
-        )
+            return StreamTranslator(chat=chat, **exchange)
+        return CompletionTranslator(chat=chat, **exchange)
     if endpoint == "api.embed":
-        return EmbedTranslator(
-            model=model, started_ns=started_ns, clock_ns=clock_ns, now_rfc3339=now_rfc3339
-        )
+        return EmbedTranslator(**exchange)
     if endpoint == "api.embeddings":
-        return EmbeddingsTranslator(
-            model=model, started_ns=started_ns, clock_ns=clock_ns, now_rfc3339=now_rfc3339
-        )
+        return EmbeddingsTranslator(**exchange)
     if endpoint == "api.show":
-        return ShowTranslator(
-            upstream_model=upstream_model or model,
-            model=model,
-            started_ns=started_ns,
-            clock_ns=clock_ns,
-            now_rfc3339=now_rfc3339,
-        )
+        return ShowTranslator(upstream_model=upstream_model or model, **exchange)
     raise ValueError(f"no translation for endpoint {endpoint!r}")

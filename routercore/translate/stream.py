@@ -11,8 +11,7 @@ ignores `stream_options.include_usage`) gets `eval_count` = the number of conten
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Unpack
 
 import orjson
 
@@ -25,7 +24,7 @@ from routercore.translate.common import (
     openai_tool_calls_to_ollama,
 )
 from routercore.translate.sse import MAX_PENDING_BYTES, SSEDecoder
-from routercore.translate.translator import ResponseTranslator
+from routercore.translate.translator import Exchange, ResponseTranslator
 
 
 class StreamTranslator(ResponseTranslator):
@@ -34,18 +33,9 @@ class StreamTranslator(ResponseTranslator):
     content_type = CONTENT_TYPE_NDJSON
 
     def __init__(
-        self,
-        *,
-        chat: bool,
-        model: str,
-        started_ns: int,
-        clock_ns: Callable[[], int],
-        now_rfc3339: Callable[[], str],
-        max_pending: int = MAX_PENDING_BYTES,
+        self, *, chat: bool, max_pending: int = MAX_PENDING_BYTES, **exchange: Unpack[Exchange]
     ) -> None:
-        super().__init__(
-            model=model, started_ns=started_ns, clock_ns=clock_ns, now_rfc3339=now_rfc3339
-        )
+        super().__init__(**exchange)
         self._chat = chat
         self._sse = SSEDecoder(max_pending)
         self._closed = False

@@ -3,6 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypedDict, Unpack
+
+
+class Exchange(TypedDict):
+    """What every translator is made with, as keyword arguments: `model`, the name the client
+    asked for (echoed in every answer); `started_ns` and `clock_ns`, for the durations Ollama
+    reports (total = clock_ns() at the end - started_ns); `now_rfc3339`, for `created_at`.
+    Named once here, so a subclass adds only its own arguments."""
+
+    model: str
+    started_ns: int
+    clock_ns: Callable[[], int]
+    now_rfc3339: Callable[[], str]
 
 
 class ResponseTranslator:
@@ -17,18 +30,11 @@ class ResponseTranslator:
 
     content_type: bytes = b"application/json; charset=utf-8"
 
-    def __init__(
-        self,
-        *,
-        model: str,
-        started_ns: int,
-        clock_ns: Callable[[], int],
-        now_rfc3339: Callable[[], str],
-    ) -> None:
-        self.model = model
-        self.started_ns = started_ns
-        self.clock_ns = clock_ns
-        self.now_rfc3339 = now_rfc3339
+    def __init__(self, **exchange: Unpack[Exchange]) -> None:
+        self.model = exchange["model"]
+        self.started_ns = exchange["started_ns"]
+        self.clock_ns = exchange["clock_ns"]
+        self.now_rfc3339 = exchange["now_rfc3339"]
         self.error: str | None = None
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
