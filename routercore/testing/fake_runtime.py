@@ -13,7 +13,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import orjson
 
@@ -26,6 +26,14 @@ from routercore.testing.fake_state import FAULTS, Faults, Settings, Stats
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _WILDCARDS = ("", "0.0.0.0", "::")
+
+
+class FaultLimits(TypedDict, total=False):
+    """How long a fault set from Python lasts: `times` requests, `seconds` (None: until
+    cleared)."""
+
+    times: int | None
+    seconds: float | None
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -202,15 +210,9 @@ class FakeNode:
         """Change settings (models, api, tokens, token_delay, first_token_delay, ...)."""
         self._call(lambda: self._configure(changes))
 
-    def set_fault(
-        self,
-        name: str,
-        value: Any = True,
-        *,
-        times: int | None = None,
-        seconds: float | None = None,
-    ) -> None:
+    def set_fault(self, name: str, value: Any = True, **limits: Unpack[FaultLimits]) -> None:
         """Switch a fault on: `times` limits it to N requests, `seconds` to a duration."""
+        times, seconds = limits.get("times"), limits.get("seconds")
         self._call(lambda: self._set_fault(name, value, times, seconds))
 
     def clear_faults(self) -> None:
@@ -390,15 +392,8 @@ class ThreadedFakeNode:
     def configure(self, **changes: Any) -> None:
         self.node.configure(**changes)
 
-    def set_fault(
-        self,
-        name: str,
-        value: Any = True,
-        *,
-        times: int | None = None,
-        seconds: float | None = None,
-    ) -> None:
-        self.node.set_fault(name, value, times=times, seconds=seconds)
+    def set_fault(self, name: str, value: Any = True, **limits: Unpack[FaultLimits]) -> None:
+        self.node.set_fault(name, value, **limits)
 
     def clear_faults(self) -> None:
         self.node.clear_faults()
