@@ -16,8 +16,8 @@ import orjson
 from routercore.errors import ModelNotFound
 from routercore.translate.common import (
     TranslationError,
+    node_json_object,
     ollama_done_reason,
-    openai_error_message,
     openai_tool_calls_to_ollama,
 )
 from routercore.translate.translator import Exchange, ResponseTranslator
@@ -49,16 +49,7 @@ class BodyTranslator(ResponseTranslator):
         body = b"".join(self._parts)
         self._parts = []
         try:
-            try:
-                payload = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise TranslationError("the node's answer is not JSON") from None
-            if not isinstance(payload, dict):
-                raise TranslationError("the node's answer is not a JSON object")
-            if "error" in payload:
-                raise TranslationError(
-                    openai_error_message(payload) or "the node reported an error"
-                )
+            payload = node_json_object(body, "the node's answer is")
             return orjson.dumps(self.translate(payload))
         except TranslationError as exc:
             self.error = exc.message

@@ -60,6 +60,20 @@ def openai_error_message(payload: Any) -> str | None:
     return None
 
 
+def node_json_object(data: bytes, subject: str) -> dict[str, Any]:
+    """A JSON object the node sent, which must not be an OpenAI error object; anything else
+    raises TranslationError (`subject` starts its message: "the node's answer is")."""
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise TranslationError(f"{subject} not JSON") from None
+    if not isinstance(payload, dict):
+        raise TranslationError(f"{subject} not a JSON object")
+    if "error" in payload:
+        raise TranslationError(openai_error_message(payload) or "the node reported an error")
+    return payload
+
+
 def openai_error_to_ollama(status: int, body: bytes) -> bytes:
     """An upstream error answer (any body) as Ollama's `{"error": "message"}` JSON; the message
     is cut to `MAX_ERROR_CHARS` so a traceback never reaches the client whole."""

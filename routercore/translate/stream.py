@@ -18,9 +18,9 @@ import orjson
 from routercore.translate.common import (
     CONTENT_TYPE_NDJSON,
     TranslationError,
+    node_json_object,
     ollama_done_reason,
     ollama_error_line,
-    openai_error_message,
     openai_tool_calls_to_ollama,
 )
 from routercore.translate.sse import MAX_PENDING_BYTES, SSEDecoder
@@ -90,14 +90,7 @@ class StreamTranslator(ResponseTranslator):
         return out[0] if len(out) == 1 else b"".join(out)
 
     def _chunk(self, payload: bytes) -> bytes:
-        try:
-            chunk = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise TranslationError("the node sent an event that is not JSON") from None
-        if not isinstance(chunk, dict):
-            raise TranslationError("the node sent an event that is not a JSON object")
-        if "error" in chunk:
-            raise TranslationError(openai_error_message(chunk) or "the node reported an error")
+        chunk = node_json_object(payload, "the node sent an event that is")
         usage = chunk.get("usage")
         if usage:
             self.record_usage(usage)
