@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
@@ -26,10 +26,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from routercore.http.messages import Request
-
-if TYPE_CHECKING:
-    from routercore.http.server import HTTPConnection
+from routercore.http.flow import FlowControl
 
 log = logging.getLogger("routercore.http.websocket")
 
@@ -39,7 +36,46 @@ CONTROL_RATE = 10.0
 CONTROL_BURST = 50
 
 
-def is_upgrade(request: Request) -> bool:
+class UpgradeRequest(Protocol):
+    """What the WebSocket reads of the request that asked for it (messages.Request is one).
+
+    A Protocol, not an import of messages.py: messages.py names the WebSocket for handlers, so
+    importing it back would make a cycle.
+    """
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def target(self) -> str: ...
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]: ...
+
+    @property
+    def peer(self) -> str: ...
+
+    def header(self, name: bytes) -> str | None: ...
+
+
+class WebSocketHost(Protocol):
+    """The connection handle a WebSocket gets: the few things it does with its socket."""
+
+    peer: str
+    flow: FlowControl
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def closed(self) -> bool: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def is_upgrade(request: UpgradeRequest) -> bool:
     upgrade = (request.header(b"upgrade") or "").lower()
     return request.method == "GET" and upgrade == "websocket"
 
@@ -47,14 +83,13 @@ def is_upgrade(request: Request) -> bool:
 class WebSocket:
     """A server-side WebSocket: `send_text`, `receive` (None once closed), `close`."""
 
-    def __init__(self, conn: HTTPConnection, request: Request) -> None:
+    def __init__(self, conn: WebSocketHost, request: UpgradeRequest) -> None:
         self.conn = conn
         self.request = request
         self.ws = WSConnection(ConnectionType.SERVER)
         # Unbounded queue, bounded by flow control: past _MAX_QUEUED unread messages the
         # transport stops reading (TCP pushes back on the client) until the session catches up.
         self.inbox: asyncio.Queue[str | None] = asyncio.Queue()
-        self.reading_paused = False
         self.closed = False
         self._text_parts: list[str | bytes] = []
         self._size = 0
@@ -116,10 +151,8 @@ class WebSocket:
                     text = "".join(p for p in self._text_parts if isinstance(p, str))
                 self._text_parts, self._size = [], 0
                 self.inbox.put_nowait(text)
-                transport = self.conn.transport
-                if self.inbox.qsize() >= _MAX_QUEUED and not self.reading_paused and transport:
-                    transport.pause_reading()
-                    self.reading_paused = True
+                if self.inbox.qsize() >= _MAX_QUEUED:
+                    self.conn.flow.pause_reading()
         elif isinstance(event, RejectConnection):
             self._finish()
 
@@ -135,10 +168,7 @@ class WebSocket:
         return True
 
     def _pong(self, ping: Ping) -> None:
-        transport = self.conn.transport
-        if transport is None:
-            return
-        if transport.get_write_buffer_size() >= self.conn.limits.write_high_water:
+        if self.conn.flow.buffer_full():
             if not self.pongs_dropped:
                 log.info("event=ws_pongs_dropped peer=%s reason=client_not_reading", self.conn.peer)
             self.pongs_dropped += 1
@@ -156,11 +186,9 @@ class WebSocket:
         if self.closed and self.inbox.empty():
             return None
         item = await self.inbox.get()
-        transport = self.conn.transport
-        if self.reading_paused and self.inbox.qsize() <= _MAX_QUEUED // 2 and transport:
-            self.reading_paused = False
-            if not self.conn.closed:
-                transport.resume_reading()
+        flow = self.conn.flow
+        if flow.read_paused and self.inbox.qsize() <= _MAX_QUEUED // 2 and not self.conn.closed:
+            flow.resume_reading()
         return item
 
     def close(self, code: int = 1000) -> None:
@@ -176,8 +204,7 @@ class WebSocket:
         if not self.closed:
             self.closed = True
             self.inbox.put_nowait(None)
-            self.conn._close()
+            self.conn.close()
 
     def _write(self, data: bytes) -> None:
-        if data and self.conn.transport is not None and not self.conn.closed:
-            self.conn.transport.write(data)
+        self.conn.write(data)

@@ -365,7 +365,7 @@ def test_streaming_to_a_client_that_does_not_read_awaits_drain(run: Any) -> None
             await loop.sock_connect(sock, ("127.0.0.1", port))
             await loop.sock_sendall(sock, build("GET", "/flood"))
             conn = await eventually(lambda: next(iter(server.state.connections), None))
-            await eventually(lambda: not conn.writable.is_set(), message="pause_writing")
+            await eventually(lambda: conn.flow.write_paused, message="pause_writing")
             # The kernel may still grow its socket buffers a little after the first pause
             # (autotuning), so wait until the handler has settled: no progress for 0.2 s.
             for _ in range(50):
@@ -469,7 +469,7 @@ def test_pipelined_flood_is_bounded_while_a_request_is_handled(run: Any) -> None
             await eventually(lambda: conn.task is not None)
             burst = build("GET", "/next") * 20000  # ~700 KB of pipelined requests
             c.writer.write(burst)
-            await eventually(lambda: conn.reading_paused, message="reading paused")
+            await eventually(lambda: conn.flow.read_paused, message="reading paused")
             assert conn.wire.buffered < 2 * 1024 * 1024
             release.set()
             first = await c.reply()

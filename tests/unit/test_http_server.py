@@ -274,7 +274,15 @@ def test_answered_requests_are_freed_without_the_cycle_collector(run: Any) -> No
         run(main())
         gc.collect()
         # Per request and per connection; the server's own objects live as long as it does.
-        per_request = {"Request", "_Stream", "HTTPConnection", "ServerWire"}
+        per_request = {
+            "Request",
+            "RequestCycle",
+            "ResponseWriter",
+            "RequestBody",
+            "FlowControl",
+            "HTTPConnection",
+            "ServerWire",
+        }
         leaked = Counter(name for o in gc.garbage if (name := type(o).__qualname__) in per_request)
     finally:
         gc.set_debug(0)

@@ -458,7 +458,7 @@ def test_a_session_that_reads_late_loses_no_messages(run: Any) -> None:
             conn = next(iter(server.state.connections))
             ws = conn.websocket
             assert ws is not None
-            await eventually(lambda: ws.reading_paused, message="reading paused")
+            await eventually(lambda: conn.flow.read_paused, message="reading paused")
             # bounded: 64 plus what one socket read (<= 256 KiB) held; the rest waits upstream
             assert ws.inbox.qsize() <= 64 + 256 * 1024 // 4000 + 1
             go.set()
@@ -478,12 +478,13 @@ def test_pongs_are_dropped_while_the_client_reads_nothing(run: Any) -> None:
         await ws.receive()
 
     async def main() -> None:
-        async with serve(ws_app(flood_target), write_timeout=30.0) as (_, port):
+        async with serve(ws_app(flood_target), write_timeout=30.0) as (server, port):
             c = await WSClient.connect(port)
             ws = (await eventually(lambda: sessions, message="session"))[0]
-            transport = ws.conn.transport
+            conn = next(iter(server.state.connections))
+            transport = conn.transport
             assert transport is not None
-            high = ws.conn.limits.write_high_water
+            high = conn.limits.write_high_water
             await eventually(lambda: transport.get_write_buffer_size() >= high, message="full")
             before = transport.get_write_buffer_size()
             for i in range(20):  # within the control-frame rate
