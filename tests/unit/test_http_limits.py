@@ -14,23 +14,10 @@ import pytest
 
 from routercore.http.messages import Request, Response
 from routercore.http.server import HTTPServer
-from tests.unit.test_http_server import (
-    VARIANTS,
-    Client,
-    Runner,
-    build,
-    capture,
-    echo,
-    errors,
-    eventually,
-    make_runner,
-    serve,
-)
+from tests.support.http_client import Client, build, eventually
+from tests.support.http_server import VARIANTS, capture, echo, errors, run_fixture, serve
 
-
-@pytest.fixture(params=sorted(VARIANTS))
-def run(request: pytest.FixtureRequest) -> Runner:
-    return make_runner(request.param)
+run = run_fixture(VARIANTS)
 
 
 async def trickle(c: Client, pieces: list[bytes], pause: float) -> int:
@@ -91,7 +78,27 @@ def test_whole_head_over_max_header_bytes_in_one_write_gets_431(run: Any) -> Non
 # -- body size -----------------------------------------------------------------------------------
 
 
-def test_content_length_over_the_limit_gets_413_before_the_body_is_sent(run: Any) -> None:
+# A body over max_body_bytes (1000), however it announces itself: 413 is the first thing on the
+# wire (no interim 100 before it), the connection closes, the handler never runs.
+BODIES_OVER_THE_LIMIT = {
+    # only the head: the answer must not wait for a body that never comes
+    "content-length": [
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n\r\n"
+    ],
+    "content-length with expect 100": [
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n"
+    ],
+    "chunked, growing past it": [
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n",
+        *[b"190\r\n" + b"c" * 400 + b"\r\n"] * 3,  # 3 x 400 bytes > 1000
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "pieces", list(BODIES_OVER_THE_LIMIT.values()), ids=list(BODIES_OVER_THE_LIMIT)
+)
+def test_body_over_the_limit_gets_413_and_close(run: Any, pieces: list[bytes]) -> None:
     called: list[Request] = []
 
     async def handler(request: Request) -> Response:
@@ -101,14 +108,13 @@ def test_content_length_over_the_limit_gets_413_before_the_body_is_sent(run: Any
     async def main() -> None:
         async with serve(handler, max_body_bytes=1000) as (_, port):
             c = await Client.connect(port)
-            # only the head: the answer must not wait for a body that never comes
-            await c.send(
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n\r\n"
-            )
+            for piece in pieces:
+                await c.send(piece)
             r = await c.reply()
             assert r.status == 413
             assert r.headers["connection"] == "close"
-            assert r.json()["error"]["type"] == "invalid_request_error"
+            if b" /v1/" in pieces[0]:
+                assert r.json()["error"]["type"] == "invalid_request_error"
             assert await c.closed()
             assert called == []
 
@@ -156,42 +162,6 @@ def test_body_at_the_limit_is_accepted(run: Any) -> None:
     run(main())
 
 
-def test_expect_100_continue_over_the_limit_gets_413_without_100(run: Any) -> None:
-    async def main() -> None:
-        async with serve(echo, max_body_bytes=1000) as (_, port):
-            c = await Client.connect(port)
-            await c.send(
-                b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n"
-                b"Expect: 100-continue\r\n\r\n"
-            )
-            r = await c.reply()
-            assert r.status == 413  # the first thing on the wire: no interim 100 before it
-            assert await c.closed()
-
-    run(main())
-
-
-def test_chunked_body_growing_past_the_limit_gets_413(run: Any) -> None:
-    called: list[Request] = []
-
-    async def handler(request: Request) -> Response:
-        called.append(request)
-        return Response.json({})
-
-    async def main() -> None:
-        async with serve(handler, max_body_bytes=1000) as (_, port):
-            c = await Client.connect(port)
-            await c.send(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
-            for _ in range(3):
-                await c.send(b"190\r\n" + b"c" * 400 + b"\r\n")  # 3 x 400 bytes > 1000
-            r = await c.reply()
-            assert r.status == 413
-            assert await c.closed()
-            assert called == []
-
-    run(main())
-
-
 def test_chunked_body_within_the_limit_with_expect_100_is_accepted(run: Any) -> None:
     async def main() -> None:
         async with serve(echo, max_body_bytes=1000) as (_, port):
@@ -234,11 +204,20 @@ def test_slowloris_head_is_cut_with_408_by_an_absolute_deadline(
     assert any("event=header_timeout" in r.getMessage() for r in caplog.records)
 
 
-def test_silent_connection_is_closed_after_the_header_timeout(run: Any) -> None:
+@pytest.mark.parametrize(
+    ("limits", "asks_first"),
+    [({"header_timeout": 0.2}, False), ({"idle_timeout": 0.2}, True)],
+    ids=["silent, header timeout", "idle keep-alive, idle timeout"],
+)
+def test_quiet_connection_is_closed_by_its_timeout(
+    run: Any, limits: dict[str, float], asks_first: bool
+) -> None:
     async def main() -> None:
-        async with serve(echo, header_timeout=0.2) as (server, port):
+        async with serve(echo, **limits) as (server, port):
             c = await Client.connect(port)
-            assert await c.closed()  # nothing was asked, so no answer: just closed
+            if asks_first:
+                assert (await c.request("GET", "/")).status == 200
+            assert await c.closed()  # nothing (more) was asked, so no answer: just closed
             await eventually(lambda: not server.state.connections)
 
     run(main())
@@ -270,17 +249,6 @@ def test_body_arriving_steadily_is_not_cut_by_the_body_timeout(run: Any) -> None
                 await c.send(part)
             assert (await c.reply()).json()["body"] == "abcdef"
             c.close()
-
-    run(main())
-
-
-def test_idle_keep_alive_connection_is_closed(run: Any) -> None:
-    async def main() -> None:
-        async with serve(echo, idle_timeout=0.2) as (server, port):
-            c = await Client.connect(port)
-            assert (await c.request("GET", "/")).status == 200
-            assert await c.closed()
-            await eventually(lambda: not server.state.connections)
 
     run(main())
 

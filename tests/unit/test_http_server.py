@@ -2,8 +2,7 @@
 
 Every test runs on the stock asyncio loop and on uvloop, and on uvloop once more with the wire's
 fast path off so that h11 reads every request (the `run` fixture): one suite for both paths.
-The helpers at the top (raw client, reply parser, polling) are shared with test_http_limits.py
-and test_websocket.py.
+The raw client and the server runner are in tests/support (http_client.py, http_server.py).
 """
 
 from __future__ import annotations
@@ -13,226 +12,30 @@ import contextlib
 import gc
 import logging
 import socket
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import pytest
-import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from routercore.app import error_response
-from routercore.http.messages import Request, Response, WebSocketAccept
+from routercore.http.messages import Request, Response
 from routercore.http.server import HTTPServer, ServerLimits
 from tests.conftest import join, wait_for
+from tests.support.http_client import Client, build, eventually
+from tests.support.http_server import (
+    VARIANTS,
+    capture,
+    echo,
+    errors,
+    make_runner,
+    run_fixture,
+    serve,
+)
 
-Dispatch = Callable[[Request], Awaitable["Response | WebSocketAccept | None"]]
-
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.SelectorEventLoop,
-    "uvloop": uvloop.new_event_loop,
-}
-
-
-# variant name -> (event loop, ServerLimits.fast_path)
-VARIANTS: dict[str, tuple[str, bool]] = {
-    "asyncio": ("asyncio", True),
-    "uvloop": ("uvloop", True),
-    "uvloop-h11": ("uvloop", False),
-}
-_fast_path = True  # what `serve` uses unless a test says; set by the runner
-
-
-Runner = Callable[[Coroutine[Any, Any, Any]], Any]
-
-
-def make_runner(variant: str) -> Runner:
-    """Run a coroutine to completion on a fresh loop, with servers of the named variant."""
-    loop, fast = VARIANTS[variant]
-
-    def runner(coro: Coroutine[Any, Any, Any]) -> Any:
-        global _fast_path
-        _fast_path = fast
-        try:
-            with asyncio.Runner(loop_factory=LOOPS[loop]) as r:
-                return r.run(asyncio.wait_for(coro, 60))
-        finally:
-            _fast_path = True
-
-    return runner
-
-
-@pytest.fixture(params=sorted(VARIANTS))
-def run(request: pytest.FixtureRequest) -> Runner:
-    return make_runner(request.param)
-
-
-# -- helpers ---------------------------------------------------------------------------------
-
-
-async def eventually(
-    predicate: Callable[[], Any], timeout: float = 5.0, message: str = "condition"
-) -> Any:
-    """Poll `predicate` until truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message}")
-        await asyncio.sleep(0.01)
-
-
-@contextlib.asynccontextmanager
-async def serve(
-    dispatch: Dispatch, *, on_error: Any = error_response, **limits: Any
-) -> AsyncIterator[tuple[HTTPServer, int]]:
-    """A real HTTPServer on 127.0.0.1:<free port> in the running loop, stopped afterwards."""
-    limits.setdefault("fast_path", _fast_path)
-    server = HTTPServer(dispatch, ServerLimits(**limits), on_error)
-    _, port = await server.start("127.0.0.1", 0)
-    try:
-        yield server, port
-    finally:
-        await server.shutdown(0)
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-    version: str = "HTTP/1.1"
-    header_list: list[tuple[str, str]] = field(default_factory=list)
-
-    def json(self) -> Any:
-        return orjson.loads(self.body)
-
-
-class Client:
-    """A raw HTTP/1.1 client over asyncio streams: send bytes, parse replies strictly."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def connect(cls, port: int, **kwargs: Any) -> Client:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, **kwargs)
-        return cls(reader, writer)
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def request(
-        self,
-        method: str = "GET",
-        path: str = "/",
-        body: bytes = b"",
-        headers: dict[str, str] | None = None,
-    ) -> Reply:
-        await self.send(build(method, path, body, headers))
-        return await self.reply(method)
-
-    def answer_started(self) -> bool:
-        """Bytes from the server wait unread (the stream API has no public peek)."""
-        return bool(getattr(self.reader, "_buffer", b""))
-
-    async def reply(self, method: str = "GET", timeout: float = 5.0) -> Reply:
-        return await asyncio.wait_for(read_reply(self.reader, method), timeout)
-
-    async def closed(self, timeout: float = 5.0) -> bool:
-        """True once the server has closed: EOF or a reset, with no more bytes before it."""
-
-        async def drain() -> bytes:
-            extra = b""
-            try:
-                while chunk := await self.reader.read(65536):
-                    extra += chunk
-            except ConnectionError:
-                pass
-            return extra
-
-        extra = await asyncio.wait_for(drain(), timeout)
-        assert extra == b"", f"unexpected bytes before close: {extra[:200]!r}"
-        return True
-
-    def close(self) -> None:
-        self.writer.close()
-
-    def abort(self) -> None:
-        self.writer.transport.abort()
-
-
-def build(
-    method: str = "GET", path: str = "/", body: bytes = b"", headers: dict[str, str] | None = None
-) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: test"]
-    hdrs = dict(headers or {})
-    if body and "Content-Length" not in hdrs and "Transfer-Encoding" not in hdrs:
-        hdrs["Content-Length"] = str(len(body))
-    lines += [f"{k}: {v}" for k, v in hdrs.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-async def read_reply(reader: asyncio.StreamReader, method: str = "GET") -> Reply:
-    """Parse one response (status line, headers, framed body); fails on anything malformed."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head[:-4].decode("latin-1").split("\r\n")
-    version, status_text, *_ = lines[0].split(" ", 2)
-    assert version in ("HTTP/1.1", "HTTP/1.0"), lines[0]
-    assert len(status_text) == 3 and status_text.isdigit(), lines[0]
-    status = int(status_text)
-    header_list: list[tuple[str, str]] = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        assert sep and name and name.strip() == name, f"bad header line {line!r}"
-        header_list.append((name.lower(), value.strip()))
-    headers = dict(header_list)
-    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-        body = b""
-    elif "content-length" in headers:
-        body = await reader.readexactly(int(headers["content-length"]))
-    elif headers.get("transfer-encoding") == "chunked":
-        body = b""
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            chunk = await reader.readexactly(size + 2)
-            assert chunk.endswith(b"\r\n")
-            body += chunk[:-2]
-            if size == 0:
-                break
-    else:
-        body = await reader.read()
-    return Reply(status, headers, body, version, header_list)
-
-
-def capture(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="routercore")
-
-
-def errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.levelno >= logging.ERROR]
-
-
-async def echo(request: Request) -> Response:
-    """Echoes what the server parsed, so tests can check it."""
-    return Response.json(
-        {
-            "method": request.method,
-            "path": request.path,
-            "query": request.query,
-            "body": request.body.decode("latin-1"),
-            "peer": request.peer,
-            "headers": {k.decode(): v.decode("latin-1") for k, v in request.headers},
-        }
-    )
+run = run_fixture(VARIANTS)
 
 
 # -- keep-alive, pipelining, framing -----------------------------------------------------------
@@ -532,26 +335,24 @@ def test_malformed_request_gets_400_and_close(
     assert errors(caplog) == []
 
 
-def test_unsupported_http_version_gets_505(run: Any) -> None:
+# Heads the server refuses with a status of their own (not 400), then closes.
+UNSUPPORTED = {
+    "505 HTTP version": (b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505),
+    "501 transfer-encoding": (
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n",
+        501,
+    ),
+}
+
+
+@pytest.mark.parametrize(("raw", "status"), list(UNSUPPORTED.values()), ids=list(UNSUPPORTED))
+def test_unsupported_protocol_gets_its_status_and_close(run: Any, raw: bytes, status: int) -> None:
     async def main() -> None:
         async with serve(echo) as (_, port):
             c = await Client.connect(port)
-            await c.send(b"GET / HTTP/2.0\r\nHost: t\r\n\r\n")
+            await c.send(raw)
             r = await c.reply()
-            assert r.status == 505
-            assert "error" in r.json()
-            assert await c.closed()
-
-    run(main())
-
-
-def test_unsupported_transfer_encoding_gets_501(run: Any) -> None:
-    async def main() -> None:
-        async with serve(echo) as (_, port):
-            c = await Client.connect(port)
-            await c.send(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n")
-            r = await c.reply()
-            assert r.status == 501
+            assert r.status == status
             assert "error" in r.json()
             assert await c.closed()
 
@@ -692,7 +493,8 @@ def test_handler_that_streams_then_crashes_aborts_the_connection(
     assert any("event=handler_crashed" in r.getMessage() for r in caplog.records)
 
 
-def test_client_disconnect_cancels_the_handler(run: Any) -> None:
+@pytest.mark.parametrize("leave", ["reset", "half-close"])
+def test_client_leaving_cancels_the_handler(run: Any, leave: str) -> None:
     started = asyncio.Event()
     cancelled = asyncio.Event()
     gone_callbacks: list[str] = []
@@ -713,34 +515,13 @@ def test_client_disconnect_cancels_the_handler(run: Any) -> None:
             c = await Client.connect(port)
             await c.send(build("GET", "/"))
             await asyncio.wait_for(started.wait(), 5)
-            c.abort()
+            if leave == "reset":
+                c.abort()
+            else:
+                c.writer.write_eof()
             await asyncio.wait_for(cancelled.wait(), 5)
             assert gone_callbacks == ["gone"]
             await eventually(lambda: not server.state.connections, message="connection gone")
-
-    run(main())
-
-
-def test_client_half_close_cancels_the_handler(run: Any) -> None:
-    started = asyncio.Event()
-    cancelled = asyncio.Event()
-
-    async def handler(request: Request) -> Response:
-        started.set()
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return Response.json({})
-
-    async def main() -> None:
-        async with serve(handler) as (_, port):
-            c = await Client.connect(port)
-            await c.send(build("GET", "/"))
-            await asyncio.wait_for(started.wait(), 5)
-            c.writer.write_eof()
-            await asyncio.wait_for(cancelled.wait(), 5)
 
     run(main())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,22 +23,10 @@ from wsproto.events import Request as WSRequest
 
 from routercore.http.messages import Request, Response, WebSocketAccept
 from routercore.http.websocket import WebSocket, is_upgrade
-from tests.unit.test_http_server import (
-    LOOPS,
-    Client,
-    Runner,
-    build,
-    capture,
-    errors,
-    eventually,
-    make_runner,
-    serve,
-)
+from tests.support.http_client import Client, build, eventually
+from tests.support.http_server import LOOPS, capture, errors, make_runner, run_fixture, serve
 
-
-@pytest.fixture(params=sorted(LOOPS))
-def run(request: pytest.FixtureRequest) -> Runner:
-    return make_runner(request.param)
+run = run_fixture(LOOPS)
 
 
 class WSClient:
@@ -316,26 +305,30 @@ def test_plain_request_on_the_ws_path_gets_the_handlers_answer(run: Any) -> None
     run(main())
 
 
-def test_protocol_violation_closes_with_1002(run: Any) -> None:
+# What the client sends -> the close code the server answers with.
+CLOSING_MISTAKES: dict[str, tuple[Callable[[WSClient], None], int]] = {
+    # an unmasked client frame is a protocol error
+    "protocol violation 1002": (lambda c: c.writer.write(b"\x81\x05hello"), 1002),
+    "message over the size cap 1009": (
+        lambda c: c.send(TextMessage(data="m" * (1024 * 1024 + 10))),
+        1009,
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("mistake", "code"), list(CLOSING_MISTAKES.values()), ids=list(CLOSING_MISTAKES)
+)
+def test_client_mistake_closes_with_its_code(
+    run: Any, mistake: Callable[[WSClient], None], code: int
+) -> None:
     async def main() -> None:
         async with serve(ws_app(echo_session)) as (_, port):
             c = await WSClient.connect(port)
-            c.writer.write(b"\x81\x05hello")  # an unmasked client frame is a protocol error
+            mistake(c)
             event = await c.next_event()
             assert isinstance(event, CloseConnection)
-            assert event.code == 1002
-
-    run(main())
-
-
-def test_message_over_the_size_cap_closes_with_1009(run: Any) -> None:
-    async def main() -> None:
-        async with serve(ws_app(echo_session)) as (_, port):
-            c = await WSClient.connect(port)
-            c.send(TextMessage(data="m" * (1024 * 1024 + 10)))
-            event = await c.next_event()
-            assert isinstance(event, CloseConnection)
-            assert event.code == 1009
+            assert event.code == code
 
     run(main())
 
