@@ -21,6 +21,9 @@ class FlowControl:
         self.high_water = high_water
         transport.set_write_buffer_limits(high=high_water)
         self.read_paused = False
+        # A plain flag beside the event: writers test it on every write (a property would
+        # cost a Python call there); the event is only for those that must wait.
+        self.write_paused = False
         self._writable = asyncio.Event()
         self._writable.set()
 
@@ -38,16 +41,14 @@ class FlowControl:
 
     # -- writing -----------------------------------------------------------------------------
 
-    @property
-    def write_paused(self) -> bool:
-        """The transport's buffer went over the high-water mark and has not drained yet."""
-        return not self._writable.is_set()
-
     def pause_writing(self) -> None:
+        """The transport's buffer went over the high-water mark."""
+        self.write_paused = True
         self._writable.clear()
 
     def resume_writing(self) -> None:
         """Also called when the connection is lost, so that no writer waits forever."""
+        self.write_paused = False
         self._writable.set()
 
     def buffer_full(self) -> bool:
@@ -56,7 +57,7 @@ class FlowControl:
 
     async def wait_writable(self, timeout: float) -> bool:
         """Wait until writing may go on; False when the reader took nothing for `timeout`."""
-        if self._writable.is_set():
+        if not self.write_paused:
             return True
         try:
             await asyncio.wait_for(self._writable.wait(), timeout)
