@@ -1,5 +1,8 @@
 """A real `HTTPServer` for tests, on the stock asyncio loop and on uvloop, fast path on or off.
 
+The variants: asyncio, uvloop, and uvloop with the wire's fast path off so that h11 reads every
+request; a test module takes them all with `run = run_fixture(VARIANTS)` (one suite, both paths).
+
 `make_runner(variant)` runs a test's coroutine on a fresh loop of that variant; `serve(...)`
 starts a server with the variant's wire path on a free port inside it. `echo` answers with
 what the server parsed; `capture` / `errors` look at the logs.
