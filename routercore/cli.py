@@ -11,6 +11,7 @@ from typing import Any
 from routercore import __version__, logsafe
 from routercore.config import ENV_PREFIX, load_config, settings
 from routercore.errors import ConfigError
+from routercore.logring import FORMAT
 
 # Settings that get their own short, conventional flags (the rest: --setting-name).
 _CONTRACT_FLAGS = {"host", "port", "db", "log_level"}
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        format=FORMAT,
         stream=sys.stderr,
     )
     logsafe.install()

@@ -39,6 +39,10 @@ class LogRing(logging.Handler):
         except Exception:  # a bad format argument must not break the caller
             self.handleError(record)
 
+    def extend(self, lines: list[str], level: int = logging.INFO) -> None:
+        """Lines already formatted as FORMAT (the access log's batches)."""
+        self.records.extend((level, line) for line in lines)
+
     def tail(self, lines: int, min_level: int = 0) -> list[str]:
         """The newest `lines` lines at or above `min_level`, oldest first, masked."""
         picked: list[str] = []

@@ -80,3 +80,5 @@ class HTTPServer:
         if pending:
             # Let the cut handlers run their cleanup (accounting) before the caller moves on.
             await asyncio.wait(pending, timeout=1.0)
+        # The last access lines are written before the caller moves on (and the process ends).
+        await asyncio.to_thread(self.state.access_log.close)
