@@ -3,19 +3,16 @@
 The compiled balancer keeps its prompt-prefix index in routercore._prefix_index (the twin's:
 routercore._prefix_index_py); the two extensions are used together or not at all.
 
-The switch mirrors aiohttp's: the compiled module is used when it imports, unless
-LLM_ROUTER_NO_EXTENSIONS=1 (then it is not even loaded); LLM_ROUTER_REQUIRE_EXTENSIONS=1 turns a
-missing build into an ImportError so CI cannot silently test only the twin.
+The LLM_ROUTER_NO_EXTENSIONS / LLM_ROUTER_REQUIRE_EXTENSIONS switches are read in
+extensions.py.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
-from routercore import _balancer_py, _prefix_index_py
+from routercore import _balancer_py, _prefix_index_py, extensions
 from routercore._balancer_py import (
     ALGORITHMS,
     DEFAULT_AFFINITY_EPSILON,
@@ -40,29 +37,11 @@ __all__ = [
 
 log = logging.getLogger("routercore.balancer")
 
-_NO_EXTENSIONS = os.environ.get("LLM_ROUTER_NO_EXTENSIONS") == "1"
-_REQUIRE_EXTENSIONS = os.environ.get("LLM_ROUTER_REQUIRE_EXTENSIONS") == "1"
-
-_compiled: Any = None
-_compiled_index: Any = None
-COMPILED_UNAVAILABLE_REASON: str | None = None
-if _NO_EXTENSIONS:
-    COMPILED_UNAVAILABLE_REASON = "LLM_ROUTER_NO_EXTENSIONS=1"
-else:
-    try:
-        _compiled_index = importlib.import_module("routercore._prefix_index")
-        _compiled = importlib.import_module("routercore._balancer")
-    except ImportError as exc:
-        if _REQUIRE_EXTENSIONS:
-            raise ImportError(
-                "LLM_ROUTER_REQUIRE_EXTENSIONS=1 but routercore._balancer or "
-                "routercore._prefix_index is not built (run `python setup.py build_ext --inplace`)"
-            ) from exc
-        _compiled_index = None
-        COMPILED_UNAVAILABLE_REASON = (
-            f"routercore._balancer not built ({exc}); run `python setup.py build_ext --inplace`"
-        )
-
+_loaded, COMPILED_UNAVAILABLE_REASON = extensions.load(
+    "routercore._prefix_index", "routercore._balancer"
+)
+_compiled_index: Any = _loaded[0] if _loaded else None
+_compiled: Any = _loaded[1] if _loaded else None
 COMPILED_AVAILABLE: bool = _compiled is not None
 IMPLEMENTATION: str = "cython" if COMPILED_AVAILABLE else "python"
 
