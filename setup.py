@@ -52,6 +52,7 @@ def extensions() -> list[Extension]:
     exts = [
         Extension("routercore._balancer", ["ext/balancer.pyx"]),
         Extension("routercore._prefix_index", ["ext/prefix_index.pyx"]),
+        Extension("routercore._wire", ["ext/wire.pyx"]),
     ]
     return cythonize(
         exts, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False}

@@ -49,7 +49,8 @@ def test_sdist_carries_the_sources_and_no_build_output(release: Release) -> None
     assert all(n.startswith(top) for n in names)
     files = {n[len(top) :] for n in names}
     for needed in (
-        "ext/balancer.pyx", "setup.py", "pyproject.toml", "MANIFEST.in", "PKG-INFO",
+        "ext/balancer.pyx", "ext/wire.pyx", "routercore/_wire_py.py",
+        "setup.py", "pyproject.toml", "MANIFEST.in", "PKG-INFO",
         "README.md", "README.ja.md", "LICENSE",
         "routercore/static/dashboard.html", "routercore/static/dashboard.js",
         "routercore/static/dashboard.css", "routercore/py.typed", "routercore/_balancer_py.py",
@@ -68,7 +69,8 @@ def test_compiled_wheel_is_manylinux_and_carries_the_balancer(release: Release) 
     assert str(version) == VERSION
     assert all(t.platform.startswith("manylinux") for t in tags), tags  # auditwheel repaired it
     names = run(["unzip", "-Z1", str(release.compiled_wheel)]).stdout.split()
-    assert [n for n in names if re.fullmatch(r"routercore/_balancer\..*\.so", n)]
+    for module in ("_balancer", "_prefix_index", "_wire"):
+        assert [n for n in names if re.fullmatch(rf"routercore/{module}\..*\.so", n)], module
     for needed in ("routercore/static/dashboard.html", "agent/py.typed", "routercore/cli.py"):
         assert needed in names
     assert {f"routercore/static/{script}" for script in SCRIPTS} <= set(names)
@@ -84,6 +86,7 @@ def test_pure_wheel_has_no_extension_and_no_uvloop_on_windows(release: Release) 
     names = run(["unzip", "-Z1", str(release.pure_wheel)]).stdout.split()
     assert not [n for n in names if n.endswith((".so", ".pyd"))]
     assert "routercore/_balancer_py.py" in names and "routercore/static/dashboard.js" in names
+    assert "routercore/_wire_py.py" in names
     assert {f"routercore/static/{script}" for script in SCRIPTS} <= set(names)
     metadata = zipfile.ZipFile(release.pure_wheel).read(f"llm_router-{VERSION}.dist-info/METADATA")
     assert b'Requires-Dist: uvloop>=0.19; sys_platform != "win32"' in metadata

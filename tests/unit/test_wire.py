@@ -4,10 +4,19 @@ The fast path may only accept what h11 accepts, with the same meaning, and must 
 as h11 does. The property tests feed generated requests (valid and not, split anywhere,
 pipelined) to a fast wire and to an h11-only wire and require the same events; and send
 generated answers through both and require that a client (h11) reads the same response.
+
+Every test runs on both implementations (the `w` fixture: the compiled routercore._wire and
+its twin routercore._wire_py); the `test_cython_*` ones also require the two to give the same
+events and the same bytes for generated input.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import h11
@@ -15,16 +24,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from routercore.http.wire import (
-    CLOSED,
-    END,
-    NEED_DATA,
-    NOT_SIMPLE,
-    PAUSED,
-    Head,
-    ServerWire,
-    parse_simple_head,
+from routercore.http import wire as facade
+from routercore.http.wire import CLOSED, END, NEED_DATA, NOT_SIMPLE, PAUSED
+
+REPO = Path(__file__).resolve().parents[2]
+
+_COMPILED = pytest.mark.skipif(
+    not facade.COMPILED_AVAILABLE,
+    reason=f"compiled wire unavailable: {facade.COMPILED_UNAVAILABLE_REASON}",
 )
+
+
+@pytest.fixture(params=["python", pytest.param("cython", marks=_COMPILED)])
+def w(request: pytest.FixtureRequest) -> ModuleType:
+    """The wire module of the parametrized implementation."""
+    module = facade.implementation(request.param)
+    assert request.param == module.IMPLEMENTATION
+    return module
+
 
 PLAIN = (
     b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
@@ -32,14 +49,14 @@ PLAIN = (
 )
 
 
-def parsed(data: bytes, max_head: int = 65536) -> Head:
-    result = parse_simple_head(data, max_head)
+def parsed(w: ModuleType, data: bytes, max_head: int = 65536) -> Any:
+    result = w.parse_simple_head(data, max_head)
     assert isinstance(result, tuple), result
     return result[0]
 
 
-def test_a_plain_request_is_parsed_on_the_fast_path() -> None:
-    result = parse_simple_head(PLAIN, 65536)
+def test_a_plain_request_is_parsed_on_the_fast_path(w: ModuleType) -> None:
+    result = w.parse_simple_head(PLAIN, 65536)
     assert isinstance(result, tuple)
     head, size = result
     assert PLAIN[size:] == b"{}"
@@ -55,8 +72,8 @@ def test_a_plain_request_is_parsed_on_the_fast_path() -> None:
     ]
 
 
-def test_header_values_lose_surrounding_whitespace_only() -> None:
-    head = parsed(b"GET /?q=a%20b HTTP/1.1\r\nHost:x\r\nX-A: \t a \t b\t \r\nX-E:\r\n\r\n")
+def test_header_values_lose_surrounding_whitespace_only(w: ModuleType) -> None:
+    head = parsed(w, b"GET /?q=a%20b HTTP/1.1\r\nHost:x\r\nX-A: \t a \t b\t \r\nX-E:\r\n\r\n")
     assert head.headers == [(b"host", b"x"), (b"x-a", b"a \t b"), (b"x-e", b"")]
     assert head.content_length is None
 
@@ -87,22 +104,22 @@ def test_header_values_lose_surrounding_whitespace_only() -> None:
         b"\x16\x03\x01\x02\x00\x01",  # TLS client hello: h11 rejects at once
     ],
 )
-def test_anything_unusual_is_left_to_h11(data: bytes) -> None:
-    assert parse_simple_head(data, 65536) is NOT_SIMPLE
+def test_anything_unusual_is_left_to_h11(w: ModuleType, data: bytes) -> None:
+    assert w.parse_simple_head(data, 65536) is NOT_SIMPLE
 
 
-def test_incomplete_heads_wait_until_the_limit_then_go_to_h11() -> None:
-    assert parse_simple_head(b"GET / HTTP/1.1\r\nHost: x\r\n", 1024) is NEED_DATA
-    assert parse_simple_head(b"GET / HTTP/1.1\n\n", 1024) is NOT_SIMPLE  # h11: head ends here
-    assert parse_simple_head(b"GET / HTTP/1.1\r\nX: " + b"a" * 2000, 1024) is NOT_SIMPLE
+def test_incomplete_heads_wait_until_the_limit_then_go_to_h11(w: ModuleType) -> None:
+    assert w.parse_simple_head(b"GET / HTTP/1.1\r\nHost: x\r\n", 1024) is NEED_DATA
+    assert w.parse_simple_head(b"GET / HTTP/1.1\n\n", 1024) is NOT_SIMPLE  # h11: head ends here
+    assert w.parse_simple_head(b"GET / HTTP/1.1\r\nX: " + b"a" * 2000, 1024) is NOT_SIMPLE
     whole = b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 2000 + b"\r\n\r\n"
-    assert parse_simple_head(whole, 1024) is NOT_SIMPLE  # complete but larger than the limit
+    assert w.parse_simple_head(whole, 1024) is NOT_SIMPLE  # complete but larger than the limit
 
 
-def test_a_connection_moves_to_h11_for_good_after_an_unusual_request() -> None:
-    wire = ServerWire(65536)
+def test_a_connection_moves_to_h11_for_good_after_an_unusual_request(w: ModuleType) -> None:
+    wire = w.ServerWire(65536)
     wire.receive_data(PLAIN + b"GET / HTTP/1.0\r\n\r\n")
-    assert isinstance(wire.next_event(), Head)
+    assert isinstance(wire.next_event(), w.Head)
     assert wire.fast
     assert wire.next_event() == b"{}"
     assert wire.next_event() is END
@@ -111,15 +128,15 @@ def test_a_connection_moves_to_h11_for_good_after_an_unusual_request() -> None:
     wire.send_end()
     assert wire.start_next_cycle()
     head = wire.next_event()
-    assert isinstance(head, Head) and head.http_version == b"1.0"
+    assert isinstance(head, w.Head) and head.http_version == b"1.0"
     assert not wire.fast
 
 
-def test_fast_framing_errors_match_h11() -> None:
+def test_fast_framing_errors_match_h11(w: ModuleType) -> None:
     for fast in (True, False):
-        wire = ServerWire(65536, fast=fast)
+        wire = w.ServerWire(65536, fast=fast)
         wire.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert isinstance(wire.next_event(), Head)
+        assert isinstance(wire.next_event(), w.Head)
         with pytest.raises(h11.LocalProtocolError):
             wire.send_head(200, [(b"x-bad", b"a\r\nb: c")], b"OK")
         assert wire.can_start_response  # an invalid head changes nothing: a 500 can follow
@@ -186,7 +203,7 @@ def _stream(draw: Any) -> tuple[list[bytes], bool, int]:
     return [p for p in pieces if p], eof, max_head
 
 
-def _drive(wire: ServerWire, pieces: list[bytes], eof: bool) -> list[Any]:
+def _drive(w: ModuleType, wire: Any, pieces: list[bytes], eof: bool) -> list[Any]:
     """Feed the pieces; answer each complete request; record what the wire reported."""
     out: list[Any] = []
 
@@ -205,7 +222,7 @@ def _drive(wire: ServerWire, pieces: list[bytes], eof: bool) -> list[Any]:
             if event is PAUSED:
                 out.append("paused")
                 return False
-            if isinstance(event, Head):
+            if isinstance(event, w.Head):
                 out.append(("head", event.method, event.target, event.http_version,
                             tuple(event.headers)))  # fmt: skip
             elif event is END:
@@ -238,10 +255,12 @@ def _drive(wire: ServerWire, pieces: list[bytes], eof: bool) -> list[Any]:
 
 @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
 @given(case=_stream())
-def test_fast_wire_reports_exactly_what_h11_reports(case: tuple[list[bytes], bool, int]) -> None:
+def test_fast_wire_reports_exactly_what_h11_reports(
+    w: ModuleType, case: tuple[list[bytes], bool, int]
+) -> None:
     pieces, eof, max_head = case
-    fast = _drive(ServerWire(max_head, fast=True), pieces, eof)
-    reference = _drive(ServerWire(max_head, fast=False), pieces, eof)
+    fast = _drive(w, w.ServerWire(max_head, fast=True), pieces, eof)
+    reference = _drive(w, w.ServerWire(max_head, fast=False), pieces, eof)
     assert fast == reference
 
 
@@ -272,12 +291,12 @@ def _response(draw: Any) -> tuple[int, list[tuple[bytes, bytes]], list[bytes]]:
 
 
 def _answer(
-    fast: bool, status: int, headers: list[tuple[bytes, bytes]], pieces: list[bytes]
+    w: ModuleType, fast: bool, status: int, headers: list[tuple[bytes, bytes]], pieces: list[bytes]
 ) -> Any:
     """Send one answer to `GET /`; what a client reads from it, or where sending failed."""
-    wire = ServerWire(65536, fast=fast)
+    wire = w.ServerWire(65536, fast=fast)
     wire.receive_data(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
-    assert isinstance(wire.next_event(), Head)
+    assert isinstance(wire.next_event(), w.Head)
     assert wire.next_event() is END
     out = b""
     step = "head"
@@ -313,7 +332,166 @@ def _answer(
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 @given(case=_response())
 def test_fast_answers_read_exactly_like_h11_answers(
+    w: ModuleType,
     case: tuple[int, list[tuple[bytes, bytes]], list[bytes]],
 ) -> None:
     status, headers, pieces = case
-    assert _answer(True, status, headers, pieces) == _answer(False, status, headers, pieces)
+    assert _answer(w, True, status, headers, pieces) == _answer(w, False, status, headers, pieces)
+
+
+# -- the compiled wire against its twin: same events, same bytes ------------------------------
+
+# Bytes that sit on the edges of the head grammar: separators, whitespace that is and is not
+# allowed in a value, NUL, DEL, a non-ASCII byte, upper case, digits.
+_EDGE_BYTES = b"\x00\t\n\x0b\x0c\r :;,/AZaz09-\x7f\x80\xff"
+
+
+@st.composite
+def _mutated_head(draw: Any) -> tuple[bytes, int]:
+    """A generated request with a few bytes replaced, inserted or cut, and a head limit."""
+    data = bytearray(draw(_request()))
+    for _ in range(draw(st.integers(0, 3))):
+        if not data:
+            break
+        at = draw(st.integers(0, len(data) - 1))
+        byte = draw(st.sampled_from(_EDGE_BYTES))
+        kind = draw(st.sampled_from(["replace", "insert", "cut"]))
+        if kind == "replace":
+            data[at] = byte
+        elif kind == "insert":
+            data.insert(at, byte)
+        else:
+            del data[at:]
+    max_head = draw(st.sampled_from([65536, 40, max(1, len(data) - 4), len(data)]))
+    return bytes(data), max_head
+
+
+def _parse_summary(w: ModuleType, data: bytes, max_head: int) -> Any:
+    try:
+        result = w.parse_simple_head(data, max_head)
+    except IndexError:
+        return "IndexError"
+    if not isinstance(result, tuple):
+        return repr(result)
+    head, size = result
+    fields = (head.method, head.target, head.http_version, head.headers, head.content_length)
+    return fields, size, [type(x) for x in (head.method, head.target, *head.headers[0])]
+
+
+@_COMPILED
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(case=_mutated_head())
+def test_cython_parser_matches_the_twin_on_generated_heads(case: tuple[bytes, int]) -> None:
+    data, max_head = case
+    compiled, twin = facade.implementation("cython"), facade.implementation("python")
+    assert _parse_summary(compiled, data, max_head) == _parse_summary(twin, data, max_head)
+
+
+@_COMPILED
+@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+@given(case=_stream())
+def test_cython_wire_reports_exactly_what_the_twin_reports(
+    case: tuple[list[bytes], bool, int],
+) -> None:
+    pieces, eof, max_head = case
+    compiled, twin = facade.implementation("cython"), facade.implementation("python")
+    for fast in (True, False):
+        assert _drive(compiled, compiled.ServerWire(max_head, fast=fast), pieces, eof) == _drive(
+            twin, twin.ServerWire(max_head, fast=fast), pieces, eof
+        )
+
+
+def _framed(
+    w: ModuleType,
+    read_request: bool,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    pieces: list[bytes],
+) -> Any:
+    """The exact bytes one answer is framed as (or where it was refused), and what follows."""
+    wire = w.ServerWire(65536)
+    if read_request:
+        wire.receive_data(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert isinstance(wire.next_event(), w.Head)
+        assert wire.next_event() is END
+    out = []
+    try:
+        out.append(wire.send_head(status, headers, b"Reason"))
+        out += [wire.send_data(piece) for piece in pieces]
+        out.append(wire.send_end())
+    except h11.LocalProtocolError as exc:
+        out.append(("refused", str(exc), wire.can_start_response))
+    return out, wire.can_start_response, wire.start_next_cycle()
+
+
+@_COMPILED
+@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    case=_response(),
+    read_request=st.booleans(),
+    extra=st.lists(st.binary(max_size=300), max_size=3),
+)
+def test_cython_frames_answers_byte_for_byte_like_the_twin(
+    case: tuple[int, list[tuple[bytes, bytes]], list[bytes]],
+    read_request: bool,
+    extra: list[bytes],
+) -> None:
+    status, headers, pieces = case
+    pieces = pieces + extra  # sizes past one hex digit
+    compiled, twin = facade.implementation("cython"), facade.implementation("python")
+    assert _framed(compiled, read_request, status, headers, pieces) == _framed(
+        twin, read_request, status, headers, pieces
+    )
+
+
+@_COMPILED
+def test_cython_chunks_of_any_size_and_buffer_type_match_the_twin() -> None:
+    compiled, twin = facade.implementation("cython"), facade.implementation("python")
+    for size in (1, 15, 16, 255, 256, 4095, 4096, 65536, 1 << 20):
+        for data in (b"x" * size, bytearray(b"y" * size), memoryview(b"z" * size)):
+            framed = [
+                _framed(w, True, 200, [(b"content-type", b"text/plain")], [data, b"", data])
+                for w in (compiled, twin)
+            ]
+            assert framed[0] == framed[1]
+            assert framed[0][0][1] == b"%x\r\n" % size + bytes(data) + b"\r\n"
+
+
+# -- which implementation the facade picks ------------------------------------------------------
+
+_PROBE = "from routercore.http import wire\nprint('impl', wire.IMPLEMENTATION, wire.ServerWire)\n"
+
+
+def _run_python(code: str, env_overrides: dict[str, str]) -> str:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("LLM_ROUTER_NO_EXTENSIONS", "LLM_ROUTER_REQUIRE_EXTENSIONS")
+    }
+    env.update(env_overrides)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    return proc.stdout + proc.stderr
+
+
+def test_no_extensions_env_gives_the_twin_wire() -> None:
+    out = _run_python(
+        _PROBE, {"LLM_ROUTER_NO_EXTENSIONS": "1", "LLM_ROUTER_REQUIRE_EXTENSIONS": "1"}
+    )
+    assert "impl python <class 'routercore._wire_py.ServerWire'>" in out
+
+
+@_COMPILED
+def test_cython_wire_is_preferred_when_built() -> None:
+    assert "impl cython <class 'routercore._wire.ServerWire'>" in _run_python(_PROBE, {})
+
+
+def test_a_missing_wire_build_fails_only_when_required() -> None:
+    code = "import sys\nsys.modules['routercore._wire'] = None\n" + _PROBE
+    assert "ImportError: LLM_ROUTER_REQUIRE_EXTENSIONS=1 but routercore._wire" in _run_python(
+        code, {"LLM_ROUTER_REQUIRE_EXTENSIONS": "1"}
+    )
+    assert "impl python" in _run_python(code, {})
+    with pytest.raises(ValueError):
+        facade.implementation("rust")
