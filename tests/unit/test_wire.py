@@ -445,6 +445,20 @@ def test_cython_frames_answers_byte_for_byte_like_the_twin(
 
 
 @_COMPILED
+def test_cython_parser_matches_the_twin_for_every_byte_at_every_position() -> None:
+    """Each of the 256 byte values put in place of, and before, each byte of a plain head."""
+    compiled, twin = facade.implementation("cython"), facade.implementation("python")
+    head = PLAIN[: PLAIN.index(b"\r\n\r\n") + 4]
+    for at in range(len(head)):
+        for byte in range(256):
+            for data in (
+                head[:at] + bytes([byte]) + head[at + 1 :],
+                head[:at] + bytes([byte]) + head[at:],
+            ):
+                assert _parse_summary(compiled, data, 65536) == _parse_summary(twin, data, 65536)
+
+
+@_COMPILED
 def test_cython_chunks_of_any_size_and_buffer_type_match_the_twin() -> None:
     compiled, twin = facade.implementation("cython"), facade.implementation("python")
     for size in (1, 15, 16, 255, 256, 4095, 4096, 65536, 1 << 20):
