@@ -30,3 +30,33 @@ def load(*names: str) -> tuple[list[ModuleType] | None, str | None]:
                 f"({_BUILD_HINT})"
             ) from exc
         return None, f"{names[-1]} not built ({exc}); {_BUILD_HINT}"
+
+
+class Choice:
+    """One facade's pick: the compiled module if it loaded, else the twin; both on request."""
+
+    def __init__(self, compiled_name: str, twin: ModuleType) -> None:
+        loaded, self.unavailable_reason = load(compiled_name)
+        self.compiled: ModuleType | None = loaded[0] if loaded else None
+        self.twin = twin
+        self.compiled_name = compiled_name
+
+    @property
+    def available(self) -> bool:
+        return self.compiled is not None
+
+    @property
+    def selected(self) -> ModuleType:
+        return self.compiled if self.compiled is not None else self.twin
+
+    def implementation(self, name: str) -> ModuleType:
+        """The module of one implementation ("cython"/"python"), for tests and the bench."""
+        if name == "python":
+            return self.twin
+        if name == "cython":
+            if self.compiled is None:
+                raise ImportError(
+                    f"cython {self.compiled_name} unavailable: {self.unavailable_reason}"
+                )
+            return self.compiled
+        raise ValueError(f"unknown implementation {name!r}; valid choices: cython, python")

@@ -9,8 +9,7 @@ LLM_ROUTER_REQUIRE_EXTENSIONS switches are read in routercore/extensions.py. The
 
 from __future__ import annotations
 
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from routercore import _wire_py, extensions
 from routercore._wire_py import CLOSED, NEED_DATA, NOT_SIMPLE, PAUSED, Event
@@ -32,10 +31,11 @@ __all__ = [
     "parse_simple_head",
 ]
 
-_loaded, COMPILED_UNAVAILABLE_REASON = extensions.load("routercore._wire")
-_compiled: Any = _loaded[0] if _loaded else None
-COMPILED_AVAILABLE: bool = _compiled is not None
+_choice = extensions.Choice("routercore._wire", _wire_py)
+COMPILED_AVAILABLE: bool = _choice.available
+COMPILED_UNAVAILABLE_REASON: str | None = _choice.unavailable_reason
 IMPLEMENTATION: str = "cython" if COMPILED_AVAILABLE else "python"
+implementation = _choice.implementation
 
 if TYPE_CHECKING:
     # Both modules share one API; the twin is the one mypy can read.
@@ -43,19 +43,6 @@ if TYPE_CHECKING:
     ServerWire = _wire_py.ServerWire
     parse_simple_head = _wire_py.parse_simple_head
 else:
-    _selected = _compiled if COMPILED_AVAILABLE else _wire_py
-    Head = _selected.Head
-    ServerWire = _selected.ServerWire
-    parse_simple_head = _selected.parse_simple_head
-
-
-def implementation(name: str) -> ModuleType:
-    """The wire module of one implementation ("cython"/"python"), for tests and the bench."""
-    if name == "python":
-        return _wire_py
-    if name == "cython":
-        if _compiled is None:
-            raise ImportError(f"cython wire unavailable: {COMPILED_UNAVAILABLE_REASON}")
-        module: ModuleType = _compiled
-        return module
-    raise ValueError(f"unknown implementation {name!r}; valid choices: cython, python")
+    Head = _choice.selected.Head
+    ServerWire = _choice.selected.ServerWire
+    parse_simple_head = _choice.selected.parse_simple_head

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import pytest
 
 from routercore import balancer as facade
 from routercore._balancer_py import Balancer as PyBalancer
 from routercore._balancer_py import load_score
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.twins import run_python
 
 IMPLEMENTATIONS = [
     pytest.param("python", id="python"),
@@ -470,30 +465,11 @@ def test_facade_logs_implementation_once() -> None:
         "Balancer(); Balancer('latency'); make_balancer('round_robin')\n"
         "print('selected', IMPLEMENTATION)\n"
     )
-    out = _run_python(code, {})
+    out = run_python(code, {})
     selected = out.split("selected ", 1)[1].strip()
     lines = [line for line in out.splitlines() if line.startswith("routercore.balancer ")]
     assert len(lines) == 1
     assert f"implementation={selected} algorithm=least_loaded" in lines[0]
-
-
-def _run_python(code: str, env_overrides: dict[str, str]) -> str:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("LLM_ROUTER_NO_EXTENSIONS", "LLM_ROUTER_REQUIRE_EXTENSIONS")
-    }
-    env.update(env_overrides)
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return proc.stdout + proc.stderr
 
 
 PROBE = (
@@ -503,20 +479,18 @@ PROBE = (
 
 
 def test_no_extensions_env_forces_the_twin() -> None:
-    out = _run_python(PROBE, {"LLM_ROUTER_NO_EXTENSIONS": "1"})
+    out = run_python(PROBE, {"LLM_ROUTER_NO_EXTENSIONS": "1"})
     assert "impl python False python" in out
 
 
 def test_no_extensions_wins_over_require() -> None:
-    out = _run_python(
-        PROBE, {"LLM_ROUTER_NO_EXTENSIONS": "1", "LLM_ROUTER_REQUIRE_EXTENSIONS": "1"}
-    )
+    out = run_python(PROBE, {"LLM_ROUTER_NO_EXTENSIONS": "1", "LLM_ROUTER_REQUIRE_EXTENSIONS": "1"})
     assert "impl python False python" in out
 
 
 @pytest.mark.skipif(not facade.COMPILED_AVAILABLE, reason="compiled balancer not built")
 def test_compiled_module_is_preferred_when_built() -> None:
-    out = _run_python(PROBE, {})
+    out = run_python(PROBE, {})
     assert "impl cython True cython" in out
 
 
@@ -532,13 +506,13 @@ def test_require_extensions_fails_loudly_without_the_build() -> None:
         "else:\n"
         "    print('imported')\n"
     )
-    out = _run_python(code, {"LLM_ROUTER_REQUIRE_EXTENSIONS": "1"})
+    out = run_python(code, {"LLM_ROUTER_REQUIRE_EXTENSIONS": "1"})
     assert "ImportError LLM_ROUTER_REQUIRE_EXTENSIONS=1" in out
     # Without the requirement the same missing build silently falls back to the twin.
     fallback = code.replace(
         "print('imported')", "print('impl', routercore.balancer.IMPLEMENTATION)"
     )
-    assert "impl python" in _run_python(fallback, {})
+    assert "impl python" in run_python(fallback, {})
 
 
 def test_cython_unavailable_when_not_loaded() -> None:
@@ -549,5 +523,5 @@ def test_cython_unavailable_when_not_loaded() -> None:
         "except ImportError as exc:\n"
         "    print('ImportError', exc)\n"
     )
-    out = _run_python(code, {"LLM_ROUTER_NO_EXTENSIONS": "1"})
+    out = run_python(code, {"LLM_ROUTER_NO_EXTENSIONS": "1"})
     assert "ImportError cython balancer unavailable: LLM_ROUTER_NO_EXTENSIONS=1" in out

@@ -12,10 +12,6 @@ events and the same bytes for generated input.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -26,8 +22,7 @@ from hypothesis import strategies as st
 
 from routercore.http import wire as facade
 from routercore.http.wire import CLOSED, END, NEED_DATA, NOT_SIMPLE, PAUSED
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.twins import mutate, run_python
 
 _COMPILED = pytest.mark.skipif(
     not facade.COMPILED_AVAILABLE,
@@ -349,21 +344,9 @@ _EDGE_BYTES = b"\x00\t\n\x0b\x0c\r :;,/AZaz09-\x7f\x80\xff"
 @st.composite
 def _mutated_head(draw: Any) -> tuple[bytes, int]:
     """A generated request with a few bytes replaced, inserted or cut, and a head limit."""
-    data = bytearray(draw(_request()))
-    for _ in range(draw(st.integers(0, 3))):
-        if not data:
-            break
-        at = draw(st.integers(0, len(data) - 1))
-        byte = draw(st.sampled_from(_EDGE_BYTES))
-        kind = draw(st.sampled_from(["replace", "insert", "cut"]))
-        if kind == "replace":
-            data[at] = byte
-        elif kind == "insert":
-            data.insert(at, byte)
-        else:
-            del data[at:]
+    data = mutate(draw, draw(_request()), _EDGE_BYTES)
     max_head = draw(st.sampled_from([65536, 40, max(1, len(data) - 4), len(data)]))
-    return bytes(data), max_head
+    return data, max_head
 
 
 def _parse_summary(w: ModuleType, data: bytes, max_head: int) -> Any:
@@ -476,21 +459,8 @@ def test_cython_chunks_of_any_size_and_buffer_type_match_the_twin() -> None:
 _PROBE = "from routercore.http import wire\nprint('impl', wire.IMPLEMENTATION, wire.ServerWire)\n"
 
 
-def _run_python(code: str, env_overrides: dict[str, str]) -> str:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("LLM_ROUTER_NO_EXTENSIONS", "LLM_ROUTER_REQUIRE_EXTENSIONS")
-    }
-    env.update(env_overrides)
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
-    )
-    return proc.stdout + proc.stderr
-
-
 def test_no_extensions_env_gives_the_twin_wire() -> None:
-    out = _run_python(
+    out = run_python(
         _PROBE, {"LLM_ROUTER_NO_EXTENSIONS": "1", "LLM_ROUTER_REQUIRE_EXTENSIONS": "1"}
     )
     assert "impl python <class 'routercore._wire_py.ServerWire'>" in out
@@ -498,14 +468,14 @@ def test_no_extensions_env_gives_the_twin_wire() -> None:
 
 @_COMPILED
 def test_cython_wire_is_preferred_when_built() -> None:
-    assert "impl cython <class 'routercore._wire.ServerWire'>" in _run_python(_PROBE, {})
+    assert "impl cython <class 'routercore._wire.ServerWire'>" in run_python(_PROBE, {})
 
 
 def test_a_missing_wire_build_fails_only_when_required() -> None:
     code = "import sys\nsys.modules['routercore._wire'] = None\n" + _PROBE
-    assert "ImportError: LLM_ROUTER_REQUIRE_EXTENSIONS=1 but routercore._wire" in _run_python(
+    assert "ImportError: LLM_ROUTER_REQUIRE_EXTENSIONS=1 but routercore._wire" in run_python(
         code, {"LLM_ROUTER_REQUIRE_EXTENSIONS": "1"}
     )
-    assert "impl python" in _run_python(code, {})
+    assert "impl python" in run_python(code, {})
     with pytest.raises(ValueError):
         facade.implementation("rust")
