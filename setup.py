@@ -53,6 +53,7 @@ def extensions() -> list[Extension]:
         Extension("routercore._balancer", ["ext/balancer.pyx"]),
         Extension("routercore._prefix_index", ["ext/prefix_index.pyx"]),
         Extension("routercore._wire", ["ext/wire.pyx"]),
+        Extension("routercore._response_parser", ["ext/response_parser.pyx"]),
     ]
     return cythonize(
         exts, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False}

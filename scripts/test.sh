@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs into .venv (and Debian's chromium when missing and
 # we are root), builds the Cython extensions, then runs the whole suite with the compiled
-# modules required, and the balancer, wire and HTTP fuzz suites once more with the pure-Python
-# twins forced.
+# modules required, and the balancer, wire, response-parser and HTTP fuzz suites once more with
+# the pure-Python twins forced.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,8 +49,10 @@ export LLM_ROUTER_LLAMA_PYTHON
 
 export LLM_ROUTER_REQUIRE_EXTENSIONS=1
 .venv/bin/python -m pytest "$@"
-# The balancer and wire suites, and the HTTP fuzz suite, once more with the twins forced (the
-# compiled cases have nothing to run on): the fuzz suite then drives the router's twin wire.
+# The balancer, wire and response-parser suites, and the HTTP fuzz suite, once more with the
+# twins forced (the compiled cases have nothing to run on): the fuzz suite then drives the
+# router's twin wire.
 LLM_ROUTER_NO_EXTENSIONS=1 LLM_ROUTER_REQUIRE_EXTENSIONS=0 .venv/bin/python -m pytest -q -p no:cacheprovider \
   -k "not cython and not compiled_module_is_preferred" tests/unit/test_balancer.py \
-  tests/unit/test_wire.py tests/fuzz/test_fuzz_http.py
+  tests/unit/test_wire.py tests/unit/test_upstream_oracle.py tests/unit/test_upstream_parser.py \
+  tests/fuzz/test_fuzz_http.py

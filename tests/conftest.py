@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from routercore.config import load_config
+from routercore.http import response_parser
 from routercore.testing.fakenode import ThreadedFakeNode, run_in_thread
 
 ADMIN_TOKEN = "test-admin-token"
@@ -290,3 +291,26 @@ def join(
     nodes = [fake_nodes(register=router.url, name=f"fake-{i}", **kwargs) for i in range(count)]
     online_ids(router, count)
     return nodes
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        "python",
+        pytest.param(
+            "cython",
+            marks=pytest.mark.skipif(
+                not response_parser.COMPILED_AVAILABLE,
+                reason=f"unavailable: {response_parser.COMPILED_UNAVAILABLE_REASON}",
+            ),
+        ),
+    ],
+)
+def response_parser_impl(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs a test module once per upstream response parser (compiled, twin): the module's own
+    `ResponseParser` name is pointed at that implementation's class for the module's run."""
+    cls = response_parser.implementation(request.param).ResponseParser
+    saved = request.module.ResponseParser
+    request.module.ResponseParser = cls
+    yield request.param
+    request.module.ResponseParser = saved

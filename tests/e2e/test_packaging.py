@@ -61,14 +61,14 @@ def build_wheel(tmp_path: Path, env_extra: dict[str, str]) -> zipfile.ZipFile:
 def test_wheel_has_the_compiled_balancer_and_console_scripts(tmp_path):
     wheel = build_wheel(tmp_path, {})
     names = wheel.namelist()
-    for module in ("_balancer", "_prefix_index", "_wire"):
+    for module in ("_balancer", "_prefix_index", "_wire", "_response_parser"):
         assert any(n.startswith(f"routercore/{module}.") and n.endswith(".so") for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = wheel.read(entry_points).decode()
     for script in ("llm-router =", "llm-router-agent =", "llm-router-fakenode ="):
         assert script in text
     assert "routercore/_balancer_py.py" in names and "agent/cli.py" in names
-    assert "routercore/_wire_py.py" in names
+    assert "routercore/_wire_py.py" in names and "routercore/_response_parser_py.py" in names
     for icon in ("tray-online.png", "tray-degraded.png", "tray-offline.png", "llm-router.ico"):
         assert f"agent/icons/{icon}" in names
 

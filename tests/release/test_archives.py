@@ -49,7 +49,7 @@ def test_sdist_carries_the_sources_and_no_build_output(release: Release) -> None
     assert all(n.startswith(top) for n in names)
     files = {n[len(top) :] for n in names}
     for needed in (
-        "ext/balancer.pyx", "ext/wire.pyx", "routercore/_wire_py.py",
+        "ext/balancer.pyx", "ext/wire.pyx", "ext/response_parser.pyx", "routercore/_wire_py.py",
         "setup.py", "pyproject.toml", "MANIFEST.in", "PKG-INFO",
         "README.md", "README.ja.md", "LICENSE",
         "routercore/static/dashboard.html", "routercore/static/dashboard.js",
@@ -69,7 +69,7 @@ def test_compiled_wheel_is_manylinux_and_carries_the_balancer(release: Release) 
     assert str(version) == VERSION
     assert all(t.platform.startswith("manylinux") for t in tags), tags  # auditwheel repaired it
     names = run(["unzip", "-Z1", str(release.compiled_wheel)]).stdout.split()
-    for module in ("_balancer", "_prefix_index", "_wire"):
+    for module in ("_balancer", "_prefix_index", "_wire", "_response_parser"):
         assert [n for n in names if re.fullmatch(rf"routercore/{module}\..*\.so", n)], module
     for needed in ("routercore/static/dashboard.html", "agent/py.typed", "routercore/cli.py"):
         assert needed in names

@@ -22,7 +22,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from routercore.http import response_parser
 from routercore.http.response_parser import END, ProtocolError, ResponseHead, ResponseParser
+from tests.support.twins import mutate
+
+# Every test here runs on both parsers, the compiled one and its twin (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("response_parser_impl")
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -426,3 +431,48 @@ def test_ours_accepts_what_h11_refuses_on_purpose(raw: bytes) -> None:
 def test_malformed_numbers_are_refused_as_h11_does(raw: bytes) -> None:
     assert refused_by_h11([raw], eof=True, head_request=False)
     assert refused_by_ours([raw], eof=True, head_request=False)
+
+
+# -- the compiled parser against its twin: the same events and the same errors, exactly ----------
+
+_EDGE_BYTES = b"\x00\t\n\x0b\x0c\r\x1f :;,/Hh019AaFfGg-\x7f\x80\xff"
+
+
+def exact(implementation: str, pieces: list[bytes], *, eof: bool, head_request: bool) -> list:
+    """Everything one parser reports: each piece's events, then its error or final state."""
+    parser = response_parser.implementation(implementation).ResponseParser(
+        head_request=head_request
+    )
+    seen: list = []
+    try:
+        for piece in pieces:
+            seen.append(parser.feed(piece))
+        if eof:
+            seen.append(parser.feed_eof())
+    except ProtocolError as exc:
+        seen.append(("ProtocolError", str(exc)))
+    seen.append((parser.state, parser.done, parser.reusable, parser.head_request))
+    return seen
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> tuple[bytes, bool, bool]:
+    """A generated response (valid or not) with a few bytes replaced, inserted or cut."""
+    if draw(st.booleans()):
+        raw, eof, head_request = draw(invalid())
+    else:
+        response = draw(responses())
+        raw, eof, head_request = response.render(), response.eof, response.head_request
+    return mutate(draw, raw, _EDGE_BYTES), eof, head_request
+
+
+@pytest.mark.skipif(not response_parser.COMPILED_AVAILABLE, reason="compiled parser not built")
+@settings(max_examples=700, deadline=None, suppress_health_check=list(HealthCheck))
+@given(case=mutated(), cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=8))
+def test_cython_parser_matches_the_twin_exactly(
+    case: tuple[bytes, bool, bool], cuts: list[int]
+) -> None:
+    raw, eof, head_request = case
+    pieces = split(raw, cuts)
+    kwargs = {"eof": eof, "head_request": head_request}
+    assert exact("cython", pieces, **kwargs) == exact("python", pieces, **kwargs)

@@ -8,6 +8,9 @@ from hypothesis import strategies as st
 
 from routercore.http.response_parser import END, ProtocolError, ResponseHead, ResponseParser
 
+# Every test here runs on both parsers, the compiled one and its twin (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("response_parser_impl")
+
 
 def parse(data: bytes | list[bytes], *, eof: bool = False, head_request: bool = False):
     parser = ResponseParser(head_request=head_request)
