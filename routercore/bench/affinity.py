@@ -22,6 +22,7 @@ from functools import partial
 from typing import Any
 
 from routercore.bench import llama
+from routercore.bench.nodes import register
 from routercore.bench.procs import Proc, Processes, free_port, port_open, wait_until
 
 # A plain vocabulary: about 1.3 tokens a word with SmolLM2's tokenizer.
@@ -133,25 +134,6 @@ def _listening(node: Proc, port: int) -> bool:
     return node.alive() and port_open(port)
 
 
-def _register(router_port: int, name: str, node_port: int) -> str:
-    body = json.dumps(
-        {
-            "machine_name": name,
-            "runtime_port": node_port,
-            "runtime_kind": "openai",
-            "models": [llama.MODEL],
-        }
-    )
-    conn = http.client.HTTPConnection("127.0.0.1", router_port, timeout=10)
-    conn.request("POST", "/api/agents/register", body, {"content-type": "application/json"})
-    resp = conn.getresponse()
-    answer = json.loads(resp.read())
-    conn.close()
-    if resp.status not in (200, 201):
-        raise RuntimeError(f"registering {name} failed: {resp.status} {answer}")
-    return str(answer["agent_id"])
-
-
 def _summary(phases: list[dict[str, Any]]) -> dict[str, Any]:
     firsts = [x for p in phases for x in p["first_turn_ttft_s"]]
     follow = [x for p in phases for x in p["follow_up_ttft_s"]]
@@ -199,7 +181,7 @@ def run(procs: Processes, s: AffinitySettings) -> dict[str, Any]:
             name=f"router-{mode}",
         )
         for name, node_port in node_ports.items():
-            names[_register(port, name, node_port)] = name
+            names[register(port, name, node_port, [llama.MODEL], runtime_kind="openai")] = name
         routers[mode] = port
     loadavg_start = [round(x, 2) for x in os.getloadavg()]
     phases: dict[str, list[dict[str, Any]]] = {"with": [], "without": []}

@@ -8,7 +8,8 @@ burst and measure that burst's queueing instead of the server.
 
 `streams`: streamed requests one after another (a few at a time); time to first body byte
 and, for a stamping upstream, per-chunk one-way delay. `hold`: opens N streams, reports when
-all are flowing, keeps reading until told to stop (stdin closes).
+all are flowing, keeps reading until told to stop (stdin closes). `many`: opens N streams at
+once and reads each to its end.
 
 Each prints one JSON object on stdout.
 """
@@ -304,6 +305,62 @@ async def hold(host: str, port: int, path: str, body: bytes, count: int) -> None
     print(json.dumps({"chunks": chunks, "lost": lost}), flush=True)
 
 
+async def many(
+    host: str, port: int, path: str, body: bytes, count: int, timeout: float, sources: int = 8
+) -> dict[str, Any]:
+    """Open `count` streams at once and read each to its end (`data: [DONE]`, last chunk).
+
+    The connections come from `sources` loopback addresses (127.0.0.1, .2, ...): the router caps
+    the connections of one address (2,500 by default) and the point is its total. Reports how
+    many completed, the errors (with a few samples) and the most streams open at one moment.
+    """
+    req = build_request(host, port, path, body)
+    loop = asyncio.get_running_loop()
+    connecting = asyncio.Semaphore(200)  # don't overrun the listen backlog while connecting
+    open_now = peak = complete = 0
+    errors: list[str] = []
+
+    async def one(i: int) -> None:
+        nonlocal open_now, peak, complete
+        try:
+            async with connecting:
+                _, conn = await loop.create_connection(
+                    _Conn, host, port, local_addr=(f"127.0.0.{1 + i % sources}", 0)
+                )
+            got = bytearray()
+            conn.on_data = got.extend
+            open_now += 1
+            peak = max(peak, open_now)
+            try:
+                await conn.request(req)
+            finally:
+                open_now -= 1
+                assert conn.transport is not None
+                conn.transport.close()
+        except (OSError, ConnectionError) as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+            return
+        if got.startswith(b"HTTP/1.1 200 ") and b"data: [DONE]" in got:
+            complete += 1
+        else:
+            errors.append(bytes(got[:200]).decode("latin-1"))
+
+    t0 = _now()
+    tasks = [loop.create_task(one(i)) for i in range(count)]
+    _, unfinished = await asyncio.wait(tasks, timeout=timeout)
+    for task in unfinished:
+        task.cancel()
+    return {
+        "streams": count,
+        "complete": complete,
+        "errors": len(errors) + len(unfinished),
+        "unfinished": len(unfinished),
+        "error_samples": errors[:5],
+        "peak_open": peak,
+        "seconds": round(_now() - t0, 2),
+    }
+
+
 def _emit(result: dict[str, Any], path: str | None) -> None:
     if path:
         with open(path, "w") as f:
@@ -319,7 +376,7 @@ def _fine_timer_loop() -> asyncio.AbstractEventLoop:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=("paced", "streams", "hold"))
+    parser.add_argument("mode", choices=("paced", "streams", "hold", "many"))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--path", default="/v1/chat/completions")
@@ -357,6 +414,9 @@ def main(argv: list[str] | None = None) -> None:
         out = uvloop.run(
             streams(args.host, args.port, args.path, body, args.count, args.parallel, args.stamped)
         )
+        _emit(out, args.out)
+    elif args.mode == "many":
+        out = uvloop.run(many(args.host, args.port, args.path, body, args.count, args.duration))
         _emit(out, args.out)
     else:
         uvloop.run(hold(args.host, args.port, args.path, body, args.count))

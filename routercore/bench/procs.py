@@ -165,23 +165,21 @@ class Processes:
         return proc
 
     def router(
-        self, port: int, *, extra_env: dict[str, str] | None = None, name: str = "router"
+        self,
+        port: int,
+        *,
+        extra_env: dict[str, str] | None = None,
+        name: str = "router",
+        tuned: bool = True,
     ) -> Proc:
-        cmd = [
-            sys.executable,
-            "-m",
-            "routercore",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--db",
-            ":memory:",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
+        """The router, tuned (in-memory SQLite, no access log, warnings only) or with
+        `tuned=False` in the default configuration users get (on-disk SQLite, access log on)."""
+        cmd = [sys.executable, "-m", "routercore", "serve", "--host", "127.0.0.1"]
+        cmd += ["--port", str(port)]
+        if tuned:
+            cmd += ["--db", ":memory:", "--no-access-log", "--log-level", "warning"]
+        else:
+            cmd += ["--db", str(self.log_dir / f"{name}.db")]
         env = {"LLM_ROUTER_ADMIN_TOKEN": ADMIN_TOKEN, **(extra_env or {})}
         proc = self.start(name, cmd, self.sut_cores, env=env)
         url = f"http://127.0.0.1:{port}/healthz"

@@ -10,21 +10,18 @@ path right after the other:
 
 from __future__ import annotations
 
-import json
 import secrets
 import sys
-import urllib.request
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from routercore.bench.measure import Measure
+from routercore.bench.nodes import register
 from routercore.bench.procs import Proc, free_port, port_open, wait_until
-
-if TYPE_CHECKING:
-    from routercore.bench.runner import Bench
 
 RELAY_REPLAY_BODY = '{"model":"replay-relay","messages":[{"role":"user","content":"hi"}]}'
 
 
-def _relay(bench: Bench, name: str, runtime_port: int, token: str) -> tuple[Proc, int]:
+def _relay(bench: Measure, name: str, runtime_port: int, token: str) -> tuple[Proc, int]:
     port = free_port()
     cmd = [
         sys.executable,
@@ -42,32 +39,17 @@ def _relay(bench: Bench, name: str, runtime_port: int, token: str) -> tuple[Proc
     return proc, port
 
 
-def _register(router_url: str, name: str, port: int, relay_port: int, token: str) -> None:
-    body = {
-        "machine_name": name,
-        "runtime_port": port,
-        "models": [name],
-        "relay_port": relay_port,
-        "relay_token": token,
-    }
-    req = urllib.request.Request(
-        router_url + "/api/agents/register",
-        data=json.dumps(body).encode(),
-        headers={"content-type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        resp.read()
-
-
 def run(
-    bench: Bench, router: Proc, rport: int, stamp_port: int, replay_port: int
+    bench: Measure, router: Proc, rport: int, stamp_port: int, replay_port: int
 ) -> dict[str, Any]:
-    router_url = f"http://127.0.0.1:{rport}"
     token = "rly_" + secrets.token_urlsafe(32)
     stamp_relay, stamp_relay_port = _relay(bench, "relay-stamp", stamp_port, token)
     replay_relay, replay_relay_port = _relay(bench, "relay-replay", replay_port, token)
-    _register(router_url, "stamp-relay", stamp_port, stamp_relay_port, token)
-    _register(router_url, "replay-relay", replay_port, replay_relay_port, token)
+    for name, port, relay_port in (
+        ("stamp-relay", stamp_port, stamp_relay_port),
+        ("replay-relay", replay_port, replay_relay_port),
+    ):
+        register(rport, name, port, [name], relay_port=relay_port, relay_token=token)
     bench.p.wait_online(rport, 6)
 
     streams = {"router": bench.streams(rport, "stamp")}

@@ -36,14 +36,23 @@ def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
     r = json.loads(out.read_text())
 
     tp = r["throughput"]
-    for name in ("direct", "router", "bare"):
+    for name in ("direct", "router_default", "router", "bare"):
         assert tp[name]["rps"] > 0 and tp[name]["errors"] == 0, (name, tp[name])
-    assert tp["router"]["cpu_us_per_req"] > 0
-    if shutil.which("nginx") or Path("/usr/sbin/nginx").exists():
+    assert tp["router"]["cpu_us_per_req"] > 0 and tp["router_default"]["cpu_us_per_req"] > 0
+    with_nginx = bool(shutil.which("nginx") or Path("/usr/sbin/nginx").exists())
+    if with_nginx:
         assert tp["nginx"]["rps"] > 0 and tp["nginx"]["errors"] == 0
+    for name in ("router_default", "router"):  # the ratios come from the same run's rows
+        ratio = r["ratios"][name]
+        assert ratio["bare"] == round(tp[name]["rps"] / tp["bare"]["rps"], 3)
+        assert (ratio["nginx"] is not None) == with_nginx
+
+    c1 = r["latency_c1"]  # one connection: router (both configurations) against nginx
+    for name in ("direct", "router_default", "router", *(["nginx"] if with_nginx else [])):
+        assert c1[name]["errors"] == 0 and 0 < c1[name]["p50_ms"] <= c1[name]["p99_ms"], name
 
     lat = r["latency_at_half_max"]
-    for name in ("direct", "router", "bare"):
+    for name in ("direct", "router_default", "router", "bare"):
         row = lat[name]
         assert row["errors"] == 0 and row["achieved_rps"] > 0
         assert 0 < row["p50_ms"] <= row["p99_ms"]
@@ -63,6 +72,12 @@ def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
     held = r["concurrent_streams"]
     assert [h["streams"] for h in held] == [100, 1000, 2000]
     assert all(h["rss_mb"] > 0 and h["lost"] == 0 for h in held)
+
+    many = r["many_streams"]  # all at once through one router, each read to its end
+    assert many["streams"] == many["requested"] == 600
+    assert many["complete"] == 600 and many["errors"] == 0, many
+    assert 0 < many["peak_open"] <= 600  # all at once unless opening them outlasted a stream
+    assert many["router_peak_rss_mb"] >= many["router_idle_rss_mb"] > 0
 
     sizes = [b["nodes"] for b in r["balancer"]]
     assert sizes == [16, 256, 1000]
@@ -90,4 +105,6 @@ def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
     names = {t["target"] for t in r["targets"]}
     assert len(names) >= 6 and all(isinstance(t["met"], bool) for t in r["targets"])
     # The table went to stdout, with the target verdicts.
-    assert "| through the router |" in proc.stdout and "Targets:" in proc.stdout
+    assert "| through the router, default configuration |" in proc.stdout
+    assert "| through the router, tuned |" in proc.stdout and "Targets:" in proc.stdout
+    assert "Streams at once through one router process" in proc.stdout
