@@ -50,6 +50,13 @@ def _fire_ttft(name: str, started: float, size: int) -> None:
     )
 
 
+def _post(user: HttpUser, path: str, body: dict[str, Any], name: str, stream: bool = False) -> Any:
+    """A JSON POST whose outcome the caller decides (`with ... as resp`: resp.failure(...))."""
+    return user.client.post(
+        path, json=body, headers=_headers(), name=name, stream=stream, catch_response=True
+    )
+
+
 @contextmanager
 def _streamed(user: HttpUser, path: str, body: dict[str, Any], name: str) -> Iterator[Any]:
     """POST a streamed request; yields (response, its non-empty lines).
@@ -60,9 +67,7 @@ def _streamed(user: HttpUser, path: str, body: dict[str, Any], name: str) -> Ite
     bytes read, and fires the time to the first line as its own TTFT row.
     """
     started = time.perf_counter()
-    with user.client.post(
-        path, json=body, headers=_headers(), name=name, stream=True, catch_response=True
-    ) as resp:
+    with _post(user, path, body, name, stream=True) as resp:
         head_at = time.perf_counter()
         read = 0
 
@@ -94,13 +99,7 @@ class OpenAIChatUser(HttpUser):
     @task(2)
     def chat(self) -> None:
         body = {"model": MODEL, "messages": MESSAGES}
-        with self.client.post(
-            "/v1/chat/completions",
-            json=body,
-            headers=_headers(),
-            name="openai chat",
-            catch_response=True,
-        ) as resp:
+        with _post(self, "/v1/chat/completions", body, "openai chat") as resp:
             if resp.status_code != 200:
                 resp.failure(f"status {resp.status_code}: {resp.text[:200]}")
                 return
@@ -162,13 +161,7 @@ class OllamaUser(HttpUser):
     @task(1)
     def generate_whole(self) -> None:
         body = {"model": MODEL, "prompt": "Why is the sky blue?", "stream": False}
-        with self.client.post(
-            "/api/generate",
-            json=body,
-            headers=_headers(),
-            name="ollama generate (no stream)",
-            catch_response=True,
-        ) as resp:
+        with _post(self, "/api/generate", body, "ollama generate (no stream)") as resp:
             if resp.status_code != 200 or not resp.json().get("done"):
                 resp.failure(f"status {resp.status_code}: {resp.text[:200]}")
 

@@ -38,23 +38,7 @@ def pick_ns(
     """Best-of-5 mean time of one `pick` in ns, each round running about budget/5 seconds."""
     bal = _filled(implementation, nodes, algorithm)
     pick = bal.pick
-    n = 1
-    while True:  # calibrate a loop count that takes ~budget/5
-        t = time.perf_counter()
-        for _ in range(n):
-            pick("bench")
-        took = time.perf_counter() - t
-        if took > budget / 25:
-            break
-        n *= 4
-    loops = max(1, int(n * (budget / 5) / took))
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(loops):
-            pick("bench")
-        best = min(best, (time.perf_counter() - t) / loops)
-    return best * 1e9
+    return _time(lambda: pick("bench"), budget)
 
 
 def _conversation(number: int, turns: int) -> list[PromptPrefix]:

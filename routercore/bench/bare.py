@@ -17,7 +17,7 @@ import json
 import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h11
@@ -39,26 +39,31 @@ class BareProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         conn = self.conn
         conn.receive_data(data)
-        while True:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError:
-                assert self.transport is not None
-                self.transport.close()
-                return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
-            if isinstance(event, h11.EndOfMessage):
-                out = conn.send(h11.Response(status_code=self.status, headers=self.headers))
-                out += conn.send(h11.Data(data=self.body))
-                out += conn.send(h11.EndOfMessage())
-                assert self.transport is not None
-                self.transport.write(out)
-                conn.start_next_cycle()
-            elif isinstance(event, h11.ConnectionClosed):
-                assert self.transport is not None
-                self.transport.close()
-                return
+        assert self.transport is not None
+        for _request in _requests(conn, self.transport):
+            out = conn.send(h11.Response(status_code=self.status, headers=self.headers))
+            out += conn.send(h11.Data(data=self.body))
+            out += conn.send(h11.EndOfMessage())
+            self.transport.write(out)
+            conn.start_next_cycle()
+
+
+def _requests(conn: h11.Connection, transport: asyncio.Transport) -> Iterator[None]:
+    """Once per complete request among what `conn` has received; a malformed request or the
+    peer's close closes the transport."""
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            transport.close()
+            return
+        if event is h11.NEED_DATA or event is h11.PAUSED:
+            return
+        if isinstance(event, h11.EndOfMessage):
+            yield
+        elif isinstance(event, h11.ConnectionClosed):
+            transport.close()
+            return
 
 
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)", re.IGNORECASE)
@@ -125,18 +130,10 @@ class StampProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
-        while True:
-            try:
-                event = self.conn.next_event()
-            except h11.RemoteProtocolError:
-                assert self.transport is not None
-                self.transport.close()
-                return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
-            if isinstance(event, h11.EndOfMessage):
-                self.task = asyncio.get_running_loop().create_task(self._stream())
-                return
+        assert self.transport is not None
+        for _request in _requests(self.conn, self.transport):
+            self.task = asyncio.get_running_loop().create_task(self._stream())
+            return
 
     async def _stream(self) -> None:
         conn, transport = self.conn, self.transport
