@@ -6,13 +6,16 @@
 - `--reply --replay`: the node for the throughput and latency sections, as cheap as Python gets
   (finds each request's end, writes the recorded bytes), so that the node sharing the load
   generator's core is never what limits the router.
-- neither: a streaming node whose events carry their send time (`--stamp-*`).
+- neither: a streaming node whose events carry their send time (`--stamp-*`); with
+  `--stamp-barrier N` each stream waits after its first event until N requests have arrived,
+  so that N streams are certainly open at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -107,6 +110,25 @@ class ReplayProtocol(asyncio.Protocol):
             self.transport.write(self.reply * answers)
 
 
+class Barrier:
+    """Holds streams after their first event until `count` requests have arrived (or `timeout`
+    passed: the streams then go on, and the client sees fewer open at once)."""
+
+    def __init__(self, count: int, timeout: float = 180.0) -> None:
+        self.left = count
+        self.timeout = timeout
+        self.reached = asyncio.Event()
+
+    def arrived(self) -> None:
+        self.left -= 1
+        if self.left <= 0:
+            self.reached.set()
+
+    async def wait(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.reached.wait(), self.timeout)
+
+
 class StampProtocol(asyncio.Protocol):
     """A streaming upstream whose SSE events carry their send time (`data: {"t": ...}`).
 
@@ -114,10 +136,11 @@ class StampProtocol(asyncio.Protocol):
     chunk's one-way delay directly and through the router.
     """
 
-    def __init__(self, chunks: int, delay: float) -> None:
+    def __init__(self, chunks: int, delay: float, barrier: Barrier | None = None) -> None:
         self.conn = h11.Connection(h11.SERVER)
         self.chunks = chunks
         self.delay = delay
+        self.barrier = barrier
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -132,6 +155,8 @@ class StampProtocol(asyncio.Protocol):
         self.conn.receive_data(data)
         assert self.transport is not None
         for _request in _requests(self.conn, self.transport):
+            if self.barrier is not None:
+                self.barrier.arrived()
             self.task = asyncio.get_running_loop().create_task(self._stream())
             return
 
@@ -141,7 +166,9 @@ class StampProtocol(asyncio.Protocol):
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
         head = conn.send(h11.Response(status_code=200, headers=headers))
         for i in range(self.chunks):
-            if i:
+            if i == 1 and self.barrier is not None:
+                await self.barrier.wait()
+            elif i:
                 await asyncio.sleep(self.delay)
             # An OpenAI chat chunk whose content is its send time too: the router's Ollama
             # translation carries it into the NDJSON line (clients.py reads both).
@@ -175,7 +202,12 @@ def load_reply(path: Path) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
 
 
 async def serve(
-    port: int, reply: Path | None, replay: bool, stamp_chunks: int, stamp_delay: float
+    port: int,
+    reply: Path | None,
+    replay: bool,
+    stamp_chunks: int,
+    stamp_delay: float,
+    stamp_barrier: int = 0,
 ) -> None:
     loop = asyncio.get_running_loop()
     factory: Callable[[], asyncio.Protocol]
@@ -186,7 +218,8 @@ async def serve(
         status, headers, body = load_reply(reply)
         factory = lambda: BareProtocol(status, headers, body)  # noqa: E731
     else:
-        factory = lambda: StampProtocol(stamp_chunks, stamp_delay)  # noqa: E731
+        barrier = Barrier(stamp_barrier) if stamp_barrier else None
+        factory = lambda: StampProtocol(stamp_chunks, stamp_delay, barrier)  # noqa: E731
     server = await loop.create_server(factory, "127.0.0.1", port, backlog=4096)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -202,10 +235,20 @@ def main() -> None:
     parser.add_argument("--replay", action="store_true", help="with --reply: no h11, raw bytes")
     parser.add_argument("--stamp-chunks", type=int, default=20, help="without --reply: stream")
     parser.add_argument("--stamp-delay", type=float, default=0.005)
+    parser.add_argument("--stamp-barrier", type=int, default=0, help="hold streams until N came")
     args = parser.parse_args()
     import uvloop
 
-    uvloop.run(serve(args.port, args.reply, args.replay, args.stamp_chunks, args.stamp_delay))
+    uvloop.run(
+        serve(
+            args.port,
+            args.reply,
+            args.replay,
+            args.stamp_chunks,
+            args.stamp_delay,
+            args.stamp_barrier,
+        )
+    )
 
 
 if __name__ == "__main__":

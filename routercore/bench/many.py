@@ -2,9 +2,11 @@
 
 A fresh router in the default configuration (on-disk SQLite, access log on), so that its peak
 RSS (the kernel's VmHWM) belongs to this section alone. A stamping node (bare.py) answers every
-request with `many_chunks` SSE events `many_delay` s apart, long enough for all the streams to be
-open together; it runs with the client on the load core. The client (clients.py `many`) reads each
-stream to its end and says how many completed, the errors and the most open at one moment.
+request with `many_chunks` SSE events, holding each stream after its first event until all the
+requests have arrived (so that they are certainly open together, however long opening them
+takes), then `many_delay` s apart; it runs with the client on the load core. The client
+(clients.py `many`) reads each stream to its end and says how many completed, the errors and
+the most open at one moment.
 
 The router holds two sockets per stream (client and node), so the count is capped by the hard
 limit on open files, which a process without CAP_SYS_RESOURCE cannot raise; the cap is reported.
@@ -66,6 +68,8 @@ def run(m: Measure) -> dict[str, Any]:
             str(s.many_chunks),
             "--stamp-delay",
             str(s.many_delay),
+            "--stamp-barrier",
+            str(count),
         ],
         s.load_cores,
     )
@@ -74,11 +78,11 @@ def run(m: Measure) -> dict[str, Any]:
     p.wait_online(rport, 1)
     idle_rss = p.rss_mb(router)
     cpu0 = p.cpu_times(router)
-    row = m.many(rport, "stamp-many", count, timeout=s.many_chunks * s.many_delay + 120)
+    row = m.many(rport, "stamp-many", count, timeout=s.many_chunks * s.many_delay + 300)
     row.update(
         requested=s.many_streams,
         fd_hard_limit=hard,
-        stream_seconds=round((s.many_chunks - 1) * s.many_delay, 2),
+        stream_seconds=round((s.many_chunks - 2) * s.many_delay, 2),  # after the barrier
         router_idle_rss_mb=round(idle_rss, 1),
         router_peak_rss_mb=peak_rss_mb(router.pid),
         router_cpu_s=round(p.cpu_times(router) - cpu0, 2),

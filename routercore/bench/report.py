@@ -176,8 +176,9 @@ def render(r: dict[str, Any]) -> str:
         lines += _table(
             f"Streams at once through one router process, default configuration ({ms['streams']}"
             f" asked for {ms['requested']}: two sockets each in the router, open-file hard limit "
-            f"{ms['fd_hard_limit']}; each stream {ms['stream_seconds']} s of SSE events, read to "
-            f"its end; router RSS idle {ms['router_idle_rss_mb']} MB):",
+            f"{ms['fd_hard_limit']}; the node holds each stream after its first event until all "
+            f"have arrived, then streams {ms['stream_seconds']} s more; each read to its end; "
+            f"router RSS idle {ms['router_idle_rss_mb']} MB):",
             "| streams | most open at once | complete | errors | router peak RSS MB "
             "| router CPU s | seconds |",
             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

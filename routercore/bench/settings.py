@@ -42,10 +42,10 @@ class Settings:
     hold_counts: tuple[int, ...] = (100, 1000, 2000)
     hold_window: float = 5.0
     # The `many` section: this many streams at once through one fresh router, each
-    # `many_chunks` events `many_delay` s apart (long enough that all are open together).
+    # `many_chunks` events, `many_delay` s apart once all of them are open.
     many_streams: int = 10000
-    many_chunks: int = 20
-    many_delay: float = 0.5
+    many_chunks: int = 10
+    many_delay: float = 0.2
     balancer_sizes: tuple[int, ...] = (16, 256, 1000)
     balancer_budget: float = 0.3
     sut_cores: str | None = "0"
@@ -65,7 +65,7 @@ class Settings:
             hold_window=1.0,
             many_streams=600,
             many_chunks=5,
-            many_delay=0.5,
+            many_delay=0.2,
             balancer_budget=0.1,
             affinity_quick=True,
             **kw,

@@ -97,7 +97,8 @@ def _many_targets(many: dict[str, Any]) -> list[dict[str, Any]]:
     complete = many["complete"] == many["requested"] and many["errors"] == 0
     out = [
         _target(f"streams at once through one router: complete of {many['requested']} "
-                f"(errors {many['errors']}, most open at once {many['peak_open']})",
+                f"({many['streams']} run, errors {many['errors']}, most open at once "
+                f"{many['peak_open']})",
                 many["complete"], f"= {many['requested']}, no error", complete),
     ]  # fmt: skip
     rss = many["router_peak_rss_mb"]
