@@ -120,8 +120,8 @@ def render(r: dict[str, Any]) -> str:
         c1 = r["latency_c1"]
         base = c1.get("nginx")
         lines += _table(
-            f"One connection, one request after another (wrk -c1, best p50 of {s['rounds']} "
-            "rounds); added = over nginx proxying to the same node:",
+            f"One connection, one request after another (wrk -c1; lowest p50 and lowest p99 of "
+            f"{s['rounds']} interleaved rounds); added = over nginx proxying to the same node:",
             "| target | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
             [
