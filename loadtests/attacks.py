@@ -15,20 +15,16 @@ import base64
 import json
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
+
+from routercore.testing.processes import Child, free_port, router_cmd, wait_router
 
 PY = sys.executable
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Router:
@@ -36,32 +32,17 @@ class Router:
         self.port = free_port()
         self.log = os.path.join(tempfile.gettempdir(), f"llm-router-attack-{self.port}.log")
         e = {**os.environ, "PYTHONPATH": tree, "LLM_ROUTER_ADMIN_TOKEN": "adm", **env}
-        self.proc = subprocess.Popen(
-            [
-                PY,
-                "-m",
-                "routercore",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--db",
-                ":memory:",
-            ],
+        child = Child(
+            router_cmd(self.port, ":memory:"),
+            Path(self.log),
             env=e,
-            stdout=open(self.log, "wb"),  # noqa: SIM115 (open while the router runs)
-            stderr=subprocess.STDOUT,
             cwd=tempfile.gettempdir(),
+            append=False,
         )
-        for _ in range(300):
-            try:
-                if healthz(self.port, 1)[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            raise SystemExit("router did not start")
+        child.start()
+        wait_router(child, self.port, timeout=15)
+        assert child.proc is not None
+        self.proc = child.proc
 
     def status(self) -> dict[str, float]:
         with open(f"/proc/{self.proc.pid}/status") as fh:

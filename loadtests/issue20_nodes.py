@@ -26,15 +26,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from routercore.testing.processes import free_port, router_cmd
 from routercore.testing.raw_node import RawNode
 
 ADMIN = "measure-admin"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def call(method: str, url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, bytes]:
@@ -59,8 +54,7 @@ class Router:
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONPATH": self.src, "LLM_ROUTER_ADMIN_TOKEN": ADMIN, **self.extra}
-        cmd = [sys.executable, "-m", "routercore", "serve", "--host", "127.0.0.1"]
-        cmd += ["--port", str(self.port), "--db", self.db]
+        cmd = router_cmd(self.port, self.db)
 
         def limits() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))

@@ -7,23 +7,26 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from routercore.testing.processes import (
+    Child,
+    fakenode_cmd,
+    free_port,
+    port_open,
+    router_cmd,
+    wait_router,
+    wait_until,
+)
+
 ADMIN_TOKEN = "bench-admin-token"
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# The runner and the scenarios take these from here along with the rest of the plumbing.
+__all__ = ["NGINX", "Proc", "Processes", "free_port", "port_open", "running", "wait_until"]
 
 
 def pinned(cmd: list[str], cores: str | None) -> list[str]:
@@ -33,33 +36,15 @@ def pinned(cmd: list[str], cores: str | None) -> list[str]:
     return ["taskset", "-c", cores, *cmd]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except OSError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-
-
 def get_json(url: str, timeout: float = 2.0) -> Any:
     req = urllib.request.Request(url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
 
 
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-class Proc:
-    """A child process that is always stopped (SIGINT, then kill) on exit."""
+class Proc(Child):
+    """A child of one benchmark run, started at once with its log in `log_dir/<name>.log`;
+    always stopped (SIGINT, then kill) at the end."""
 
     def __init__(
         self,
@@ -70,37 +55,17 @@ class Proc:
         log_dir: Path,
         cwd: str | None = None,
     ) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            cwd=cwd,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+        full_env = {**os.environ, **(env or {})}
+        log = log_dir / f"{name}.log"
+        super().__init__(cmd, log, env=full_env, cwd=cwd, name=name, append=False)
+        self.start()
 
     def alive(self) -> bool:
         """True while running; an exit raises with the tail of its log."""
-        if self.proc.poll() is not None:
-            tail = self.log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{tail}")
-        return True
+        return self.running()
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int | None:
+        return super().stop(sig, timeout)
 
 
 class Processes:
@@ -141,13 +106,8 @@ class Processes:
         name: str = "fakenode",
         models: str = "bench",
     ) -> Proc:
-        cmd = [
-            sys.executable,
-            "-m",
-            "routercore.testing.fakenode",
-            "--port",
-            str(port),
-            "--models",
+        cmd = fakenode_cmd(
+            port,
             models,
             "--tokens",
             str(tokens),
@@ -157,7 +117,7 @@ class Processes:
             str(first_token_delay),
             "--log-level",
             "warning",
-        ]
+        )
         if register:
             cmd += ["--register", register, "--name", name]
         proc = self.start(name, cmd, self.load_cores)
@@ -174,16 +134,13 @@ class Processes:
     ) -> Proc:
         """The router, tuned (in-memory SQLite, no access log, warnings only) or with
         `tuned=False` in the default configuration users get (on-disk SQLite, access log on)."""
-        cmd = [sys.executable, "-m", "routercore", "serve", "--host", "127.0.0.1"]
-        cmd += ["--port", str(port)]
         if tuned:
-            cmd += ["--db", ":memory:", "--no-access-log", "--log-level", "warning"]
+            cmd = router_cmd(port, ":memory:", "--no-access-log", "--log-level", "warning")
         else:
-            cmd += ["--db", str(self.log_dir / f"{name}.db")]
+            cmd = router_cmd(port, self.log_dir / f"{name}.db")
         env = {"LLM_ROUTER_ADMIN_TOKEN": ADMIN_TOKEN, **(extra_env or {})}
         proc = self.start(name, cmd, self.sut_cores, env=env)
-        url = f"http://127.0.0.1:{port}/healthz"
-        wait_until(lambda: proc.alive() and get_json(url).get("status") == "ok", 30, name)
+        wait_router(proc, port)
         return proc
 
     def wait_online(self, router_port: int, count: int) -> None:
