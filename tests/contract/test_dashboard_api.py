@@ -4,80 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import (
-    AcceptConnection,
-    CloseConnection,
-    RejectConnection,
-    TextMessage,
-)
-from wsproto.events import (
-    Request as WSRequest,
-)
-from wsproto.utilities import LocalProtocolError
 
 from routercore.api import dashboard
-from tests.conftest import ADMIN_TOKEN, RouterThread, http, join, wait_for
+from tests.support.polling import wait_until
+from tests.support.routers import ADMIN_TOKEN, RouterThread, http, join
+from tests.support.websocket import WSClient
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
-
-
-class WSClient:
-    """A tiny blocking WebSocket client on wsproto (a dependency already), for the feed."""
-
-    def __init__(self, url: str, path: str = "/ws/dashboard") -> None:
-        host, port = url.removeprefix("http://").split(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=10)
-        self.ws = WSConnection(ConnectionType.CLIENT)
-        self.sock.sendall(self.ws.send(WSRequest(host=f"{host}:{port}", target=path)))
-        self.pending: list[str] = []
-        self.parts: list[str] = []
-        self.accepted: bool | None = None
-        self.reject_status: int | None = None
-        while self.accepted is None:
-            self._pump()
-
-    def _pump(self) -> None:
-        data = self.sock.recv(65536)
-        self.ws.receive_data(data or None)
-        for event in self.ws.events():
-            if isinstance(event, AcceptConnection):
-                self.accepted = True
-            elif isinstance(event, RejectConnection):
-                self.accepted = False
-                self.reject_status = event.status_code
-            elif isinstance(event, TextMessage):
-                self.parts.append(event.data)
-                if event.message_finished:
-                    self.pending.append("".join(self.parts))
-                    self.parts = []
-            elif isinstance(event, CloseConnection):
-                raise ConnectionResetError("closed by server")
-        if not data and self.accepted is None:
-            self.accepted = False
-
-    def receive_json(self, timeout: float = 10.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while not self.pending:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("no message from the dashboard feed")
-            self.sock.settimeout(left)
-            self._pump()
-        return json.loads(self.pending.pop(0))
-
-    def close(self) -> None:
-        try:
-            self.sock.sendall(self.ws.send(CloseConnection(code=1000)))
-        except (OSError, LocalProtocolError):  # best effort on teardown
-            pass
-        self.sock.close()
 
 
 def chat(router: RouterThread, model: str = "llama3") -> int:
@@ -233,7 +170,7 @@ def test_request_history_pages_and_filters(
     patch = {"enabled": False}
     assert http("PATCH", f"{router.url}/api/agents/{node_id}", patch, token=ADMIN_TOKEN)[0] == 200
     assert chat(router, "llama3") == 404
-    wait_for(lambda: history(router)["total"] == 8, message="8 stored requests")
+    wait_until(lambda: history(router)["total"] == 8, message="8 stored requests")
 
     first = history(router, "?limit=3")
     assert (first["total"], first["limit"], first["offset"], len(first["items"])) == (8, 3, 0, 3)
@@ -266,7 +203,7 @@ def test_request_history_rejects_bad_parameters(router: RouterThread, query: str
 def test_request_detail(router: RouterThread, fake_nodes: Callable[..., Any]) -> None:
     join(router, fake_nodes, 1)
     assert chat(router) == 200
-    row = wait_for(lambda: history(router)["items"], message="a stored request")[0]
+    row = wait_until(lambda: history(router)["items"], message="a stored request")[0]
     status, _, detail = http("GET", router.url + f"/api/dashboard/requests/{row['id']}")
     assert status == 200
     assert detail["id"] == row["id"] and detail["node_name"] == "fake-0"
@@ -286,7 +223,7 @@ def test_node_detail_has_system_history_and_requests(
         body = http("GET", router.url + f"/api/dashboard/nodes/{node_id}")[2]
         return body if len(body["samples"]) >= 2 and body["recent_requests"] else None
 
-    d = wait_for(detail, message="heartbeat samples and a stored request")
+    d = wait_until(detail, message="heartbeat samples and a stored request")
     assert d["node"]["system"]["cpu_count"] >= 1 and "notes" in d["node"]
     assert {"ts", "cpu", "memory", "active_requests"} <= set(d["samples"][0])
     assert d["samples"][0]["ts"] <= d["samples"][-1]["ts"]
@@ -306,7 +243,7 @@ def test_feed_pushes_every_second(router: RouterThread, fake_nodes: Callable[...
         first = client.receive_json()
         assert first["type"] == "snapshot" and first["overview"]["nodes"]["online"] == 1
         assert chat(router) == 200
-        wait_for(
+        wait_until(
             lambda: client.receive_json()["overview"]["requests"]["total"] == 1,
             message="a snapshot counting the request",
         )
@@ -378,7 +315,7 @@ def test_many_feed_clients_share_one_snapshot(router: RouterThread) -> None:
             c.close()
     # Closed clients are forgotten by the feed.
     feed = router.call(lambda: _feed(router))
-    wait_for(lambda: not router.call(lambda: len(feed.sessions)), message="sessions released")
+    wait_until(lambda: not router.call(lambda: len(feed.sessions)), message="sessions released")
 
 
 def _feed(router: RouterThread) -> dashboard.DashboardFeed:

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from routercore.api.metrics import METRICS, PREFIX, escape_label, format_value
-from tests.conftest import ADMIN_TOKEN, RouterThread, http, join, wait_for
+from tests.support.polling import wait_until
+from tests.support.routers import ADMIN_TOKEN, RouterThread, http, join
 
 NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -293,7 +294,7 @@ def test_node_status_and_odd_names(router: RouterThread, fake_nodes: Callable[..
         fams = scrape(router)
         return value(fams, "node_status", node=node_id, status="offline") == 1
 
-    wait_for(offline, timeout=15, message="node_status offline")
+    wait_until(offline, timeout=15, message="node_status offline")
     assert value(scrape(router), "nodes", status="online") == 0
 
 

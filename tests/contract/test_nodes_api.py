@@ -6,7 +6,8 @@ import uuid
 
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, http
+from tests.support.nodes import REGISTRATION, beat, register
+from tests.support.routers import ADMIN_TOKEN, http
 
 AGENT_FIELDS = {
     "id",
@@ -28,40 +29,6 @@ AGENT_FIELDS = {
     "metrics",
     "stats",
 }
-REGISTRATION = {
-    "machine_name": "gpu-box",
-    "runtime_port": 11434,
-    "runtime_version": "0.5.7",
-    "agent_version": "0.1.0",
-    "gpu_devices": [{"model": "RTX 4090", "count": 1, "memory_bytes": 25769803776}],
-    "models": ["llama3", "qwen2"],
-    "system": {
-        "os": "Windows 11",
-        "cpu_model": "Ryzen",
-        "cpu_count": 16,
-        "memory_bytes": 68719476736,
-    },
-}
-
-
-def register(router, body=None, token=None):
-    payload = REGISTRATION if body is None else body
-    return http("POST", router.url + "/api/agents/register", payload, token=token)
-
-
-def beat(router, agent_id, token, **fields):
-    body = {
-        "agent_id": agent_id,
-        "cpu_usage": 12.5,
-        "memory_usage": 40.0,
-        "gpu_usage": None,
-        "gpu_memory_usage": None,
-        "active_requests": 0,
-        "models": ["llama3"],
-        "runtime_up": True,
-        **fields,
-    }
-    return http("POST", router.url + "/api/health", body, token=token)
 
 
 def test_healthz(router):

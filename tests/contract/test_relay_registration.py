@@ -11,7 +11,7 @@ import pytest
 
 from routercore.http.messages import Request, Response
 from routercore.http.server import HTTPServer, ServerLimits
-from tests.conftest import ADMIN_TOKEN, http
+from tests.support.routers import ADMIN_TOKEN, http
 
 TOKEN = "rly_" + "A" * 43
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import ADMIN_TOKEN, http, wait_for
-from tests.contract.test_nodes_api import REGISTRATION, beat, register
+from tests.support.nodes import REGISTRATION, beat, register
+from tests.support.polling import wait_until
+from tests.support.routers import ADMIN_TOKEN, http
 
 
 def agent(router: Any, agent_id: str) -> dict[str, Any]:
@@ -46,27 +47,31 @@ def test_without_a_kind_the_router_asks_the_runtime(router, fake_nodes):
         status, _, answer = register(router, body)
         assert status == 201
         ids[name] = answer["agent_id"]
-    wait_for(lambda: agent(router, ids["o"])["runtime_kind"] == "ollama", message="ollama")
-    wait_for(lambda: agent(router, ids["v"])["runtime_kind"] == "openai", message="openai")
+    wait_until(lambda: agent(router, ids["o"])["runtime_kind"] == "ollama", message="ollama")
+    wait_until(lambda: agent(router, ids["v"])["runtime_kind"] == "openai", message="openai")
     assert openai_only.snapshot()["requests"].get("/api/tags") == 1
 
 
 def test_an_unreachable_runtime_stays_unknown_until_it_answers(router, fake_nodes):
-    from tests.conftest import free_port
+    from routercore.testing.processes import free_port
 
     port = free_port()
     body = {**REGISTRATION, "machine_name": "late", "runtime_port": port}
     _, _, answer = register(router, body)
     # Nothing listens yet: the kind stays unknown (null), the node is still registered.
-    wait_for(lambda: router.call(lambda: router.service.nodes_api.detecting() == 0), message="done")
+    wait_until(
+        lambda: router.call(lambda: router.service.nodes_api.detecting() == 0), message="done"
+    )
     assert agent(router, answer["agent_id"])["runtime_kind"] is None
     fake_nodes(models=["m"], api="openai", port=port)
     beat(router, answer["agent_id"], answer["agent_token"])  # too soon: not asked again yet
-    wait_for(lambda: router.call(lambda: router.service.nodes_api.detecting() == 0))
+    wait_until(lambda: router.call(lambda: router.service.nodes_api.detecting() == 0))
     assert agent(router, answer["agent_id"])["runtime_kind"] is None
     router.call(lambda: setattr(router.service.nodes_api, "retry_kind_after", 0.0))
     beat(router, answer["agent_id"], answer["agent_token"])  # a heartbeat asks again
-    wait_for(lambda: agent(router, answer["agent_id"])["runtime_kind"] == "openai", message="kind")
+    wait_until(
+        lambda: agent(router, answer["agent_id"])["runtime_kind"] == "openai", message="kind"
+    )
 
 
 def test_fake_nodes_say_their_kind(router, fake_nodes):
@@ -77,7 +82,7 @@ def test_fake_nodes_say_their_kind(router, fake_nodes):
         found = {a["machine_name"]: a["runtime_kind"] for a in router.agents()}
         return found if len(found) == 2 else None
 
-    assert wait_for(kinds, message="two nodes") == {"a": "ollama", "b": "openai"}
+    assert wait_until(kinds, message="two nodes") == {"a": "ollama", "b": "openai"}
 
 
 def test_the_kind_survives_a_router_restart(router_factory, tmp_path):

@@ -5,58 +5,26 @@ Every "within 2 s" below is a polling deadline (Playwright's expect timeout), no
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
+from routercore.testing.processes import free_port
+from tests.support.browser import (
+    ARTIFACTS,
+    BROWSER_MARKS,
+    DASH,
+    LIVE,
+    expect,
+    node_row,
+    open_dashboard,
+)
+from tests.support.polling import wait_until
+from tests.support.routers import ADMIN_TOKEN, RouterThread, http, join
 
-from tests.conftest import ADMIN_TOKEN, ROOT, RouterThread, free_port, http, join, wait_for
-
-playwright_api = pytest.importorskip("playwright.sync_api")
-expect = playwright_api.expect
-
-CHROMIUM = os.environ.get("LLM_ROUTER_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-ARTIFACTS = ROOT / "test-artifacts"
-LIVE = 2000  # ms: how soon the page must reflect a change
-DASH = "\u2013"  # the page writes ranges and missing values with an en dash
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed"),
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900}, locale="en-US")
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield pg
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
-
-
-def open_dashboard(page: Any, router: RouterThread, view: str = "overview") -> None:
-    """Load the page and wait for its first snapshot (polled in the DOM: the page's CSP
-    forbids the string evaluation `wait_for_function` would need)."""
-    page.goto(f"{router.url}/dashboard#{view}")
-    expect(page.locator("#card-nodes")).not_to_have_text(DASH)
+pytestmark = BROWSER_MARKS
 
 
 def chat(router: RouterThread, model: str = "llama3") -> int:
@@ -68,10 +36,6 @@ def status_of(router: RouterThread, node_id: str) -> str | None:
         if agent["id"] == node_id:
             return str(agent["status"])
     return None
-
-
-def node_row(page: Any, node_id: str) -> Any:
-    return page.locator(f'#nodes-table tr[data-node-id="{node_id}"]')
 
 
 # -- overview ----------------------------------------------------------------------------------
@@ -106,7 +70,7 @@ def test_shows_nodes_and_follows_traffic_and_offline(
 
     gone = agents["fake-1"]
     nodes[1].close()
-    wait_for(lambda: status_of(router, gone) == "offline", timeout=15, message="node offline")
+    wait_until(lambda: status_of(router, gone) == "offline", timeout=15, message="node offline")
     expect(node_row(page, gone).locator(".status")).to_have_text("offline", timeout=LIVE)
     expect(page.locator("#card-nodes")).to_have_text("1 / 2", timeout=LIVE)
 
@@ -122,7 +86,7 @@ def test_shows_why_a_node_is_out_of_rotation(
     failing.set_fault("status500")
     for _ in range(4):
         chat(router)
-    wait_for(lambda: status_of(router, ids[refusing.port]) == "unreachable", message="marked")
+    wait_until(lambda: status_of(router, ids[refusing.port]) == "unreachable", message="marked")
     reason = node_row(page, ids[refusing.port]).locator(".health-reason")
     expect(reason).to_contain_text("unreachable: connect refused", timeout=LIVE)
     expect(reason).to_contain_text("next check in", timeout=LIVE)
@@ -139,7 +103,7 @@ def test_table_sorts_by_name_and_status(
     nodes = join(router, fake_nodes, 3)
     ids = {a["machine_name"]: a["id"] for a in router.agents()}
     nodes[0].close()
-    wait_for(lambda: status_of(router, ids["fake-0"]) == "offline", timeout=15, message="offline")
+    wait_until(lambda: status_of(router, ids["fake-0"]) == "offline", timeout=15, message="offline")
     open_dashboard(page, router)
     names = page.locator("#nodes-table tbody button.open-node")
     expect(names).to_have_text(["fake-0", "fake-1", "fake-2"])
@@ -176,8 +140,8 @@ def test_node_detail_shows_system_history_and_requests(
     assert chat(router) == 200
     http("PATCH", router.url + f"/api/agents/{node_id}",
          {"tags": ["rack-a"], "notes": "under the desk"}, token=ADMIN_TOKEN)  # fmt: skip
-    wait_for(lambda: len(http("GET", router.url + f"/api/dashboard/nodes/{node_id}")[2]["samples"])
-             >= 2, message="two heartbeat samples")  # fmt: skip
+    detail = router.url + f"/api/dashboard/nodes/{node_id}"
+    wait_until(lambda: len(http("GET", detail)[2]["samples"]) >= 2, message="two heartbeat samples")
     open_dashboard(page, router)
     node_row(page, node_id).locator("button.open-node").click()
     dialog = page.locator("#node-dialog")
@@ -223,7 +187,7 @@ def test_admin_action_is_refused_without_the_token_and_works_with_it(
     page.fill("#token-input", ADMIN_TOKEN)
     page.click("#token-save")
     expect(page.locator("#notice")).to_contain_text("Disable: done")
-    wait_for(lambda: router.agents()[0]["enabled"] is False, message="node disabled")
+    wait_until(lambda: router.agents()[0]["enabled"] is False, message="node disabled")
     expect(dialog.locator("#admin-toggle")).to_have_text("Enable")
     assert page.evaluate("sessionStorage.getItem('llmRouterAdminToken')") == ADMIN_TOKEN
 
@@ -231,17 +195,17 @@ def test_admin_action_is_refused_without_the_token_and_works_with_it(
     dialog.locator("#admin-name").fill("front desk")
     dialog.locator("#admin-rename").click()
     expect(page.locator("#token-dialog")).to_be_hidden()
-    wait_for(lambda: router.agents()[0]["custom_name"] == "front desk", message="renamed")
+    wait_until(lambda: router.agents()[0]["custom_name"] == "front desk", message="renamed")
     dialog.locator("#admin-max").fill("3")
     dialog.locator("#admin-set-max").click()
-    wait_for(lambda: router.agents()[0]["max_concurrency"] == 3, message="max concurrency")
+    wait_until(lambda: router.agents()[0]["max_concurrency"] == 3, message="max concurrency")
     dialog.locator("#admin-tags").fill("rack-b, quiet")
     dialog.locator("#admin-notes").fill("fan is loud")
     dialog.locator("#admin-save-notes").click()
-    wait_for(lambda: router.agents()[0]["tags"] == ["rack-b", "quiet"], message="tags saved")
+    wait_until(lambda: router.agents()[0]["tags"] == ["rack-b", "quiet"], message="tags saved")
     assert router.agents()[0]["notes"] == "fan is loud"
     dialog.locator("#admin-offline").click()
-    wait_for(lambda: router.agents()[0]["status"] == "offline", message="forced offline")
+    wait_until(lambda: router.agents()[0]["status"] == "offline", message="forced offline")
     page.keyboard.press("Escape")
     row = node_row(page, node_id)
     expect(row.locator("button.open-node")).to_have_text("front desk", timeout=LIVE)
@@ -264,7 +228,7 @@ def test_delete_asks_for_confirmation(
     assert len(router.agents()) == 1
     dialog.locator("#admin-delete").click()
     page.click("#confirm-ok")
-    wait_for(lambda: router.agents() == [], message="node deleted")
+    wait_until(lambda: router.agents() == [], message="node deleted")
     expect(node_row(page, node_id)).to_have_count(0, timeout=LIVE)
     expect(page.locator("#node-dialog")).to_be_hidden()
 
@@ -288,7 +252,7 @@ def test_request_history_pages_filters_and_details(
     assert http("PATCH", url, patch, token=ADMIN_TOKEN)[0] == 200
     assert chat(router, "missing") == 404
     url = router.url + "/api/dashboard/request-history"
-    wait_for(lambda: http("GET", url)[2]["total"] == 56, message="56 stored requests")
+    wait_until(lambda: http("GET", url)[2]["total"] == 56, message="56 stored requests")
     open_dashboard(page, router, "requests")
     rows = page.locator("#history-table tbody tr")
     expect(page.locator("#history-info")).to_have_text(f"1{DASH}50 of 56")
@@ -422,7 +386,7 @@ def test_hidden_tab_drops_the_feed_and_resumes(router: RouterThread, page: Any) 
     page.evaluate(flip, True)
     expect(badge).to_have_attribute("data-state", "connecting")
     feed = router.call(lambda: _feed_sessions(router))
-    wait_for(lambda: router.call(lambda: len(feed)) == 0, message="the router dropped the feed")
+    wait_until(lambda: router.call(lambda: len(feed)) == 0, message="the router dropped the feed")
     page.evaluate(flip, False)
     expect(badge).to_have_attribute("data-state", "live")
 

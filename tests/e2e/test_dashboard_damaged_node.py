@@ -8,22 +8,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import http
-from tests.e2e.test_dashboard import (  # noqa: F401  (browser, page: fixtures)
-    LIVE,
-    browser,
-    expect,
-    node_row,
-    open_dashboard,
-    page,
-    pytestmark,
-)
+from tests.support.browser import BROWSER_MARKS, LIVE, expect, node_row, open_dashboard
+from tests.support.routers import http
+
+pytestmark = BROWSER_MARKS
 
 
 def test_a_damaged_node_is_marked_and_the_rest_still_shows(
     router_factory: Callable[..., Any],
     tmp_path: Path,
-    page: Any,  # noqa: F811  (the fixture imported above)
+    page: Any,
 ) -> None:
     db = str(tmp_path / "damaged.db")
     router = router_factory(db=db)

@@ -11,9 +11,8 @@ import gzip
 import json
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,32 +20,14 @@ import pytest
 
 from routercore.api.dashboard import DashboardAPI, SnapshotBuilder
 from routercore.stats import Outcome
-from tests.conftest import RouterThread, http, wait_for
-from tests.e2e.test_dashboard import (
-    ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    DASH,
-    expect,
-    playwright_api,
-)
+from tests.support.browser import ARTIFACTS, BROWSER_MARKS, DASH, expect
+from tests.support.polling import wait_until
+from tests.support.routers import RouterThread, http
 
 NODES = 200
 ROWS = 10_000
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed"),
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
+pytestmark = [*BROWSER_MARKS, pytest.mark.slow]
 
 
 def _register(router: RouterThread, i: int) -> str:
@@ -138,7 +119,7 @@ def test_200_nodes_and_10000_rows(
     ids = [_register(router, i) for i in range(NODES)]
     _fill_history(router, ids)
     history_url = router.url + "/api/dashboard/request-history"
-    wait_for(
+    wait_until(
         lambda: http("GET", history_url + "?limit=1")[2]["total"] == ROWS,
         timeout=60,
         message=f"{ROWS} stored requests",
@@ -202,7 +183,7 @@ def test_200_nodes_and_10000_rows(
                 renders.append(page.evaluate("window.__dashboard.lastRenderMs"))
             return len(renders) >= 20
 
-        wait_for(next_render, timeout=30, interval=0.1, message="20 snapshot renders")
+        wait_until(next_render, timeout=30, interval=0.1, message="20 snapshot renders")
         m["render_ms_median"] = round(statistics.median(renders), 2)
         m["render_ms_p90"] = round(sorted(renders)[int(0.9 * len(renders))], 2)
         m["render_ms_max"] = round(max(renders), 2)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, join
+from tests.support import ROOT
+from tests.support.routers import join
 
 # Not imported here: importing locust monkey-patches the process with gevent.
 pytestmark = [

@@ -7,44 +7,16 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, RouterThread, wait_for
-from tests.e2e.test_dashboard import (
-    ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    DASH,
-    LIVE,
-    expect,
-    open_dashboard,
-    playwright_api,
-)
-from tests.e2e.test_dashboard import pytestmark as dashboard_marks
+from tests.support.browser import ARTIFACTS, BROWSER_MARKS, DASH, LIVE, expect, open_dashboard
+from tests.support.polling import wait_until
+from tests.support.routers import ADMIN_TOKEN, RouterThread
 
-pytestmark = dashboard_marks
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900}, locale="en-US")
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield pg
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+pytestmark = BROWSER_MARKS
 
 
 def model_row(page: Any, model: str) -> Any:
@@ -67,7 +39,7 @@ def online(router: RouterThread, count: int) -> dict[str, str]:
         agents = {a["machine_name"]: a["id"] for a in router.agents() if a["status"] == "online"}
         return agents if len(agents) == count else None
 
-    return wait_for(check, message=f"{count} nodes online")
+    return wait_until(check, message=f"{count} nodes online")
 
 
 def test_models_view_deploys_pulls_with_progress_and_deletes(

@@ -22,6 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.logs import ErrorLog
+
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 # long runs (FUZZ_EXAMPLES=20000) must not hit the suite's default 120 s per-test timeout
 TIMEOUT = max(120, EXAMPLES // 5)
@@ -160,28 +162,6 @@ def healthz(port: int) -> None:
         assert json.loads(answer.body) == {"status": "ok"}
     finally:
         w.close()
-
-
-class ErrorLog(logging.Handler):
-    """Collects ERROR records from every thread (the router runs in its own)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def error_log() -> Iterator[ErrorLog]:
-    handler = ErrorLog()
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
 
 
 def describe(records: list[logging.LogRecord]) -> list[str]:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import http.client
 import json
-import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -21,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from routercore.http.json_limits import MAX_CONTAINERS, MAX_VALUES
-from tests.conftest import ADMIN_TOKEN
+from tests.support.logs import ErrorLog
+from tests.support.routers import ADMIN_TOKEN
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 # long runs (FUZZ_EXAMPLES=20000) must not hit the suite's default 120 s per-test timeout
@@ -147,25 +147,6 @@ def body_for(draw: st.DrawFn, kind: str) -> bytes:
 
 
 # -- plumbing ------------------------------------------------------------------------------------
-
-
-class ErrorLog(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def error_log() -> Iterator[ErrorLog]:
-    handler = ErrorLog()
-    logging.getLogger().addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logging.getLogger().removeHandler(handler)
 
 
 class Api:

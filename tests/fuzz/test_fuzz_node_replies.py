@@ -12,12 +12,10 @@ length on a 204/304. No ERROR is logged and `/healthz` keeps answering.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import socket
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import h11
@@ -26,7 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from routercore.testing.raw_node import RawNode
-from tests.conftest import http, wait_for
+from tests.support.logs import ErrorLog
+from tests.support.polling import wait_until
+from tests.support.routers import http
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 TIMEOUT = max(120, EXAMPLES // 5)
@@ -74,25 +74,6 @@ def node_replies(draw: st.DrawFn) -> tuple[bytes, dict[str, Any]]:
     head_ok = all(_TOKEN.fullmatch(n) and not _CTL.search(v) for n, v in fields)
     expect = {"status": status, "body": body, "head_ok": head_ok}
     return reply, expect
-
-
-class ErrorLog(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def error_log() -> Iterator[ErrorLog]:
-    handler = ErrorLog()
-    logging.getLogger().addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logging.getLogger().removeHandler(handler)
 
 
 def ask(port: int) -> tuple[h11.Response, bytes]:
@@ -156,7 +137,7 @@ def test_fuzz_node_replies(router_factory: Any, error_log: ErrorLog) -> None:
             # probe it at once; the probe (answered with this case's status line) brings it back.
             status, _, agent = http("POST", router.url + "/api/agents/register", register)
             assert status in (200, 201)
-            wait_for(lambda: router.agents()[0]["status"] == "online", message="node online")
+            wait_until(lambda: router.agents()[0]["status"] == "online", message="node online")
             response, body = ask(router.port)
             headers: dict[bytes, list[bytes]] = {}
             for name, value in response.headers:

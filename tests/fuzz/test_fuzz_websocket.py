@@ -9,12 +9,10 @@ ERROR logged, and `GET /healthz` answering afterwards.
 
 from __future__ import annotations
 
-import base64
-import logging
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,27 +20,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from routercore.http.websocket import CONTROL_BURST
-from tests.conftest import http
+from tests.support.logs import ErrorLog
+from tests.support.routers import http
+from tests.support.websocket import frame, server_frames, upgrade_request
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 TIMEOUT = max(120, EXAMPLES // 5)
 
 CLOSE_CODES = {1000, 1001, 1002, 1007, 1008, 1009, 1011}
-
-
-def frame(
-    opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True, rsv: int = 0
-) -> bytes:
-    first = (0x80 if fin else 0) | (rsv << 4) | opcode
-    size = len(payload)
-    if size < 126:
-        head = bytes([first, (0x80 if masked else 0) | size])
-    else:
-        head = bytes([first, (0x80 if masked else 0) | 126]) + struct.pack(">H", size)
-    if not masked:
-        return head + payload
-    mask = os.urandom(4)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 one_frame = st.one_of(
@@ -63,32 +48,10 @@ flood = st.builds(lambda n, p: [frame(0x9, p)] * n, st.integers(1, 120), st.bina
 frames = st.lists(st.one_of(one_frame, flood.map(b"".join)), max_size=30).map(b"".join)
 
 
-def server_frames(data: bytes) -> list[tuple[int, bytes]]:
-    out = []
-    while len(data) >= 2:
-        opcode, size, start = data[0] & 0x0F, data[1] & 0x7F, 2
-        if size == 126:
-            size, start = struct.unpack(">H", data[2:4])[0], 4
-        elif size == 127:
-            size, start = struct.unpack(">Q", data[2:10])[0], 10
-        if len(data) < start + size:
-            break
-        out.append((opcode, data[start : start + size]))
-        data = data[start + size :]
-    return out
-
-
 def run_case(port: int, payload: bytes) -> bytes:
     """Upgrade, send the frames, a close and EOF; read until the router closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        key = base64.b64encode(os.urandom(16)).decode()
-        s.sendall(
-            (
-                "GET /ws/dashboard HTTP/1.1\r\nHost: fuzz\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
+        s.sendall(upgrade_request("fuzz"))
         data = b""
         while b"\r\n\r\n" not in data:
             piece = s.recv(65536)
@@ -113,27 +76,6 @@ def run_case(port: int, payload: bytes) -> bytes:
         return data
 
 
-class ErrorLog(logging.Handler):
-    """ERROR records from every thread (the router runs in its own)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def ws_error_log() -> Iterator[ErrorLog]:
-    handler = ErrorLog()
-    logging.getLogger().addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logging.getLogger().removeHandler(handler)
-
-
 @pytest.fixture
 def fuzz_ws_router(router_factory: Callable[..., Any]) -> Any:
     return router_factory()
@@ -148,7 +90,7 @@ def fuzz_ws_router(router_factory: Callable[..., Any]) -> Any:
 )
 @given(payload=frames)
 def test_fuzz_websocket_frames_against_the_router(
-    payload: bytes, fuzz_ws_router: Any, ws_error_log: ErrorLog
+    payload: bytes, fuzz_ws_router: Any, error_log: ErrorLog
 ) -> None:
     got = server_frames(run_case(fuzz_ws_router.port, payload))
     pongs = [p for op, p in got if op == 0xA]
@@ -156,5 +98,5 @@ def test_fuzz_websocket_frames_against_the_router(
     for op, p in got:
         if op == 0x8 and len(p) >= 2:
             assert struct.unpack(">H", p[:2])[0] in CLOSE_CODES
-    assert not ws_error_log.records, [f"{r.name}: {r.getMessage()}" for r in ws_error_log.records]
+    assert not error_log.records, [f"{r.name}: {r.getMessage()}" for r in error_log.records]
     assert http("GET", fuzz_ws_router.url + "/healthz")[0] == 200

@@ -8,9 +8,7 @@ before which byte, which connection is closed), never on wall-clock time.
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import socket
 import struct
 import time
@@ -18,7 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import http, wait_for
+from tests.support.polling import wait_until
+from tests.support.routers import http
+from tests.support.websocket import frame, server_frames, upgrade_request
 
 MODEL_BODY = b'{"model": "nobody-serves-this", "messages": []}'
 
@@ -172,7 +172,7 @@ def test_tiny_chunks_past_the_allowance_get_400_before_the_body_ends(router_fact
     status, _, body = c.answer()
     assert status == 400 and "chunks" in body["error"]
     assert c.closed()
-    wait_for(lambda: held_body_bytes(router) == 0, message="body released")
+    wait_until(lambda: held_body_bytes(router) == 0, message="body released")
     # Ordinary chunk sizes are read whole.
     c = Raw(router.port)
     c.send(head("/api/chat", "Transfer-Encoding: chunked"))
@@ -187,7 +187,7 @@ def test_body_memory_cap_turns_new_bodies_away_with_503(router_factory: Any) -> 
     holder = Raw(router.port)
     holder.send(head("/api/chat", "Content-Length: 900000"))
     holder.send(b" " * 700_000)  # held, one read at a time, until the body is complete
-    wait_for(lambda: held_body_bytes(router) == 700_000, message="700 KB held")
+    wait_until(lambda: held_body_bytes(router) == 700_000, message="700 KB held")
     # Declared too much for what is left: refused at the head.
     late = Raw(router.port)
     late.send(head("/api/chat", "Content-Length: 400000"))
@@ -203,7 +203,7 @@ def test_body_memory_cap_turns_new_bodies_away_with_503(router_factory: Any) -> 
     # The holder is not hurt: it finishes and is answered; then there is room again.
     holder.send(b" " * 199_988 + MODEL_BODY[:12])
     assert holder.answer()[0] == 400  # not JSON, but read and handled
-    wait_for(lambda: held_body_bytes(router) == 0, message="memory released")
+    wait_until(lambda: held_body_bytes(router) == 0, message="memory released")
     again = Raw(router.port)
     again.send(head("/api/chat", f"Content-Length: {len(MODEL_BODY)}") + MODEL_BODY)
     assert again.answer()[0] == 404
@@ -260,7 +260,7 @@ def test_connections_per_address_are_capped_and_other_addresses_are_served(
         finally:
             c.close()
 
-    wait_for(healthz_from_first_address, message="a free slot for 127.0.0.1")
+    wait_until(healthz_from_first_address, message="a free slot for 127.0.0.1")
     for c in trickling:
         c.close()
 
@@ -326,13 +326,7 @@ def test_a_32_mib_json_bomb_does_not_balloon_the_router(router_process: Any) -> 
 
 def ws_connect(port: int, rcvbuf: int | None = None) -> Raw:
     c = Raw(port, rcvbuf=rcvbuf)
-    key = base64.b64encode(os.urandom(16)).decode()
-    c.send(
-        (
-            "GET /ws/dashboard HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
+    c.send(upgrade_request("t"))
     while b"\r\n\r\n" not in c.buf:
         c.buf += c.sock.recv(65536)
     assert c.buf.startswith(b"HTTP/1.1 101")
@@ -341,26 +335,7 @@ def ws_connect(port: int, rcvbuf: int | None = None) -> Raw:
 
 
 def ping(payload: bytes = b"p" * 125) -> bytes:
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x89, 0x80 | len(payload)]) + mask + masked
-
-
-def frames(data: bytes) -> list[tuple[int, bytes]]:
-    """(opcode, payload) of the whole unmasked server frames in `data`."""
-    out = []
-    while len(data) >= 2:
-        opcode, size = data[0] & 0x0F, data[1] & 0x7F
-        start = 2
-        if size == 126:
-            size, start = struct.unpack(">H", data[2:4])[0], 4
-        elif size == 127:
-            size, start = struct.unpack(">Q", data[2:10])[0], 10
-        if len(data) < start + size:
-            break
-        out.append((opcode, data[start : start + size]))
-        data = data[start + size :]
-    return out
+    return frame(0x9, payload)
 
 
 def test_a_ping_flood_is_closed_with_1008(router: Any) -> None:
@@ -369,7 +344,7 @@ def test_a_ping_flood_is_closed_with_1008(router: Any) -> None:
     # unread input would reset the connection): the burst allowance is 50.
     c.send(ping() * 60)
     assert c.closed()
-    got = frames(c.buf)
+    got = server_frames(c.buf)
     pongs = [p for op, p in got if op == 0xA]
     closes = [p for op, p in got if op == 0x8]
     assert 50 <= len(pongs) < 60
@@ -383,7 +358,7 @@ def test_pings_within_the_rate_are_answered(router: Any) -> None:
 
     def pong() -> bool:
         c.buf += c.sock.recv(65536)
-        return any(op == 0xA and p == b"hello" for op, p in frames(c.buf))
+        return any(op == 0xA and p == b"hello" for op, p in server_frames(c.buf))
 
-    wait_for(pong, message="pong")
+    wait_until(pong, message="pong")
     c.close()

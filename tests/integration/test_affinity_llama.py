@@ -20,8 +20,10 @@ import pytest
 from routercore._balancer_py import mix64, rendezvous_seed
 from routercore.bench import llama
 from routercore.prefix import prompt_prefix
-from tests.agent_conftest_helpers import Proc, agent_cmd, free_port, url_ready, wait_until
-from tests.conftest import RouterProcess, http
+from routercore.testing.processes import agent_cmd, free_port, url_ok
+from tests.support.agents import Proc
+from tests.support.polling import wait_until
+from tests.support.routers import RouterProcess, http
 
 pytestmark = pytest.mark.llama
 
@@ -49,13 +51,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]
             cmd = llama.server_cmd(python, port, n_ctx=2048)
             procs.append(Proc(cmd, tmp / f"{name}.log").start())
             url = f"http://127.0.0.1:{port}"
-            wait_until(lambda u=url: url_ready(u + "/v1/models"), timeout=120, what=name)
+            wait_until(lambda u=url: url_ok(u + "/v1/models"), timeout=120, message=name)
             (tmp / f"{name}.toml").write_text("")
             env = {"XDG_CONFIG_HOME": str(tmp / name / "cfg"), "XDG_DATA_HOME": str(tmp / name)}
             args = ["--router", router.url, "--runtime-url", url, "--name", name]
             cmd = agent_cmd(*args, "--config", str(tmp / f"{name}.toml"))
             procs.append(Proc(cmd, tmp / f"{name}-agent.log", env).start())
-        wait_until(lambda: len(online(router)) == 2, timeout=60, what="both agents register")
+        wait_until(lambda: len(online(router)) == 2, timeout=60, message="both agents register")
         yield router
     finally:
         for proc in reversed(procs):
@@ -133,5 +135,5 @@ def test_each_conversation_stays_on_one_node_and_both_nodes_serve(cluster: Route
             http("GET", router.url + "/api/dashboard/request-history?limit=100")[2]["items"]
         )
 
-    rows = wait_until(lambda: len(history()) == 4 * TURNS and history(), what="history rows")
+    rows = wait_until(lambda: len(history()) == 4 * TURNS and history(), message="history rows")
     assert sorted(r["affinity_hit"] for r in rows) == [False] * 4 + [True] * 4 * (TURNS - 1)

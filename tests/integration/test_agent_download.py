@@ -19,7 +19,7 @@ from agent.download import (
     bypass_proxy,
     parse_checksum_file,
 )
-from tests.agent_conftest_helpers import FileServer, ForwardProxy, self_signed_cert
+from tests.support.netservers import FileServer, ForwardProxy, self_signed_cert
 
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()

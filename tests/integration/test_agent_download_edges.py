@@ -19,7 +19,7 @@ from agent.download import (
     ProxySettings,
 )
 from agent.install import InstallError, install_runtime
-from tests.agent_conftest_helpers import FileServer, ForwardProxy, self_signed_cert
+from tests.support.netservers import FileServer, ForwardProxy, self_signed_cert
 
 DATA = os.urandom(200_000)
 SHA = hashlib.sha256(DATA).hexdigest()

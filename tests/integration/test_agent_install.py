@@ -18,7 +18,8 @@ from agent.download import Downloader
 from agent.install import InstallError, find_installed, install_runtime
 from agent.models import PullError, pull_model
 from routercore.testing.fakenode import run_in_thread
-from tests.agent_conftest_helpers import ROOT, FileServer
+from tests.support import ROOT
+from tests.support.netservers import FileServer
 
 SCRIPT = b"#!/bin/sh\necho fake-runtime\n"
 

@@ -20,7 +20,7 @@ from agent.cli import run_service
 from agent.config import load_config
 from agent.service import AgentService
 from routercore.testing.fakenode import ThreadedFakeNode, run_in_thread
-from tests.agent_conftest_helpers import wait_until
+from tests.support.polling import wait_until
 
 CONTRACT_HEARTBEAT = {
     "agent_id",
@@ -123,7 +123,7 @@ def test_register_and_heartbeat_bodies(
     router: RecordingRouter, runtime: ThreadedFakeNode, tmp_path: Path
 ) -> None:
     with run_agent(tmp_path, router_url=router.url, runtime_url=runtime.url, node_name="wire"):
-        wait_until(lambda: len(router.of("/api/health")) >= 3, what="heartbeats")
+        wait_until(lambda: len(router.of("/api/health")) >= 3, message="heartbeats")
     reg = router.of("/api/agents/register")[0]
     assert reg["auth"] is None  # no registration token configured
     body = reg["body"]
@@ -147,11 +147,11 @@ def test_404_reregisters_and_uses_the_new_token(
     router: RecordingRouter, runtime: ThreadedFakeNode, tmp_path: Path
 ) -> None:
     with run_agent(tmp_path, router_url=router.url, runtime_url=runtime.url):
-        wait_until(lambda: len(router.of("/api/health")) >= 1, what="first heartbeat")
+        wait_until(lambda: len(router.of("/api/health")) >= 1, message="first heartbeat")
         router.fail_next_heartbeat.set()
-        wait_until(lambda: len(router.of("/api/agents/register")) == 2, what="re-register")
+        wait_until(lambda: len(router.of("/api/agents/register")) == 2, message="re-register")
         wait_until(
-            lambda: router.of("/api/health")[-1]["auth"] == "Bearer token-2", what="new token"
+            lambda: router.of("/api/health")[-1]["auth"] == "Bearer token-2", message="new token"
         )
 
 
@@ -166,7 +166,7 @@ def test_token_and_ip_address_when_configured(
         ip_address="127.0.0.1",
         max_concurrency="4",
     ):
-        wait_until(lambda: router.of("/api/health"), what="heartbeat")
+        wait_until(lambda: router.of("/api/health"), message="heartbeat")
     reg = router.of("/api/agents/register")[0]
     assert reg["auth"] == "Bearer reg-tok"
     assert reg["body"]["ip_address"] == "127.0.0.1"
@@ -175,9 +175,9 @@ def test_token_and_ip_address_when_configured(
 
 
 def test_runtime_down_is_reported(router: RecordingRouter, tmp_path: Path) -> None:
-    from tests.agent_conftest_helpers import free_port
+    from routercore.testing.processes import free_port
 
     with run_agent(tmp_path, router_url=router.url, runtime_url=f"http://127.0.0.1:{free_port()}"):
-        wait_until(lambda: router.of("/api/health"), what="heartbeat")
+        wait_until(lambda: router.of("/api/health"), message="heartbeat")
     hb = router.of("/api/health")[0]["body"]
     assert hb["runtime_up"] is False and hb["models"] == []

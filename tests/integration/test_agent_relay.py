@@ -20,8 +20,10 @@ import openai
 import pytest
 
 from routercore.testing.fakenode import ThreadedFakeNode, run_in_thread
-from tests.agent_conftest_helpers import Proc, agent_cmd, wait_until
-from tests.conftest import ADMIN_TOKEN, RouterThread, http
+from routercore.testing.processes import agent_cmd
+from tests.support.agents import Proc
+from tests.support.polling import wait_until
+from tests.support.routers import ADMIN_TOKEN, RouterThread, http
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +50,7 @@ class RelayCluster:
             tmp / "agent.log",
             env,
         ).start()  # fmt: skip
-        self.node = wait_until(self._online, timeout=30, what="the relayed node online")
+        self.node = wait_until(self._online, timeout=30, message="the relayed node online")
 
     def _online(self) -> dict[str, Any] | None:
         if not self.agent.alive():
@@ -184,7 +186,7 @@ def test_client_disconnect_reaches_the_runtime(cluster: RelayCluster) -> None:
     sock.close()
     # router -> relay -> runtime: each hop cuts its upstream when its client goes away.
     wait_until(lambda: cluster.stats()["cancelled"] == cancelled + 1, timeout=15,
-               what="the runtime to see the cancel")  # fmt: skip
+               message="the runtime to see the cancel")  # fmt: skip
     assert cluster.stats()["in_flight"] == 0
 
 
@@ -203,16 +205,16 @@ def test_flow_control_a_slow_client_pauses_the_runtime(cluster: RelayCluster) ->
     def runtime_blocked() -> bool:
         return any(c.writing_paused for c in list(cluster.runtime.node.connections))
 
-    wait_until(runtime_blocked, timeout=30, what="the runtime's writes to be paused")
+    wait_until(runtime_blocked, timeout=30, message="the runtime's writes to be paused")
     time.sleep(0.5)  # a moment for anything still moving; the answer must not complete
     assert cluster.stats()["completed"] == completed
     # Kernel buffers may still grow a little (autotuning) and let the runtime write a bit more,
     # but it ends up paused again, the answer far from complete.
-    wait_until(runtime_blocked, timeout=10, what="the runtime's writes paused again")
+    wait_until(runtime_blocked, timeout=10, message="the runtime's writes paused again")
     assert cluster.stats()["completed"] == completed
     sock.close()
     wait_until(lambda: cluster.stats()["cancelled"] == cancelled + 1, timeout=15,
-               what="the runtime to see the cancel")  # fmt: skip
+               message="the runtime to see the cancel")  # fmt: skip
 
 
 def test_wrong_or_missing_token_gets_401_and_a_log_line(cluster: RelayCluster) -> None:
@@ -232,7 +234,7 @@ def test_wrong_or_missing_token_gets_401_and_a_log_line(cluster: RelayCluster) -
             cluster.agent.log().count("relay_refused peer=127.0.0.3") >= 2 and cluster.agent.log()
         ),
         timeout=10,
-        what="the refusals in the agent's log",
+        message="the refusals in the agent's log",
     )
     assert "reason=wrong token" in log and "reason=no token" in log
     assert "wrong-token-0123456789" not in log
@@ -282,7 +284,7 @@ def test_runtime_down_behind_the_relay_is_unreachable_until_the_probe_passes(
         assert "relay_runtime_unreachable" in cluster.agent.log()
     finally:
         cluster.runtime.clear_faults()
-    wait_until(lambda: status() == "online", timeout=20, what="the probe to bring the node back")
+    wait_until(lambda: status() == "online", timeout=20, message="the probe to bring the node back")
     code, _, body = http(
         "POST",
         cluster.router.url + "/api/generate",

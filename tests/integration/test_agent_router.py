@@ -20,21 +20,11 @@ import apsw
 import psutil
 import pytest
 
-from tests.agent_conftest_helpers import (
-    ADMIN_TOKEN,
-    FileServer,
-    Proc,
-    agent_cmd,
-    delete,
-    fakenode_cmd,
-    free_port,
-    get_json,
-    post_json,
-    router_proc,
-    url_ready,
-    wait_until,
-    xvfb_display,
-)
+from routercore.testing.processes import agent_cmd, fakenode_cmd, free_port, url_ok
+from tests.support.agents import Proc, delete, get_json, post_json, router_proc, xvfb_display
+from tests.support.netservers import FileServer
+from tests.support.polling import wait_until
+from tests.support.routers import ADMIN_TOKEN
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +47,7 @@ class Cluster:
         proc.env.update(env)
         proc.url = f"http://127.0.0.1:{port}"
         self.procs.append(proc.start())
-        wait_until(lambda: self._ready(proc, "/healthz"), timeout=30, what="router ready")
+        wait_until(lambda: self._ready(proc, "/healthz"), timeout=30, message="router ready")
         return proc
 
     def runtime(self, port: int | None = None, models: str = "alpha,beta") -> Proc:
@@ -65,7 +55,7 @@ class Cluster:
         proc = Proc(fakenode_cmd(port, models), self._log("fakenode"))
         proc.url = f"http://127.0.0.1:{port}"
         self.procs.append(proc.start())
-        wait_until(lambda: self._ready(proc, "/api/tags"), timeout=30, what="fake runtime")
+        wait_until(lambda: self._ready(proc, "/api/tags"), timeout=30, message="fake runtime")
         return proc
 
     def agent(self, *args: str, **env: str) -> Proc:
@@ -77,7 +67,7 @@ class Cluster:
     def _ready(proc: Proc, path: str) -> bool:
         if not proc.alive():
             raise RuntimeError(f"process exited early:\n{proc.log()}")
-        return url_ready(proc.url + path)
+        return url_ok(proc.url + path)
 
     def close(self) -> None:
         agents = [p for p in self.procs if "agent" in p.cmd]
@@ -139,7 +129,7 @@ def test_node_online_with_metrics_and_models_then_clean_stop(cluster: Cluster) -
     router = cluster.router()
     runtime = cluster.runtime()
     agent = cluster.agent("--router", router.url, "--runtime-url", runtime.url, "--name", "n1")
-    node = wait_until(online(router, "n1", runtime_up=True), what="node online")
+    node = wait_until(online(router, "n1", runtime_up=True), message="node online")
     assert sorted(node["models"]) == ["alpha", "beta"]
     assert node["runtime_port"] == int(runtime.url.rsplit(":", 1)[1])
     assert node["ip_address"] == "127.0.0.1"
@@ -148,7 +138,7 @@ def test_node_online_with_metrics_and_models_then_clean_stop(cluster: Cluster) -
     assert node["system"]["cpu_count"] >= 1 and node["system"]["memory_bytes"] > 0
     node = wait_until(
         lambda: (n := node_named(router, "n1")()) and n["metrics"]["cpu_usage"] is not None and n,
-        what="metrics",
+        message="metrics",
     )
     m = node["metrics"]
     assert 0 <= m["cpu_usage"] <= 100 and 0 < m["memory_usage"] <= 100
@@ -174,9 +164,9 @@ def test_waits_for_router_with_backoff(cluster: Cluster) -> None:
         "--name",
         "early",
     )
-    wait_until(lambda: agent.log().count("router_problem") >= 2, what="register retries")
+    wait_until(lambda: agent.log().count("router_problem") >= 2, message="register retries")
     router = cluster.router(port=port)
-    wait_until(online(router, "early", runtime_up=True), what="registered once router is up")
+    wait_until(online(router, "early", runtime_up=True), message="registered once router is up")
 
 
 def test_router_restart_with_empty_db_reregisters(cluster: Cluster) -> None:
@@ -184,7 +174,7 @@ def test_router_restart_with_empty_db_reregisters(cluster: Cluster) -> None:
     router = cluster.router(port=port, db="first.db")
     runtime = cluster.runtime()
     cluster.agent("--router", router.url, "--runtime-url", runtime.url, "--name", "phoenix")
-    first = wait_until(online(router, "phoenix"), what="first registration")
+    first = wait_until(online(router, "phoenix"), message="first registration")
 
     # Same DB after a crash: the node is known; the agent comes back on its own. (The row is
     # committed by the store's writer thread a moment after the 201; kill only once it is.)
@@ -196,16 +186,16 @@ def test_router_restart_with_empty_db_reregisters(cluster: Cluster) -> None:
             db.close()
         return row is not None
 
-    wait_until(stored, what="registration committed")
+    wait_until(stored, message="registration committed")
     router.stop(signal.SIGKILL)
     router = cluster.router(port=port, db="first.db")
-    again = wait_until(online(router, "phoenix", runtime_up=True), what="back after restart")
+    again = wait_until(online(router, "phoenix", runtime_up=True), message="back after restart")
     assert again["id"] == first["id"]
 
     # The DB replaced by an empty one: heartbeats get 404 and the agent registers anew.
     router.stop(signal.SIGTERM)
     router = cluster.router(port=port, db="empty.db")
-    fresh = wait_until(online(router, "phoenix", runtime_up=True), what="re-registered")
+    fresh = wait_until(online(router, "phoenix", runtime_up=True), message="re-registered")
     assert sorted(fresh["models"]) == ["alpha", "beta"]
     assert generate(router)[0] == 200
 
@@ -214,9 +204,9 @@ def test_heartbeat_404_triggers_reregistration(cluster: Cluster) -> None:
     router = cluster.router()
     runtime = cluster.runtime()
     cluster.agent("--router", router.url, "--runtime-url", runtime.url, "--name", "deleted")
-    node = wait_until(online(router, "deleted"), what="online")
+    node = wait_until(online(router, "deleted"), message="online")
     assert delete(router.url + f"/api/agents/{node['id']}", token=ADMIN_TOKEN) == 204
-    back = wait_until(online(router, "deleted"), what="registered again after delete")
+    back = wait_until(online(router, "deleted"), message="registered again after delete")
     assert back["id"] != node["id"]
 
 
@@ -228,20 +218,20 @@ def test_runtime_killed_then_back(cluster: Cluster) -> None:
         "--router", router.url, "--runtime-url", runtime.url, "--name", "rt",
         LLM_AGENT_RUNTIME_POLL_INTERVAL="0.3",
     )  # fmt: skip
-    wait_until(online(router, "rt", runtime_up=True), what="online")
+    wait_until(online(router, "rt", runtime_up=True), message="online")
     assert generate(router)[0] == 200
 
     runtime.kill()
     node = wait_until(
         lambda: (n := node_named(router, "rt")()) and n["runtime_up"] is False and n,
-        what="runtime_up false",
+        message="runtime_up false",
     )
     assert node["status"] == "online"  # the agent itself still heartbeats
     status, _ = generate(router)
     assert status != 200
 
     runtime = cluster.runtime(port=port)
-    wait_until(online(router, "rt", runtime_up=True), what="runtime back")
+    wait_until(online(router, "rt", runtime_up=True), message="runtime back")
     assert generate(router)[0] == 200
     assert runtime_requests(runtime) == 1
 
@@ -257,15 +247,15 @@ def test_several_routers_each_informed(cluster: Cluster) -> None:
         "--name",
         "multi",
     )
-    wait_until(online(r1, "multi", runtime_up=True), what="online on router 1")
-    wait_until(online(r2, "multi", runtime_up=True), what="online on router 2")
+    wait_until(online(r1, "multi", runtime_up=True), message="online on router 1")
+    wait_until(online(r2, "multi", runtime_up=True), message="online on router 2")
     r1.stop(signal.SIGKILL)
     assert generate(r2)[0] == 200
     before = node_named(r2, "multi")()
     assert before is not None
     wait_until(
         lambda: (n := node_named(r2, "multi")()) and n["last_seen"] != before["last_seen"],
-        what="router 2 still gets heartbeats",
+        message="router 2 still gets heartbeats",
     )
 
 
@@ -273,13 +263,13 @@ def test_registration_token(cluster: Cluster) -> None:
     router = cluster.router(LLM_ROUTER_REGISTRATION_TOKEN="let-me-in")
     runtime = cluster.runtime()
     refused = cluster.agent("--router", router.url, "--runtime-url", runtime.url, "--name", "nope")
-    wait_until(lambda: "check the registration token" in refused.log(), what="refusal logged")
+    wait_until(lambda: "check the registration token" in refused.log(), message="refusal logged")
     assert node_named(router, "nope")() is None
     cluster.agent(
         "--router", router.url, "--runtime-url", runtime.url, "--name", "yes",
         LLM_AGENT_REGISTRATION_TOKEN="let-me-in",
     )  # fmt: skip
-    wait_until(online(router, "yes"), what="registered with token")
+    wait_until(online(router, "yes"), message="registered with token")
 
 
 def test_managed_runtime_started_restarted_and_stopped(cluster: Cluster) -> None:
@@ -291,7 +281,7 @@ def test_managed_runtime_started_restarted_and_stopped(cluster: Cluster) -> None
         "--manage-runtime", "--runtime-command", command,
         LLM_AGENT_RUNTIME_POLL_INTERVAL="0.3",
     )  # fmt: skip
-    wait_until(online(router, "mgd", runtime_up=True, models=["managed"]), timeout=30, what="up")
+    wait_until(online(router, "mgd", runtime_up=True, models=["managed"]), timeout=30, message="up")
 
     def child() -> psutil.Process | None:
         kids = [
@@ -299,21 +289,21 @@ def test_managed_runtime_started_restarted_and_stopped(cluster: Cluster) -> None
         ]
         return kids[0] if kids else None
 
-    first = wait_until(child, what="child runtime")
+    first = wait_until(child, message="child runtime")
     cluster.extra_pids.append(first.pid)
     first.kill()
     first.wait(10)
     second = wait_until(
-        lambda: (c := child()) and c.pid != first.pid and c, timeout=30, what="restart"
+        lambda: (c := child()) and c.pid != first.pid and c, timeout=30, message="restart"
     )
     cluster.extra_pids.append(second.pid)
     assert "runtime_exited" in agent.log()
-    wait_until(online(router, "mgd", runtime_up=True), timeout=30, what="up again")
+    wait_until(online(router, "mgd", runtime_up=True), timeout=30, message="up again")
 
     assert agent.stop(signal.SIGTERM) == 0
     wait_until(
         lambda: not psutil.pid_exists(second.pid) or second.status() == "zombie",
-        what="child stopped",
+        message="child stopped",
     )
     assert "runtime_stopping" in agent.log()
 
@@ -323,7 +313,7 @@ def test_sigint_exits_zero(cluster: Cluster) -> None:
     router = cluster.router()
     runtime = cluster.runtime()
     agent = cluster.agent("--router", router.url, "--runtime-url", runtime.url, "--name", "int")
-    wait_until(online(router, "int"), what="online")
+    wait_until(online(router, "int"), message="online")
     assert agent.stop(signal.SIGINT) == 0
 
 
@@ -348,7 +338,7 @@ def test_installs_missing_runtime_then_starts_it(cluster: Cluster, tmp_path: Pat
             LLM_AGENT_RUNTIME_ARGS="", LLM_AGENT_RUNTIME_POLL_INTERVAL="0.3",
         )  # fmt: skip
         wait_until(
-            online(router, "inst", runtime_up=True, models=["installed"]), timeout=60, what="up"
+            online(router, "inst", runtime_up=True, models=["installed"]), timeout=60, message="up"
         )
     finally:
         files.close()
@@ -373,7 +363,7 @@ def test_pulls_default_model_chosen_by_memory(cluster: Cluster) -> None:
     node = wait_until(
         lambda: (n := node_named(router, "pull")()) and "tiny:1b" in n["models"] and n,
         timeout=30,
-        what="default model pulled and reported",
+        message="default model pulled and reported",
     )
     assert "huge:405b" not in node["models"]
 
@@ -393,12 +383,12 @@ def test_tray_under_a_display_and_headless_without(cluster: Cluster) -> None:
         return proc
 
     headless = agent_with_tray_allowed("hl", "")
-    wait_until(online(router, "hl"), what="headless online")
+    wait_until(online(router, "hl"), message="headless online")
     assert "running_headless" in headless.log()
 
     # A tray backend that fails when run: the agent goes on headless and still stops cleanly.
     broken = agent_with_tray_allowed("broken", ":0", PYSTRAY_BACKEND="dummy")
-    wait_until(online(router, "broken"), what="agent online despite a broken tray")
+    wait_until(online(router, "broken"), message="agent online despite a broken tray")
     assert "tray_failed" in broken.log()
     assert broken.stop(signal.SIGTERM) == 0
     if shutil.which("Xvfb") is None:
@@ -406,7 +396,7 @@ def test_tray_under_a_display_and_headless_without(cluster: Cluster) -> None:
     with xvfb_display() as display:
         proc = agent_with_tray_allowed("tray", display)
         try:
-            wait_until(online(router, "tray"), what="tray agent online")
+            wait_until(online(router, "tray"), message="tray agent online")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nagent log:\n{proc.log()[-4000:]}") from None
         assert "running_headless" not in proc.log()
@@ -417,12 +407,12 @@ def test_tray_under_a_display_and_headless_without(cluster: Cluster) -> None:
 def test_the_agent_sends_its_log_when_the_router_asks(cluster: Cluster) -> None:
     """GET /api/agents/{id}/logs: the question rides on a heartbeat answer, the real agent
     answers with its log tail in the heartbeat right after."""
-    from tests.conftest import http
+    from tests.support.routers import http
 
     router = cluster.router()
     runtime = cluster.runtime()
     cluster.agent("--router", router.url, "--runtime-url", runtime.url, "--name", "logger")
-    node = wait_until(online(router, "logger"), what="node online")
+    node = wait_until(online(router, "logger"), message="node online")
     url = f"{router.url}/api/agents/{node['id']}/logs?lines=50"
     assert http("GET", url)[0] == 401
     status, _, body = http("GET", url, token=ADMIN_TOKEN, timeout=30)

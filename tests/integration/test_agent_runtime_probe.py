@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agent.runtime import OLLAMA, OPENAI, RuntimeProbe
 from routercore.testing.fakenode import run_in_thread
-from tests.agent_conftest_helpers import free_port
+from routercore.testing.processes import free_port
 
 
 def test_auto_prefers_ollama_and_reads_models_running_and_version() -> None:

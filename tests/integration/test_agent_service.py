@@ -14,15 +14,9 @@ from agent.config import load_config
 from agent.service import AgentService
 from agent.state import DEGRADED, OFFLINE, ONLINE
 from routercore.testing.fakenode import ThreadedFakeNode, run_in_thread
-from tests.agent_conftest_helpers import (
-    Proc,
-    free_port,
-    get_json,
-    post_json,
-    router_proc,
-    url_ready,
-    wait_until,
-)
+from routercore.testing.processes import free_port, url_ok
+from tests.support.agents import Proc, get_json, post_json, router_proc
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +27,7 @@ def router(tmp_path: Path) -> Iterator[Proc]:
     proc = router_proc(port, tmp_path / "r.db", tmp_path / "router.log").start()
     proc.url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: url_ready(proc.url + "/healthz"), timeout=30, what="router")
+        wait_until(lambda: url_ok(proc.url + "/healthz"), timeout=30, message="router")
         yield proc
     finally:
         proc.stop(signal.SIGKILL)
@@ -80,26 +74,26 @@ def generate(router: Proc) -> int:
 def test_pause_stops_traffic_and_resume_restores_it(
     service: AgentService, router: Proc, runtime: ThreadedFakeNode
 ) -> None:
-    wait_until(lambda: service.state.snapshot.status == ONLINE, what="online state")
-    wait_until(lambda: (n := node(router)) and n["runtime_up"] is True, what="listed up")
+    wait_until(lambda: service.state.snapshot.status == ONLINE, message="online state")
+    wait_until(lambda: (n := node(router)) and n["runtime_up"] is True, message="listed up")
     assert generate(router) == 200
     served = get_json(runtime.url + "/_fake/stats")[1]["requests_total"]
 
     service.set_paused(True)
     assert service.state.snapshot.status == DEGRADED
-    wait_until(lambda: (n := node(router)) and n["runtime_up"] is False, what="listed paused")
+    wait_until(lambda: (n := node(router)) and n["runtime_up"] is False, message="listed paused")
     assert generate(router) != 200
     assert get_json(runtime.url + "/_fake/stats")[1]["requests_total"] == served
 
     service.set_paused(False)
-    wait_until(lambda: (n := node(router)) and n["runtime_up"] is True, what="listed resumed")
+    wait_until(lambda: (n := node(router)) and n["runtime_up"] is True, message="listed resumed")
     assert generate(router) == 200
 
 
 def test_state_follows_router(service: AgentService, router: Proc) -> None:
-    wait_until(lambda: service.state.snapshot.status == ONLINE, what="online state")
+    wait_until(lambda: service.state.snapshot.status == ONLINE, message="online state")
     link = service.state.snapshot.routers[0]
     assert link.registered and link.agent_id and link.error is None
     router.stop(signal.SIGKILL)
-    wait_until(lambda: service.state.snapshot.status == OFFLINE, what="offline state")
+    wait_until(lambda: service.state.snapshot.status == OFFLINE, message="offline state")
     assert service.state.snapshot.routers[0].error

@@ -15,16 +15,10 @@ from pathlib import Path
 import pytest
 
 from agent.status_file import read_status, status_path
-from tests.agent_conftest_helpers import (
-    ROOT,
-    Proc,
-    fakenode_cmd,
-    free_port,
-    router_proc,
-    url_ready,
-    wait_until,
-    xvfb_display,
-)
+from routercore.testing.processes import fakenode_cmd, free_port, url_ok
+from tests.support import ROOT
+from tests.support.agents import Proc, router_proc, xvfb_display
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -50,8 +44,8 @@ def test_settings_window_follows_the_connection_live(display: str, tmp_path: Pat
     agent = None
     window = None
     try:
-        wait_until(lambda: url_ready(router.url + "/healthz"), what="router")
-        wait_until(lambda: url_ready(f"http://127.0.0.1:{runtime_port}/api/tags"), what="runtime")
+        wait_until(lambda: url_ok(router.url + "/healthz"), message="router")
+        wait_until(lambda: url_ok(f"http://127.0.0.1:{runtime_port}/api/tags"), message="runtime")
         agent = Proc(
             [sys.executable, "-m", "agent", "--config", str(config)], tmp_path / "agent.log", env
         ).start()
@@ -63,7 +57,7 @@ def test_settings_window_follows_the_connection_live(display: str, tmp_path: Pat
             return bool(routers[0].get("registered") and routers[0].get("last_heartbeat"))
 
         try:
-            wait_until(registered_with_heartbeat, timeout=30, what="the tray's status file")
+            wait_until(registered_with_heartbeat, timeout=30, message="the tray's status file")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nagent log:\n{agent.log()[-3000:]}") from None
         assert "running_headless" not in agent.log()  # the tray wrote it

@@ -19,7 +19,8 @@ from typing import Any
 import apsw
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, http, online_ids, wait_for
+from tests.support.polling import wait_until
+from tests.support.routers import ADMIN_TOKEN, http, online_ids
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +159,13 @@ def test_sigkill_under_load_then_restart(
 
     def served_more(n: int) -> None:
         target = tally.ok + n
-        wait_for(lambda: tally.ok >= target, timeout=60, message=f"{n} more served")
+        wait_until(lambda: tally.ok >= target, timeout=60, message=f"{n} more served")
 
     try:
         served_more(40)
         # The rows the router has committed by now: visible to another connection.
         done = tally.ok
-        wait_for(
+        wait_until(
             lambda: (
                 db_query(db, "SELECT count(*) FROM requests WHERE status_code = 200")[0][0] >= done
             ),
@@ -242,7 +243,7 @@ def test_api_keys_and_admin_token_survive_a_restart(
     assert token, "the generated admin token is printed at first start"
     status, _, key = http("POST", router.url + "/api/keys", {"name": "k"}, token=token)
     assert status == 201
-    wait_for(
+    wait_until(
         lambda: db_query(db, "SELECT count(*) FROM api_keys") == [(1,)],
         message="the key is committed",
     )

@@ -22,7 +22,8 @@ import pytest
 
 import routercore.service
 from routercore.store import Store
-from tests.conftest import ADMIN_TOKEN, http, join, online_ids, wait_for
+from tests.support.polling import wait_until
+from tests.support.routers import ADMIN_TOKEN, http, join, online_ids
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
 STREAMS = (
@@ -83,7 +84,7 @@ def test_node_killed_mid_stream(router_factory: Any, fake_nodes: Any, path: str,
     assert len(events) >= 1 and "error" in events[-1], events[-3:]
     assert "upstream node failed" in error_text(events[-1])
     assert not any("error" in e for e in events[:-1])
-    wait_for(lambda: status_of(router, victim_id) != "online", message="the dead node is marked")
+    wait_until(lambda: status_of(router, victim_id) != "online", message="the dead node is marked")
     # Nothing is lost afterwards: every new request goes to the survivor.
     (survivor,) = [i for i in by_id if i != victim_id]
     for n in nodes:
@@ -146,7 +147,7 @@ def test_request_timeout_cuts_a_long_stream(
     events = read_events(resp)
     conn.close()
     assert len(events) > 1 and "error" in events[-1]
-    wait_for(lambda: node.snapshot()["cancelled"] == 1, message="the node stops generating")
+    wait_until(lambda: node.snapshot()["cancelled"] == 1, message="the node stops generating")
 
 
 def test_request_timeout_with_fast_tokens_ends_with_an_error_event(
@@ -301,7 +302,7 @@ def test_queue_length_limit(router_factory: Any, fake_nodes: Any) -> None:
     ]
     for t in waiting:
         t.start()
-    wait_for(lambda: router.call(lambda: len(router.service.proxy.waiters)) == 2)
+    wait_until(lambda: router.call(lambda: len(router.service.proxy.waiters)) == 2)
     status, headers, body = http("POST", router.url + "/v1/chat/completions", CHAT)
     assert status == 503 and int(headers["retry-after"]) >= 1
     assert "queue is full" in body["error"]["message"]
@@ -347,7 +348,7 @@ def test_no_request_lost_while_nodes_fail(router_factory: Any, fake_nodes: Any) 
 
     def served_more(n: int) -> None:
         target = sum(results.values()) + n
-        wait_for(lambda: sum(results.values()) >= target, timeout=30, message=f"{n} more")
+        wait_until(lambda: sum(results.values()) >= target, timeout=30, message=f"{n} more")
 
     served_more(10)
     for fault in ("status500", "garbage", "refuse"):
@@ -421,19 +422,19 @@ def test_locked_database(
     join(router, fake_nodes, 1)
     for _ in range(3):
         assert http("POST", router.url + "/v1/chat/completions", CHAT)[0] == 200
-    wait_for(lambda: history_count(router) == 3, message="the first rows")
+    wait_until(lambda: history_count(router) == 3, message="the first rows")
     holder = apsw.Connection(db)
     holder.execute("BEGIN EXCLUSIVE")
     try:
         for _ in range(10):
             assert http("POST", router.url + "/v1/chat/completions", CHAT)[0] == 200
-        wait_for(lambda: store_warnings(caplog, "BusyError"), message="the store logs the lock")
+        wait_until(lambda: store_warnings(caplog, "BusyError"), message="the store logs the lock")
         assert history_count(router) == 3  # readers still work; nothing new committed
         assert http("GET", router.url + "/api/dashboard/overview")[0] == 200
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    wait_for(lambda: history_count(router) == 13, timeout=20, message="the rows after the lock")
+    wait_until(lambda: history_count(router) == 13, timeout=20, message="the rows after the lock")
     assert any("store write recovered" in r.getMessage() for r in caplog.records)
 
 
@@ -447,7 +448,7 @@ def test_full_database(
     caplog.set_level(logging.INFO)
     router = router_factory(db=str(tmp_path / "full.db"))
     join(router, fake_nodes, 1)
-    wait_for(lambda: router.service.store.backlog == 0, message="start-up writes")
+    wait_until(lambda: router.service.store.backlog == 0, message="start-up writes")
     set_max_pages(db_hook.writer, None)  # no room for one more page from now on
     sent = 0
     while not store_warnings(caplog, "FullError"):
@@ -459,7 +460,7 @@ def test_full_database(
     sent += 5
     assert history_count(router) < sent
     set_max_pages(db_hook.writer, 1 << 30)  # space again
-    wait_for(lambda: history_count(router) == sent, timeout=20, message="rows after the disk")
+    wait_until(lambda: history_count(router) == sent, timeout=20, message="rows after the disk")
     assert any("store write recovered" in r.getMessage() for r in caplog.records)
 
 
@@ -526,7 +527,7 @@ def registering_while_locked(
     the lock goes when the block ends."""
     db = str(tmp_path / "locked.db")
     router = router_factory(db=db, **settings)
-    wait_for(lambda: router.service.store.backlog == 0, message="start-up writes")
+    wait_until(lambda: router.service.store.backlog == 0, message="start-up writes")
     holder = apsw.Connection(db)
     holder.execute("BEGIN EXCLUSIVE")
     try:
@@ -567,7 +568,7 @@ def test_registration_past_the_commit_timeout_is_answered_and_written_later(
         assert body["agent_id"] not in node_ids_in_file(reg.db)
         assert any("event=answered_before_commit" in r.getMessage() for r in caplog.records)
         assert body["agent_id"] in {a["id"] for a in reg.router.agents()}  # in effect in memory
-    wait_for(lambda: body["agent_id"] in node_ids_in_file(reg.db), timeout=20, message="the row")
+    wait_until(lambda: body["agent_id"] in node_ids_in_file(reg.db), timeout=20, message="the row")
 
 
 def test_commit_timeout_zero_answers_at_once_without_a_warning(
@@ -579,4 +580,4 @@ def test_commit_timeout_zero_answers_at_once_without_a_warning(
         assert not reg.thread.is_alive() and reg.answer()[0] == 201
         assert not [r for r in caplog.records if "answered_before_commit" in r.getMessage()]
     body = reg.answer()[2]
-    wait_for(lambda: body["agent_id"] in node_ids_in_file(reg.db), timeout=20, message="the row")
+    wait_until(lambda: body["agent_id"] in node_ids_in_file(reg.db), timeout=20, message="the row")

@@ -9,7 +9,8 @@ import threading
 
 import apsw
 
-from tests.conftest import ADMIN_TOKEN, http, join, wait_for
+from tests.support.polling import wait_until
+from tests.support.routers import ADMIN_TOKEN, http, join
 
 
 def register(url, name="box", port=11434):
@@ -49,7 +50,7 @@ def test_silent_node_goes_offline_within_timeout_and_returns(router_factory):
     assert beat(router.url, reg)[0] == 200
     assert status_of(router.url, reg["agent_id"]) == "online"
     # No more heartbeats: offline within heartbeat_timeout + 1 s of the last one.
-    wait_for(
+    wait_until(
         lambda: status_of(router.url, reg["agent_id"]) == "offline",
         timeout=timeout + 1.0,
         interval=0.05,
@@ -64,7 +65,7 @@ def test_offline_node_gets_no_requests(router_factory, fake_nodes):
     (node,) = join(router, fake_nodes, 1)
     node.close()
     agent_id = router.agents()[0]["id"]
-    wait_for(lambda: status_of(router.url, agent_id) == "offline", timeout=5)
+    wait_until(lambda: status_of(router.url, agent_id) == "offline", timeout=5)
     status, _, body = http(
         "POST", router.url + "/v1/chat/completions", {"model": "llama3", "messages": []}
     )
@@ -142,7 +143,7 @@ def test_new_connections_are_refused_while_draining(router_process, fake_nodes, 
             return True
         return False
 
-    wait_for(refused, timeout=5, message="listener closed during drain")
+    wait_until(refused, timeout=5, message="listener closed during drain")
     resp.read()
     assert router.proc.wait(30) == 0
 

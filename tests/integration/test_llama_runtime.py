@@ -26,8 +26,11 @@ import ollama
 import openai
 import pytest
 
-from tests.agent_conftest_helpers import Proc, agent_cmd, free_port, url_ready, wait_until
-from tests.conftest import ROOT, RouterProcess, http
+from routercore.testing.processes import agent_cmd, free_port, url_ok
+from tests.support import ROOT
+from tests.support.agents import Proc
+from tests.support.polling import wait_until
+from tests.support.routers import RouterProcess, http
 
 pytestmark = pytest.mark.llama
 
@@ -75,7 +78,7 @@ class LlamaServer:
             "--interrupt_requests", "false",
         ]  # fmt: skip
         self.proc = Proc(cmd, self.tmp / "llama.log").start()
-        wait_until(lambda: url_ready(self.url + "/v1/models"), timeout=120, what="llama.cpp server")
+        wait_until(lambda: url_ok(self.url + "/v1/models"), timeout=120, message="llama.cpp server")
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -98,7 +101,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     agent = Proc(agent_cmd(*args, "--config", str(tmp / "agent.toml")), tmp / "agent.log", env)
     agent.start()
     try:
-        wait_until(lambda: online(router), timeout=60, what="the agent registers the llama node")
+        wait_until(lambda: online(router), timeout=60, message="the agent registers the llama node")
         yield {"router": router, "llama": llama, "agent": agent, "tmp": tmp}
     finally:
         agent.stop()
@@ -112,7 +115,9 @@ def node_in_rotation(cluster: dict[str, Any]) -> None:
     """Each test starts with the node taking requests (the agent polls its runtime every 5 s;
     after the runtime restart test it takes that long to report it up again)."""
     router = cluster["router"]
-    wait_until(lambda: the_agent(router)["health"]["in_rotation"], timeout=30, what="in rotation")
+    wait_until(
+        lambda: the_agent(router)["health"]["in_rotation"], timeout=30, message="in rotation"
+    )
 
 
 def online(router: RouterProcess) -> bool:
@@ -254,7 +259,7 @@ def test_client_disconnecting_mid_stream_leaves_the_node_healthy(cluster: Any) -
         items = http("GET", router.url + "/api/dashboard/request-history?limit=5")[2]["items"]
         return any(r["outcome"] == "cancelled" for r in items)
 
-    wait_until(cancelled_recorded, timeout=10, what="the cancelled stream in the history")
+    wait_until(cancelled_recorded, timeout=10, message="the cancelled stream in the history")
 
 
 def readme_llama_commands() -> list[str]:
@@ -292,7 +297,11 @@ def test_a_runtime_that_really_dies_is_unreachable_until_the_probe_sees_it_back(
     assert status == 503 and body["error"]["code"] == "model_unavailable"
     assert int(headers["retry-after"]) >= 1
     llama.start()
-    wait_until(lambda: the_agent(router)["status"] == "online", timeout=30, what="probe revives it")
+    wait_until(
+        lambda: the_agent(router)["status"] == "online", timeout=30, message="probe revives it"
+    )
     # Back in rotation once its agent, too, sees the runtime up (it polls every 5 s).
-    wait_until(lambda: the_agent(router)["health"]["in_rotation"], timeout=30, what="in rotation")
+    wait_until(
+        lambda: the_agent(router)["health"]["in_rotation"], timeout=30, message="in rotation"
+    )
     assert http("POST", router.url + "/v1/chat/completions", good)[0] == 200

@@ -7,8 +7,9 @@ import threading
 import time
 from typing import Any
 
-from tests.conftest import ADMIN_TOKEN, http, wait_for
-from tests.contract.test_nodes_api import REGISTRATION, beat, register
+from tests.support.nodes import REGISTRATION, beat, register
+from tests.support.polling import wait_until
+from tests.support.routers import ADMIN_TOKEN, http
 
 
 def test_router_logs_need_the_admin_token_and_check_their_query(router, caplog):
@@ -19,7 +20,7 @@ def test_router_logs_need_the_admin_token_and_check_their_query(router, caplog):
         status, _, body = http("GET", f"{url}?{bad}", token=ADMIN_TOKEN)
         assert status == 400 and "error" in body, bad
     # The requests above are in the ring once their access lines are written (batched, soon).
-    status, _, body = wait_for(
+    status, _, body = wait_until(
         lambda: (answer := http("GET", url + "?lines=5", token=ADMIN_TOKEN))[2]["lines"] and answer
     )
     assert status == 200 and 0 < len(body["lines"]) <= 5
@@ -81,7 +82,7 @@ def test_the_log_request_rides_on_a_heartbeat_answer(router):
         answer = beat(router, agent_id, token)[2]
         return answer if "send_logs" in answer else None
 
-    assert wait_for(asked, message="the question")["send_logs"] == {"lines": 2}
+    assert wait_until(asked, message="the question")["send_logs"] == {"lines": 2}
     logs = ["first", "second token=abcdef123", "third: Bearer xyz"]
     assert beat(router, agent_id, token, logs=logs)[0] == 200
     thread.join(30)
@@ -95,7 +96,7 @@ def test_an_agent_that_never_answers_gets_504_within_the_bound(router_factory, f
     """Fake nodes heartbeat but never send a log: 504 after one interval + 2 s, not a hang."""
     router = router_factory(heartbeat_interval=0.5, heartbeat_timeout=3.0)
     fake_nodes(register=router.url, name="mute")
-    agent_id = wait_for(lambda: [a["id"] for a in router.agents() if a["status"] == "online"])[0]
+    agent_id = wait_until(lambda: [a["id"] for a in router.agents() if a["status"] == "online"])[0]
     out: dict[str, Any] = {}
     ask_logs(router, agent_id, out).join(60)
     status, _, body = out["answer"]

@@ -10,8 +10,9 @@ from typing import Any
 import ollama
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, http, wait_for
-from tests.contract.test_nodes_api import REGISTRATION
+from tests.support.nodes import REGISTRATION
+from tests.support.polling import wait_until
+from tests.support.routers import ADMIN_TOKEN, http
 
 
 def add_node(router: Any, fake: Any, name: str, kind: str | None = "ollama") -> str:
@@ -184,4 +185,4 @@ def test_a_heartbeat_sent_before_the_node_saw_the_delete_does_not_bring_it_back(
     assert not serves(router, "gone")
     fresh = {**stale, "models": ["keep"]}
     http("POST", router.url + "/api/health", fresh, token=reg["agent_token"])
-    wait_for(lambda: not serves(router, "gone"))
+    wait_until(lambda: not serves(router, "gone"))

@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 
 from routercore.testing.raw_node import RawNode
-from tests.conftest import ADMIN_TOKEN, RouterThread, http, join, wait_for
-from tests.contract.test_dashboard_api import WSClient
-from tests.integration.test_providers import provider, provider_node, tls_files  # noqa: F401
+from tests.support.polling import wait_until
+from tests.support.providers import provider
+from tests.support.routers import ADMIN_TOKEN, RouterThread, http, join
+from tests.support.websocket import WSClient
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": False}
 
@@ -135,7 +136,7 @@ def test_unknown_model_names_share_one_label_and_do_not_grow_the_scrape(
 
     # Invented names are counted only: no history row per name either (the requests for the
     # known model above are there, so the history itself works).
-    wait_for(lambda: any(r["model"] == "llama3" for r in stored()), message="llama3 stored")
+    wait_until(lambda: any(r["model"] == "llama3" for r in stored()), message="llama3 stored")
     assert not [r for r in stored() if r["model"].startswith(("hhh", "invented-"))]
 
 
@@ -153,11 +154,11 @@ def test_long_listed_model_names_are_cut_in_labels(
 
 def test_provider_models_keep_their_label_and_invented_ones_do_not(
     router_factory: Callable[..., Any],
-    provider_node: Any,  # noqa: F811  (fixtures imported from test_providers)
-    tls_files: Any,  # noqa: F811
+    provider_node: Any,
+    tls_files: Any,
 ) -> None:
     router = router_factory(providers=(provider(provider_node, tls_files[0]),))
-    wait_for(lambda: len(http("GET", router.url + "/v1/models")[2]["data"]) == 2)
+    wait_until(lambda: len(http("GET", router.url + "/v1/models")[2]["data"]) == 2)
     url = router.url + "/v1/chat/completions"
     status, headers, _ = http("POST", url, {**CHAT, "model": "acme:gpt-4o-mini"})
     assert status == 200
@@ -305,7 +306,7 @@ def test_probes_carry_the_routers_via(
     status, agent = register(router, node.port)
     assert status == 201
     router.call(lambda: router.service.registry.mark_unreachable(agent["agent_id"], "test"))
-    probe = wait_for(lambda: list(node.heads), timeout=10)  # nothing else calls this node
+    probe = wait_until(lambda: list(node.heads), timeout=10)  # nothing else calls this node
     assert f"via: {router.service.proxy.via_token}".encode() in probe[0].lower()
 
 

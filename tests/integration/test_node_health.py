@@ -14,7 +14,8 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, http, join, online_ids, wait_for
+from tests.support.polling import wait_until
+from tests.support.routers import ADMIN_TOKEN, http, join, online_ids
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -66,12 +67,12 @@ def test_breaker_opens_after_consecutive_failures_and_a_trial_closes_it(
     status, headers, body = chat(router, {"model": "llama3", "prompt": "x"}, "/api/generate")
     assert status == 503 and isinstance(body["error"], str) and "retry-after" in headers
     # A trial after the backoff: still failing, so it opens again...
-    wait_for(lambda: agent(router, node_id)["health"]["breaker"]["state"] == "half_open")
+    wait_until(lambda: agent(router, node_id)["health"]["breaker"]["state"] == "half_open")
     assert chat(router)[0] == 500
     assert agent(router, node_id)["health"]["breaker"]["state"] == "open"
     # ...and once the node is well, the next trial closes it.
     node.clear_faults()
-    wait_for(lambda: agent(router, node_id)["health"]["breaker"]["state"] == "half_open")
+    wait_until(lambda: agent(router, node_id)["health"]["breaker"]["state"] == "half_open")
     assert chat(router)[0] == 200
     a = agent(router, node_id)
     assert a["health"]["breaker"] == {"state": "closed", "consecutive_failures": 0}
@@ -123,7 +124,7 @@ def test_mid_stream_drop_of_a_dead_runtime_marks_it_by_the_probe(
     assert resp.readline().strip()
     node.set_fault("refuse")  # the runtime stops taking connections...
     node.set_fault("drop_after", 0)  # ...and the stream is cut (the process is still there)
-    wait_for(lambda: agent(router, node_id)["status"] == "unreachable")
+    wait_until(lambda: agent(router, node_id)["status"] == "unreachable")
     assert agent(router, node_id)["health"]["reason"].startswith("unreachable: ")
     conn.close()
 
@@ -135,7 +136,7 @@ def test_heartbeats_do_not_revive_an_unreachable_node(router_factory: Any, fake_
     node.set_fault("refuse")  # the agent (its heartbeats) lives on; the runtime does not
     assert chat(router)[0] == 502
     seen = agent(router, node_id)["last_seen"]
-    wait_for(lambda: agent(router, node_id)["last_seen"] != seen, message="heartbeats go on")
+    wait_until(lambda: agent(router, node_id)["last_seen"] != seen, message="heartbeats go on")
     time.sleep(1.0)  # several heartbeats and probes
     a = agent(router, node_id)
     assert a["status"] == "unreachable" and a["health"]["reason"] == "unreachable: connect refused"

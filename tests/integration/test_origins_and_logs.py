@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import os
 import socket
 from typing import Any
 
-from tests.conftest import ADMIN_TOKEN, http, wait_for
+from tests.support.polling import wait_until
+from tests.support.routers import ADMIN_TOKEN, http
+from tests.support.websocket import upgrade_request
 
 EVIL = "http://evil.example"
 APP = "https://app.example"
@@ -18,15 +18,8 @@ CHAT = {"model": "nobody-serves-this", "messages": [{"role": "user", "content": 
 def ws_status(port: int, origin: str | None) -> int:
     """The status a WebSocket upgrade of /ws/dashboard gets, sent as a browser would."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        key = base64.b64encode(os.urandom(16)).decode()
         extra = f"Origin: {origin}\r\n" if origin else ""
-        s.sendall(
-            (
-                f"GET /ws/dashboard HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                f"Sec-WebSocket-Version: 13\r\n{extra}\r\n"
-            ).encode()
-        )
+        s.sendall(upgrade_request(f"127.0.0.1:{port}", extra))
         data = b""
         while b"\r\n" not in data:
             piece = s.recv(4096)
@@ -149,9 +142,9 @@ def test_secrets_are_masked_and_line_breaks_escaped_in_the_log(router_process: A
         text = log_path.read_text(encoding="utf-8", errors="replace")
         return text if text.count("illegal") >= 3 else None
 
-    text = wait_for(logged, message="the three malformed requests logged")
+    text = wait_until(logged, message="the three malformed requests logged")
     if status == 201:  # (a stricter registration may refuse the name instead: nothing logged)
-        text = wait_for(
+        text = wait_until(
             lambda: (t := log_path.read_text(encoding="utf-8")) and "node_registered" in t and t,
             message="the registration logged",
         )

@@ -15,7 +15,7 @@ import pytest
 
 from routercore._balancer_py import mix64, rendezvous_seed
 from routercore.prefix import prompt_prefix
-from tests.conftest import http, join
+from tests.support.routers import http, join
 
 MODEL = "llama3"
 EXPECTED = " ".join(f"tok{i}" for i in range(8))

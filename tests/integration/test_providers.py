@@ -5,52 +5,27 @@ real router on a real socket and the official `openai` client."""
 from __future__ import annotations
 
 import logging
-import ssl
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
-import pytest
 
-from routercore.config import ProviderConfig, load_config
+from routercore.config import load_config
 from routercore.testing.fakenode import ThreadedFakeNode
-from tests.agent_conftest_helpers import self_signed_cert
-from tests.conftest import ADMIN_TOKEN, http, wait_for
+from tests.support.netservers import self_signed_cert
+from tests.support.polling import wait_until
+from tests.support.providers import KEY, provider
+from tests.support.routers import ADMIN_TOKEN, http
 
-KEY = "sk-fake-provider-key-0123456789"
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return self_signed_cert(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture
-def provider_node(tls_files: tuple[Path, Path]) -> Iterator[ThreadedFakeNode]:
-    cert, key = tls_files
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    node = ThreadedFakeNode(
-        models=["gpt-4o-mini", "text-embedding-3-small"], api="openai", tls=ctx, api_key=KEY
-    )
-    yield node
-    node.close()
-
-
-def provider(node: ThreadedFakeNode, ca: Path, name: str = "acme", **kw: Any) -> ProviderConfig:
-    return ProviderConfig(
-        name=name, base_url=f"https://127.0.0.1:{node.port}/v1", api_key=KEY, ca_file=str(ca), **kw
-    )
 
 
 def test_prefixed_models_go_to_the_provider_with_its_key(
     router_factory: Any, provider_node: ThreadedFakeNode, tls_files: tuple[Path, Path]
 ) -> None:
     router = router_factory(providers=(provider(provider_node, tls_files[0]),))
-    wait_for(lambda: len(http("GET", router.url + "/v1/models")[2]["data"]) == 2)
+    wait_until(lambda: len(http("GET", router.url + "/v1/models")[2]["data"]) == 2)
     ids = {m["id"] for m in http("GET", router.url + "/v1/models")[2]["data"]}
     assert ids == {"acme:gpt-4o-mini", "acme:text-embedding-3-small"}
     tags = {m["name"] for m in http("GET", router.url + "/api/tags")[2]["models"]}
@@ -109,7 +84,7 @@ def test_history_records_provider_requests_with_tokens(
         items = http("GET", router.url + "/api/dashboard/request-history")[2]["items"]
         return items[0] if items else None
 
-    found = wait_for(row)
+    found = wait_until(row)
     assert found["node_id"] == "provider:acme" and found["model"] == "acme:gpt-4o-mini"
     assert found["completion_tokens"] and found["outcome"] == "ok"
 

@@ -12,7 +12,8 @@ import threading
 import orjson
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, http, join, online_ids, wait_for
+from tests.support.polling import wait_until
+from tests.support.routers import ADMIN_TOKEN, http, join, online_ids
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -135,7 +136,7 @@ def test_unreachable_node_comes_back_after_probe(router_factory, fake_nodes):
     served_by(router, 3)
     assert {a["id"]: a for a in router.agents()}[ids[bad.port]]["status"] == "unreachable"
     bad.node.clear_faults()
-    wait_for(
+    wait_until(
         lambda: {a["id"]: a["status"] for a in router.agents()}[ids[bad.port]] == "online",
         message="probe brings the node back",
     )
@@ -243,7 +244,7 @@ def test_client_disconnect_cancels_the_upstream(router, fake_nodes):
     while got.count(b"\n{") < 2:
         got += sock.recv(65536)
     sock.close()
-    wait_for(
+    wait_until(
         lambda: node.node.snapshot()["cancelled"] == 1, message="the fake node saw the cancellation"
     )
     import asyncio
@@ -253,7 +254,7 @@ def test_client_disconnect_cancels_the_upstream(router, fake_nodes):
         fut = asyncio.run_coroutine_threadsafe(router.service.store.query_requests(), router.loop)
         return [r["outcome"] for r in fut.result(10)[0]]
 
-    assert wait_for(lambda: "cancelled" in outcomes())
+    assert wait_until(lambda: "cancelled" in outcomes())
 
 
 @pytest.mark.slow
@@ -312,7 +313,7 @@ def test_slow_reader_does_not_make_the_router_buffer(router_factory, fake_nodes)
         )
 
     # The client reads nothing: the router must stop reading the node, not pile up the body.
-    state = wait_for(
+    state = wait_until(
         lambda: (s := router.call(router_side)) and s[1] and s,
         timeout=20,
         message="upstream paused while the client does not read",
@@ -361,5 +362,5 @@ def test_history_keeps_failed_and_rejected_requests(router, fake_nodes):
         )
         return fut.result(10)[0]
 
-    found = wait_for(rows)
+    found = wait_until(rows)
     assert found[0]["status_code"] == 404 and found[0]["outcome"] == "rejected"

@@ -8,7 +8,8 @@ import ollama
 import openai
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, http, join, wait_for
+from tests.support.polling import wait_until
+from tests.support.routers import ADMIN_TOKEN, http, join
 
 MSG = [{"role": "user", "content": "hello"}]
 EXPECTED = " ".join(f"tok{i}" for i in range(8))
@@ -95,7 +96,7 @@ def test_history_records_tokens_and_nodes(cluster):
     oa = openai.OpenAI(base_url=router.url + "/v1", api_key="unused", max_retries=0)
     oa.chat.completions.create(model="llama3", messages=MSG)
 
-    found = wait_for(lambda: _history(router) if len(_history(router)) >= 2 else None)
+    found = wait_until(lambda: _history(router) if len(_history(router)) >= 2 else None)
     by_endpoint = {r["endpoint"]: r for r in found}
     gen = by_endpoint["api.generate"]
     assert gen["completion_tokens"] == 8 and gen["stream"] is True and gen["outcome"] == "ok"
@@ -141,7 +142,7 @@ def test_bad_requests_get_api_shaped_errors(cluster):
 def test_aggregates_merge_without_duplicates(router, fake_nodes):
     join(router, fake_nodes, 1, models=["a", "shared"])
     fake_nodes(register=router.url, name="other", models=["b", "shared"])
-    wait_for(lambda: len([a for a in router.agents() if a["status"] == "online"]) == 2)
+    wait_until(lambda: len([a for a in router.agents() if a["status"] == "online"]) == 2)
     _, _, tags = http("GET", router.url + "/api/tags")
     assert sorted(m["name"] for m in tags["models"]) == ["a", "b", "shared"]
     _, _, models = http("GET", router.url + "/v1/models")

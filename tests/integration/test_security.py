@@ -13,7 +13,8 @@ import pytest
 
 from routercore.api.keys import KeyRing
 from routercore.auth import hash_token
-from tests.conftest import ADMIN_TOKEN, http, join, online_ids, wait_for
+from tests.support.polling import wait_until
+from tests.support.routers import ADMIN_TOKEN, http, join, online_ids
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
 GENERATE = {"model": "llama3", "prompt": "hi", "stream": False}
@@ -502,7 +503,9 @@ def test_allow_listed_address_is_proxied_to(router_factory: Any, fake_nodes: Any
     assert agent["ip_address"] == "127.0.0.2" and agent["status"] == "online"
     status, headers, _ = http("POST", router.url + "/v1/chat/completions", CHAT)
     assert status == 200 and headers["x-router-node"] == reg["agent_id"]
-    wait_for(lambda: node.node.snapshot()["completed"] >= 1, message="the allow-listed node served")
+    wait_until(
+        lambda: node.node.snapshot()["completed"] >= 1, message="the allow-listed node served"
+    )
     # Other foreign addresses are still refused.
     assert register(router, {**body, "ip_address": "127.0.0.3"})[0] == 403
 

@@ -12,7 +12,8 @@ from typing import Any
 import ollama
 import pytest
 
-from tests.conftest import http, join, wait_for
+from tests.support.polling import wait_until
+from tests.support.routers import http, join
 
 
 def client(router: Any) -> ollama.Client:
@@ -98,7 +99,7 @@ def test_a_client_leaving_mid_stream_cancels_the_node(router: Any, fake_nodes: A
     while b'"response"' not in got:
         got += sock.recv(65536)
     sock.close()
-    wait_for(lambda: node.snapshot()["cancelled"] == 1, message="the node stops generating")
+    wait_until(lambda: node.snapshot()["cancelled"] == 1, message="the node stops generating")
 
 
 def test_mixed_nodes_serve_both_apis(router_factory: Any, fake_nodes: Any) -> None:
@@ -106,7 +107,7 @@ def test_mixed_nodes_serve_both_apis(router_factory: Any, fake_nodes: Any) -> No
     router = router_factory(balancer="round_robin", prefix_affinity=False)
     fake_nodes(register=router.url, name="ollama-node", models=["llama3"])
     fake_nodes(register=router.url, name="openai-node", api="openai", models=["llama3"])
-    wait_for(lambda: len([a for a in router.agents() if a["status"] == "online"]) == 2)
+    wait_until(lambda: len([a for a in router.agents() if a["status"] == "online"]) == 2)
     kinds = {a["id"]: a["runtime_kind"] for a in router.agents()}
     assert sorted(kinds.values()) == ["ollama", "openai"]
     for path, body in (

@@ -13,7 +13,8 @@ from packaging.utils import parse_wheel_filename
 from PIL import Image
 
 from routercore.api.dashboard import SCRIPTS
-from tests.release.conftest import PYTHONS, ROOT, VERSION, Release, pip_resolve, run, wheelhouse
+from tests.support import ROOT
+from tests.support.release import PYTHONS, VERSION, Release, pip_resolve, run, wheelhouse
 
 pytestmark = pytest.mark.release
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import free_port
-from tests.release.conftest import VERSION, Release, clean_env, run
+from routercore.testing.processes import free_port
+from tests.support.release import VERSION, Release, clean_env, run
 
 pytestmark = pytest.mark.release
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.release.conftest import VERSION, Release, run
+from tests.support.release import VERSION, Release, run
 
 pytestmark = pytest.mark.release
 

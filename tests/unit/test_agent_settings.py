@@ -14,7 +14,8 @@ import pytest
 
 from agent.config import load_config
 from agent.settings_window import SettingsForm
-from tests.agent_conftest_helpers import ROOT, xvfb_display
+from tests.support import ROOT
+from tests.support.agents import xvfb_display
 
 GOOD = {
     "router_url": "http://10.0.0.5:8080, http://10.0.0.6:8080",

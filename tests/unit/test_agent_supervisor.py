@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil
 
 from agent.supervisor import RuntimeProcess
-from tests.agent_conftest_helpers import wait_until
+from tests.support.polling import wait_until
 
 SLEEPER = [sys.executable, "-c", "import time, sys; print('child up', flush=True); time.sleep(120)"]
 
@@ -24,7 +24,7 @@ def test_start_stop_and_log(tmp_path: Path) -> None:
         rp.start(SLEEPER)  # already running: no second child
         assert rp.pid == pid and rp.starts == 1
         wait_until(
-            lambda: "child up" in (tmp_path / "logs" / "runtime.log").read_text(), what="log"
+            lambda: "child up" in (tmp_path / "logs" / "runtime.log").read_text(), message="log"
         )
     finally:
         rp.stop(timeout=10)
@@ -35,7 +35,7 @@ def test_start_stop_and_log(tmp_path: Path) -> None:
 def test_death_is_noticed_and_forgotten(tmp_path: Path) -> None:
     rp = RuntimeProcess(None)
     rp.start([sys.executable, "-c", "raise SystemExit(3)"])
-    wait_until(lambda: rp.exit_code() is not None, what="exit")
+    wait_until(lambda: rp.exit_code() is not None, message="exit")
     assert not rp.running()
     assert rp.forget() == 3
     assert not rp.started and rp.forget() is None
@@ -57,7 +57,7 @@ def test_stop_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
     rp = RuntimeProcess(log)
     rp.start(stubborn)
     pid = rp.pid
-    wait_until(lambda: "ready" in log.read_text(), what="handler installed")
+    wait_until(lambda: "ready" in log.read_text(), message="handler installed")
     rp.stop(timeout=0.5)
     assert pid is not None
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

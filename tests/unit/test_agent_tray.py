@@ -32,7 +32,9 @@ from agent.tray import (
     settings_command,
     tooltip,
 )
-from tests.agent_conftest_helpers import ROOT, free_port, wait_until
+from routercore.testing.processes import free_port
+from tests.support import ROOT
+from tests.support.polling import wait_until
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -67,7 +69,7 @@ def running_service(tmp_path: Path) -> Iterator[AgentService]:
     service = AgentService(make_config(tmp_path), env={})
     thread = threading.Thread(target=run_service, args=(service,), daemon=True)
     thread.start()
-    wait_until(lambda: service._stop is not None, what="service loop")
+    wait_until(lambda: service._stop is not None, message="service loop")
     yield service
     service.request_stop()
     thread.join(20)
@@ -174,18 +176,18 @@ def test_menu_actions(running_service: AgentService, tmp_path: Path) -> None:
     assert not items["Pause serving"].checked
     items["Pause serving"](icon)
     assert service.state.snapshot.paused and items["Pause serving"].checked
-    wait_until(lambda: icon.title.startswith("LLM Router agent: paused"), what="paused title")
+    wait_until(lambda: icon.title.startswith("LLM Router agent: paused"), message="paused title")
     items["Pause serving"](icon)
     assert not service.state.snapshot.paused
 
     items["Settings…"](icon)
     assert launcher.commands == [settings_command(service.config.config_path)]
-    wait_until(lambda: service.config.node_name == "renamed", what="settings applied")
+    wait_until(lambda: service.config.node_name == "renamed", message="settings applied")
     assert service.config.router_url == (new_router,)
     wait_until(lambda: [r.url for r in service.state.snapshot.routers] == [new_router])
 
     items["Quit"](icon)
-    wait_until(lambda: service._stop is not None and service._stop.is_set(), what="stop")
+    wait_until(lambda: service._stop is not None and service._stop.is_set(), message="stop")
     assert tray._closed.is_set()
 
 
@@ -200,10 +202,10 @@ def test_state_changes_recolour_icon(tmp_path: Path) -> None:
 
     service.state.update_router(url, registered=True)
     service.state.update(runtime_up=True)
-    wait_until(lambda: colour() == (*COLOURS[ONLINE], 255), what="green")
+    wait_until(lambda: colour() == (*COLOURS[ONLINE], 255), message="green")
     assert icon.title.startswith("LLM Router agent: online")
     service.state.update(runtime_up=False)
-    wait_until(lambda: colour() == (*COLOURS[DEGRADED], 255), what="amber")
+    wait_until(lambda: colour() == (*COLOURS[DEGRADED], 255), message="amber")
     service.state.update(activity="installing runtime 12%")
-    wait_until(lambda: "installing runtime 12%" in icon.title, what="tooltip")
+    wait_until(lambda: "installing runtime 12%" in icon.title, message="tooltip")
     tray.stop()

@@ -16,9 +16,10 @@ import pytest
 from routercore.app import error_response
 from routercore.http.messages import Request, Response
 from routercore.http.server import HTTPServer, ServerLimits
-from tests.conftest import join, wait_for
 from tests.support.http_client import Client, build, eventually
 from tests.support.http_server import VARIANTS, echo, run_fixture, serve
+from tests.support.polling import wait_until
+from tests.support.routers import join
 
 run = run_fixture(VARIANTS)
 
@@ -134,10 +135,10 @@ def test_real_router_client_disconnect_stops_the_node_generating(
     while b"\r\n\r\n" not in got or b"\n" not in got.partition(b"\r\n\r\n")[2]:
         got += sock.recv(65536)  # the head and a first NDJSON line
     assert got.startswith(b"HTTP/1.1 200")
-    wait_for(lambda: node.snapshot()["in_flight"] == 1, message="node generating")
+    wait_until(lambda: node.snapshot()["in_flight"] == 1, message="node generating")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     sock.close()  # reset: the client is gone mid-stream
-    wait_for(lambda: node.snapshot()["cancelled"] >= 1, message="upstream closed by the router")
+    wait_until(lambda: node.snapshot()["cancelled"] >= 1, message="upstream closed by the router")
     assert node.snapshot()["in_flight"] == 0
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,16 +13,9 @@ import pytest
 
 from routercore.node import Node, NodeMetrics, NodeStats
 from routercore.store import _SQL_SEQ_RANGE, MIGRATIONS, Store, migrate
+from tests.support.polling import wait_until
 
 FAST = {"busy_timeout_ms": 20, "retry_min_s": 0.01, "retry_max_s": 0.05}
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before deadline")
-        time.sleep(0.005)
 
 
 def count(path: Path, table: str) -> int:
@@ -336,7 +328,7 @@ def test_enqueue_never_blocks_on_locked_db_and_nothing_is_lost(
     try:
         for i in range(100):  # would hang here (pytest timeout) if enqueue waited on SQLite
             s.add_request(req(i))
-        wait_for(lambda: s.stats["write_errors"] >= 2)  # it keeps retrying
+        wait_until(lambda: s.stats["write_errors"] >= 2)  # it keeps retrying
         assert not s.flush(timeout=0.05)
         assert asyncio.run(s.query_requests()) == ([], 0)  # WAL: reads still served
         s.add_health_sample("n1", "2026-01-01T00:00:00Z", 1.0, 1.0, None, None, 0)
@@ -404,7 +396,7 @@ def test_disk_full_logs_keeps_accepting_and_recovers(
     s = opened(on_connect=no_growth, **FAST)
     for i in range(40):
         s.add_request(req(i, error="x" * 3000))
-    wait_for(lambda: s.stats["write_errors"] >= 2)
+    wait_until(lambda: s.stats["write_errors"] >= 2)
     s.add_request(req(99))  # still accepted while failing
     assert not s.flush(timeout=0.05)
     assert "error=FullError" in caplog.text
@@ -429,10 +421,10 @@ def test_backlog_cap_drops_oldest_samples_first(
             s.add_health_sample("n1", f"2026-01-01T00:00:{i:02d}Z", None, None, None, None, i)
         for i in range(40):
             s.add_request(req(i))
-        wait_for(lambda: s.stats["dropped"] >= 30)
+        wait_until(lambda: s.stats["dropped"] >= 30)
         errors = s.stats["write_errors"]
         assert not s.flush(timeout=0.01)  # a flush marker is not an item: it must not shed one
-        wait_for(lambda: s.stats["write_errors"] > errors + 1)
+        wait_until(lambda: s.stats["write_errors"] > errors + 1)
     finally:
         locker.execute("COMMIT")
         locker.close()

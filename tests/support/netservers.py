@@ -1,97 +1,21 @@
-"""Helpers for the agent's tests: a fault-injecting file server, a forward proxy, processes.
-
-Everything binds 127.0.0.1 on a free port; nothing reaches the internet.
-"""
+"""Servers the agent's download tests run against on 127.0.0.1: a file server with injectable
+faults, a forward proxy (optionally demanding credentials, like a corporate one) and a
+self-signed certificate for the HTTPS variants. Nothing reaches the internet."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
 import http.client
-import json
-import os
 import select
-import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-
-ROOT = Path(__file__).resolve().parent.parent
-ADMIN_TOKEN = "agent-test-admin"
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll `predicate` until truthy (returning its value) or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except (OSError, AssertionError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-def get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
-    try:
-        with _DIRECT.open(url, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        body = exc.read()
-        exc.close()
-        try:
-            return exc.code, json.loads(body or b"null")
-        except ValueError:
-            return exc.code, body
-
-
-def post_json(url: str, body: Any, timeout: float = 10.0) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
-    req.add_header("Content-Type", "application/json")
-    try:
-        with _DIRECT.open(req, timeout=timeout) as resp:
-            raw = resp.read()
-            return resp.status, raw
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        exc.close()
-        return exc.code, raw
-
-
-def delete(url: str, token: str | None = None, timeout: float = 10.0) -> int:
-    req = urllib.request.Request(url, method="DELETE")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with _DIRECT.open(req, timeout=timeout) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        return exc.code
-
-
-# --- file server with injectable faults ---------------------------------------------------------
 
 
 class FileServer:
@@ -285,29 +209,6 @@ class ForwardProxy:
         self.httpd.server_close()
 
 
-@contextlib.contextmanager
-def xvfb_display() -> Iterator[str]:
-    """A private Xvfb server's DISPLAY value; the caller should skip when Xvfb is missing."""
-    n = next(
-        n
-        for n in range(90, 200)
-        if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists()
-    )
-    proc = subprocess.Popen(
-        # -noreset: an X server resets when its last client leaves, dropping connections
-        # that arrive meanwhile (pystray probes the display once before it connects for real).
-        ["Xvfb", f":{n}", "-screen", "0", "800x600x24", "-nolisten", "tcp", "-noreset"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: Path(f"/tmp/.X11-unix/X{n}").exists(), timeout=10, what="Xvfb")
-        yield f":{n}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 (and its key), made with the openssl command."""
     cert, key = directory / "cert.pem", directory / "key.pem"
@@ -318,109 +219,3 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     return cert, key
-
-
-# --- child processes ---------------------------------------------------------------------------
-
-
-def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("LLM_AGENT_", "LLM_ROUTER_", "PYSTRAY_"))
-        and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")
-    }
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
-
-
-class Proc:
-    """A child process with its output in a log file; `stop()` is idempotent."""
-
-    def __init__(self, cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.cmd = cmd
-        self.log_path = log_path
-        self.env = _clean_env(env)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""  # base URL for servers
-
-    def start(self) -> Proc:
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                self.cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=str(ROOT)
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def router_proc(port: int, db: Path, log_path: Path, heartbeat: float = 0.5) -> Proc:
-    """`python -m routercore serve` on `port`, heartbeats every `heartbeat` s, timeout 3 s."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "routercore",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--db",
-        str(db),
-    ]
-    env = {
-        "LLM_ROUTER_HEARTBEAT_INTERVAL": str(heartbeat),
-        "LLM_ROUTER_HEARTBEAT_TIMEOUT": "3",
-        "LLM_ROUTER_ADMIN_TOKEN": ADMIN_TOKEN,
-    }
-    return Proc(cmd, log_path, env)
-
-
-def fakenode_cmd(port: int, models: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "routercore.testing.fakenode",
-        "--port",
-        str(port),
-        "--models",
-        models,
-    ]
-
-
-def agent_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "agent", "--no-tray", *args]
-
-
-def url_ready(url: str) -> bool:
-    try:
-        return get_json(url, timeout=1)[0] == 200
-    except OSError:
-        return False
