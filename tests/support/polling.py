@@ -7,6 +7,7 @@ broken behaviour reaches. The sync one is the product's, which the benchmark sha
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,15 +18,19 @@ __all__ = ["eventually", "wait_until"]
 
 
 async def eventually(
-    predicate: Callable[[], Any], timeout: float = 5.0, message: str = "condition"
+    predicate: Callable[[], Any], timeout: float = 10.0, message: str = "condition"
 ) -> Any:
     """Poll `predicate` on the running loop until truthy (returning its value); fail after
-    `timeout` seconds."""
+    `timeout` seconds. `predicate` may be a coroutine function (a probe that does I/O)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message}")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {message} (last: {value!r})"
+            )
         await asyncio.sleep(0.01)

@@ -10,7 +10,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from routercore.testing.fake_bodies import embedding, token_texts
 from routercore.testing.fake_cli import parse_fault
 from routercore.testing.fake_state import ConfigError, Faults, Settings
 from routercore.testing.fakenode import FakeNode, run_in_thread
+from tests.support.polling import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ["m1", "llama3:latest"]
@@ -64,29 +64,6 @@ async def close_clients() -> None:
 async def _closes_clients() -> AsyncIterator[None]:
     yield
     await close_clients()
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll `predicate` until truthy or fail after `timeout` (never a bare sleep)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached in {timeout}s (last {value!r})")
-        await asyncio.sleep(0.01)
-
-
-async def until_async(probe: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached in {timeout}s (last {value!r})")
-        await asyncio.sleep(0.01)
 
 
 # -- sans-IO pieces ---------------------------------------------------------------------------
@@ -382,7 +359,7 @@ async def test_slow_reader_pauses_a_fast_stream() -> None:
             b"POST /api/generate HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s"
             % (len(body), body)
         )
-        await until(lambda: any(c.writing_paused for c in n.connections))
+        await eventually(lambda: any(c.writing_paused for c in n.connections))
         assert n.stats.in_flight == 1 and n.stats.completed == 0
         received = bytearray()
         while not received.endswith(b"\r\n0\r\n\r\n"):
@@ -393,7 +370,7 @@ async def test_slow_reader_pauses_a_fast_stream() -> None:
         await writer.wait_closed()
         assert received.count(b'"done":false') == 100_000
         assert received.count(b'"done":true') == 1
-        await until(lambda: n.stats.completed == 1 and n.stats.in_flight == 0)
+        await eventually(lambda: n.stats.completed == 1 and n.stats.in_flight == 0)
 
 
 # -- faults -----------------------------------------------------------------------------------
@@ -420,7 +397,7 @@ async def test_fault_refuse_and_recover(node: FakeNode) -> None:
             return False
 
     assert not await answers()
-    await until_async(answers)
+    await eventually(answers)
 
 
 async def test_fault_status500(node: FakeNode) -> None:
@@ -450,7 +427,7 @@ async def test_fault_drop_after_n_chunks(node: FakeNode) -> None:
                     got.append(line.encode())
     assert len(got) == 3
     assert orjson.loads(got[0])["done"] is False
-    await until(lambda: node.stats.dropped == 1 and node.stats.in_flight == 0)
+    await eventually(lambda: node.stats.dropped == 1 and node.stats.in_flight == 0)
     assert node.stats.cancelled == 0
 
     with pytest.raises(openai.APIConnectionError):  # OpenAI client, streamed
@@ -464,7 +441,7 @@ async def test_fault_hang_times_out_and_counts_cancel(node: FakeNode) -> None:
     client = oll(node, timeout=0.3)
     with pytest.raises(httpx.ReadTimeout):
         await client.generate(model="m1", prompt="x")
-    await until(lambda: node.stats.cancelled == 1 and node.stats.in_flight == 0)
+    await eventually(lambda: node.stats.cancelled == 1 and node.stats.in_flight == 0)
 
 
 async def test_fault_garbage(node: FakeNode) -> None:
@@ -528,7 +505,7 @@ async def test_client_disconnect_stops_generation() -> None:
             async for _line in resp.aiter_lines():
                 if slow.stats.in_flight:
                     break
-        await until(lambda: slow.stats.cancelled == 1 and slow.stats.in_flight == 0)
+        await eventually(lambda: slow.stats.cancelled == 1 and slow.stats.in_flight == 0)
         assert slow.stats.completed == 0
 
 
@@ -621,7 +598,7 @@ async def test_registers_and_heartbeats(recorder: RecordingRouter) -> None:
     async with FakeNode(
         models=["m1"], register=url, registration_token="secret", max_concurrency=4
     ) as n:
-        await until(lambda: recorder.paths().count("/api/health") >= 2)
+        await eventually(lambda: recorder.paths().count("/api/health") >= 2)
         path, headers, reg = recorder.calls[0]
         assert path == "/api/agents/register"
         assert headers["authorization"] == "Bearer secret"
@@ -636,13 +613,13 @@ async def test_registers_and_heartbeats(recorder: RecordingRouter) -> None:
         assert 0 <= hb["cpu_usage"] <= 100 and 0 <= hb["memory_usage"] <= 100
 
         n.configure(models=["m1", "m2"], cpu_usage=42.0)
-        await until(lambda: recorder.calls[-1][2].get("models") == ["m1", "m2"])
-        await until(lambda: recorder.calls[-1][2].get("cpu_usage") == 42.0)
+        await eventually(lambda: recorder.calls[-1][2].get("models") == ["m1", "m2"])
+        await eventually(lambda: recorder.calls[-1][2].get("cpu_usage") == 42.0)
 
         recorder.heartbeat_status = 404  # the router forgot us: register again
-        await until(lambda: recorder.registered >= 2)
+        await eventually(lambda: recorder.registered >= 2)
         recorder.heartbeat_status = 200
-        await until(lambda: recorder.calls[-1][1].get("authorization") == "Bearer token-2")
+        await eventually(lambda: recorder.calls[-1][1].get("authorization") == "Bearer token-2")
         assert n.snapshot()["registration"]["agent_id"] == "id-2"
 
 
@@ -656,10 +633,10 @@ async def test_registration_retries_until_router_appears() -> None:
     ) as n:
         assert n.registration is not None
         status = n.registration.status
-        await until(lambda: status.failures >= 2)
+        await eventually(lambda: status.failures >= 2)
         await router.start(port)
         try:
-            await until(lambda: "/api/health" in router.paths())
+            await eventually(lambda: "/api/health" in router.paths())
             assert router.calls[0][2]["machine_name"] == "box"
         finally:
             await router.stop()

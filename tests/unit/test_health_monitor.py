@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from routercore.breaker import HALF_OPEN, OPEN
 from routercore.health import HealthMonitor
 from routercore.node import OFFLINE, ONLINE, UNREACHABLE, Node, NodeMetrics
 from routercore.registry import NodeRegistry
+from tests.support.polling import eventually
 from tests.support.registry_fakes import Clock, MemoryNodeStore
 
 
@@ -55,15 +55,6 @@ async def run_due_probes(monitor: HealthMonitor) -> int:
     started = len(monitor.tasks)
     await asyncio.gather(*monitor.tasks)
     return started
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Waits (on the real loop, which runs the monitor) until `condition()` holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
 
 
 async def test_probes_of_an_unreachable_node_back_off_doubling_up_to_the_cap() -> None:
@@ -142,21 +133,21 @@ async def test_the_monitor_loop_marks_silence_and_gives_due_breakers_their_trial
         brk = registry.breakers[node.id]
         assert brk.state == OPEN and balancer.pick("m") is None
         clock.now += 5
-        await until(lambda: brk.state == HALF_OPEN)
+        await eventually(lambda: brk.state == HALF_OPEN)
         assert node.id in registry.half_open and balancer.pick("m") == node.id
         registry.start_trial(node.id)
         registry.request_failed(node.id, "node answered 500")  # the trial failed
         assert brk.state == OPEN and balancer.pick("m") is None
         assert monitor.next_check_in(node) == 10  # the breaker's backoff doubled
         clock.now += 10
-        await until(lambda: brk.state == HALF_OPEN)
+        await eventually(lambda: brk.state == HALF_OPEN)
         registry.start_trial(node.id)
         registry.request_succeeded(node.id)
         assert balancer.pick("m") == node.id
         # Both nodes were registered at the start; only `a` keeps beating.
         registry.heartbeat(node, NodeMetrics(), ["m"], True)
         clock.now += 16
-        await until(lambda: quiet.status == OFFLINE)
+        await eventually(lambda: quiet.status == OFFLINE)
         assert node.status == ONLINE
     finally:
         loop_task.cancel()
