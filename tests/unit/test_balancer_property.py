@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from routercore import balancer as facade
 from routercore._balancer_py import ALGORITHMS
 from routercore._balancer_py import Balancer as PyBalancer
+from tests.support.balancer_ops import apply
 
 pytestmark = pytest.mark.skipif(
     not facade.COMPILED_AVAILABLE,
@@ -81,27 +82,6 @@ operations = st.lists(
     min_size=30,
     max_size=100,
 )
-
-
-def apply(bal: PyBalancer, op: tuple[Any, ...]) -> Any:
-    """Run one operation; the result (or the exception type) is what the two must share."""
-    name = op[0]
-    try:
-        if name == "set_node":
-            return bal.set_node(op[1], **op[2])
-        if name == "remove_node":
-            return bal.remove_node(op[1])
-        if name == "request_started":
-            return bal.request_started(op[1])
-        if name == "request_finished":
-            return bal.request_finished(op[1], op[2])
-        if name == "pick":
-            return bal.pick(op[1], exclude=op[2])
-        if name == "serves":
-            return bal.serves(op[1])
-    except (ValueError, TypeError) as exc:
-        return type(exc)
-    raise AssertionError(f"unknown operation {name}")
 
 
 def snapshot(bal: PyBalancer) -> tuple[Any, ...]:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from routercore import balancer as facade
 from routercore._balancer_py import ALGORITHMS
 from routercore._balancer_py import Balancer as PyBalancer
+from tests.support.balancer_ops import apply
 
 pytestmark = pytest.mark.skipif(
     not facade.COMPILED_AVAILABLE,
@@ -115,30 +116,6 @@ balancer_ops = st.lists(
 )
 
 
-def conversation_prefix(chain: int, turn: int) -> tuple[bytes, int]:
-    boundaries = [chain * 1000 + i for i in range(turn)]
-    return array("Q", boundaries).tobytes(), chain * 1000
-
-
-def run_balancer(bal: PyBalancer, op: tuple[Any, ...]) -> Any:
-    name = op[0]
-    try:
-        if name == "set_node":
-            return bal.set_node(op[1], **op[2])
-        if name == "remove_node":
-            return bal.remove_node(op[1])
-        if name == "request_started":
-            return bal.request_started(op[1])
-        if name == "request_finished":
-            return bal.request_finished(op[1], op[2])
-        if name == "pick":
-            return bal.pick(op[1], exclude=op[2])
-        hashes, anchor = conversation_prefix(*op[2])
-        return bal.pick_affine(op[1], hashes, anchor, exclude=op[3])
-    except (ValueError, TypeError) as exc:
-        return type(exc)
-
-
 def observed(bal: PyBalancer) -> tuple[Any, ...]:
     return (
         bal.picks(),
@@ -163,6 +140,6 @@ def test_affinity_picks_agree_at_every_step(
     compiled = facade.make_balancer(algorithm, "cython", **kw)
     twin = facade.make_balancer(algorithm, "python", **kw)
     for step, op in enumerate(ops):
-        got, expected = run_balancer(compiled, op), run_balancer(twin, op)
+        got, expected = apply(compiled, op), apply(twin, op)
         assert got == expected, f"step {step}: {op!r}: cython {got!r} != python {expected!r}"
         assert observed(compiled) == observed(twin), f"state differs after step {step}: {op!r}"
