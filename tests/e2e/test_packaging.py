@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT
 
 
 def build_wheel(tmp_path: Path, env_extra: dict[str, str]) -> zipfile.ZipFile:

@@ -6,7 +6,6 @@ import hashlib
 import io
 import os
 import subprocess
-import sys
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from agent.download import Downloader
 from agent.install import InstallError, find_installed, install_runtime
 from agent.models import PullError, pull_model
 from routercore.testing.fakenode import run_in_thread
-from tests.support import ROOT
+from tests.support.commands import run_python
 from tests.support.netservers import FileServer
 
 SCRIPT = b"#!/bin/sh\necho fake-runtime\n"
@@ -127,22 +126,15 @@ def test_cli_install_runtime_shows_progress(server: FileServer, tmp_path: Path) 
         "XDG_DATA_HOME": str(tmp_path / "data"),
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
     }
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agent",
-            "--install-runtime",
-            "--install-url",
-            server.url("/dl/rt-linux.tgz"),
-            "--install-sha256",
-            hashlib.sha256(data).hexdigest(),
-        ],
+    done = run_python(
+        "-m",
+        "agent",
+        "--install-runtime",
+        "--install-url",
+        server.url("/dl/rt-linux.tgz"),
+        "--install-sha256",
+        hashlib.sha256(data).hexdigest(),
         env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     exe = tmp_path / "data" / "llm-router" / "runtime" / "bin" / "ollama"
@@ -153,10 +145,9 @@ def test_cli_install_runtime_shows_progress(server: FileServer, tmp_path: Path) 
 
 def test_cli_install_runtime_checksum_failure_exit_code(server: FileServer, tmp_path: Path) -> None:
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "d"), "XDG_CONFIG_HOME": str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, "-m", "agent", "--install-runtime", "--install-url",
-         server.url("/dl/rt-linux.tgz"), "--install-sha256", "2" * 64],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    done = run_python(
+        "-m", "agent", "--install-runtime", "--install-url", server.url("/dl/rt-linux.tgz"),
+        "--install-sha256", "2" * 64, env=env,
     )  # fmt: skip
     assert done.returncode == 1
     assert "SHA-256 mismatch" in done.stderr and "deleted" in done.stderr

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +12,8 @@ import pytest
 
 from agent.config import load_config
 from agent.settings_window import SettingsForm
-from tests.support import ROOT
 from tests.support.agents import xvfb_display
+from tests.support.commands import run_python
 
 GOOD = {
     "router_url": "http://10.0.0.5:8080, http://10.0.0.6:8080",
@@ -93,14 +91,7 @@ def test_window_opens_validates_and_saves_on_xvfb(xvfb: str, tmp_path: Path) -> 
         """
     )
     env = {**os.environ, "DISPLAY": xvfb}
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_python("-c", script, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "saved"
     cfg = load_config({}, {}, f)
@@ -109,13 +100,6 @@ def test_window_opens_validates_and_saves_on_xvfb(xvfb: str, tmp_path: Path) -> 
 
 def test_settings_entry_point_without_display_fails_cleanly(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    done = subprocess.run(
-        [sys.executable, "-m", "agent.settings_window", "--config", str(tmp_path / "a.toml")],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_python("-m", "agent.settings_window", "--config", str(tmp_path / "a.toml"), env=env)
     assert done.returncode == 2
     assert "cannot open a window" in done.stderr

@@ -11,7 +11,6 @@ import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import h11
@@ -25,9 +24,10 @@ from routercore.testing.fake_bodies import embedding, token_texts
 from routercore.testing.fake_cli import parse_fault
 from routercore.testing.fake_state import ConfigError, Faults, Settings
 from routercore.testing.fakenode import FakeNode, run_in_thread
+from tests.support import ROOT
+from tests.support.commands import run_python
 from tests.support.polling import eventually
 
-ROOT = Path(__file__).resolve().parents[2]
 MODELS = ["m1", "llama3:latest"]
 TEXT8 = "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7"
 
@@ -749,14 +749,9 @@ def test_cli_serves_and_exits_cleanly(
 
 
 def test_cli_rejects_bad_fault() -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "routercore.testing.fakenode", "--fault", "explode"],
-        capture_output=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-        timeout=60,
-    )
-    assert r.returncode == 2 and b"unknown fault" in r.stderr
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = run_python("-m", "routercore.testing.fakenode", "--fault", "explode", env=env)
+    assert r.returncode == 2 and "unknown fault" in r.stderr
 
 
 def test_embedding_base64_layout() -> None:
