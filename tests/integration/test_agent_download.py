@@ -27,17 +27,14 @@ SHA = hashlib.sha256(DATA).hexdigest()
 
 @pytest.fixture
 def server() -> Iterator[FileServer]:
-    s = FileServer()
-    s.files["/rt/runtime.bin"] = DATA
-    yield s
-    s.close()
+    with FileServer(files={"/rt/runtime.bin": DATA}) as s:
+        yield s
 
 
 @pytest.fixture
 def proxy() -> Iterator[ForwardProxy]:
-    p = ForwardProxy()
-    yield p
-    p.close()
+    with ForwardProxy() as p:
+        yield p
 
 
 class Recorder:
@@ -249,11 +246,9 @@ def test_parse_checksum_file_forms() -> None:
 def tls_server(tmp_path: Path) -> Iterator[tuple[FileServer, Path]]:
     if shutil.which("openssl") is None:
         pytest.skip("openssl command not installed")
-    cert, key = self_signed_cert(tmp_path)
-    s = FileServer(tls=(cert, key))
-    s.files["/rt/runtime.bin"] = DATA
-    yield s, cert
-    s.close()
+    tls = self_signed_cert(tmp_path)
+    with FileServer(tls=tls, files={"/rt/runtime.bin": DATA}) as s:
+        yield s, tls[0]
 
 
 def test_https_through_proxy_tunnel(

@@ -30,18 +30,14 @@ QUOTED = "s3cr%40t%3Apass%2Fword"
 
 @pytest.fixture
 def server() -> Iterator[FileServer]:
-    s = FileServer()
-    s.files["/rt/runtime.bin"] = DATA
-    s.files["/rt/ollama"] = SCRIPT
-    yield s
-    s.close()
+    with FileServer(files={"/rt/runtime.bin": DATA, "/rt/ollama": SCRIPT}) as s:
+        yield s
 
 
 @pytest.fixture
 def auth_proxy() -> Iterator[ForwardProxy]:
-    p = ForwardProxy(auth=(USER, PASSWORD))
-    yield p
-    p.close()
+    with ForwardProxy(auth=(USER, PASSWORD)) as p:
+        yield p
 
 
 def fast(**kw: object) -> Downloader:
@@ -151,11 +147,9 @@ def test_wrong_proxy_password_fails_at_once_without_showing_it(
 
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[tuple[FileServer, Path]]:
-    cert, key = self_signed_cert(tmp_path)
-    s = FileServer(tls=(cert, key))
-    s.files["/rt/runtime.bin"] = DATA
-    yield s, cert
-    s.close()
+    tls = self_signed_cert(tmp_path)
+    with FileServer(tls=tls, files={"/rt/runtime.bin": DATA}) as s:
+        yield s, tls[0]
 
 
 def test_https_tunnel_through_an_authenticated_proxy(

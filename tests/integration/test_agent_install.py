@@ -46,14 +46,15 @@ def zipped(members: dict[str, bytes]) -> bytes:
 
 @pytest.fixture
 def server() -> Iterator[FileServer]:
-    s = FileServer()
-    s.files["/dl/rt-linux.tgz"] = tgz({"bin/ollama": SCRIPT, "lib/libfake.so": b"x"})
-    s.files["/dl/rt-windows.zip"] = zipped({"ollama": SCRIPT, "README": b"r"})
-    s.files["/dl/ollama-linux-amd64"] = SCRIPT
-    s.files["/dl/evil.tgz"] = tgz({"../escape": b"x"})
-    s.files["/dl/empty.tgz"] = tgz({"README": b"x"})
-    yield s
-    s.close()
+    files = {
+        "/dl/rt-linux.tgz": tgz({"bin/ollama": SCRIPT, "lib/libfake.so": b"x"}),
+        "/dl/rt-windows.zip": zipped({"ollama": SCRIPT, "README": b"r"}),
+        "/dl/ollama-linux-amd64": SCRIPT,
+        "/dl/evil.tgz": tgz({"../escape": b"x"}),
+        "/dl/empty.tgz": tgz({"README": b"x"}),
+    }
+    with FileServer(files=files) as s:
+        yield s
 
 
 def sha(server: FileServer, path: str) -> str:

@@ -23,8 +23,10 @@ class FileServer:
     request: "503", "404", "reset" (close mid-body), "stall" (stop sending mid-body until the
     server closes), "ignore_range" (answer 200 with the whole file)."""
 
-    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
-        self.files: dict[str, bytes] = {}
+    def __init__(
+        self, tls: tuple[Path, Path] | None = None, files: dict[str, bytes] | None = None
+    ) -> None:
+        self.files: dict[str, bytes] = dict(files or {})
         self.faults: dict[str, list[str]] = {}
         self.requests: list[dict[str, Any]] = []
         self.closing = threading.Event()
@@ -99,6 +101,12 @@ class FileServer:
         self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def __enter__(self) -> FileServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class ForwardProxy:
@@ -207,6 +215,12 @@ class ForwardProxy:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def __enter__(self) -> ForwardProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def self_signed_cert(directory: Path) -> tuple[Path, Path]:
