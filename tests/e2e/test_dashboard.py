@@ -281,15 +281,23 @@ def test_request_history_pages_filters_and_details(
 # -- chat --------------------------------------------------------------------------------------
 
 
-def test_chat_console_streams_the_answer_and_names_the_node(
-    router: RouterThread, fake_nodes: Callable[..., Any], page: Any
-) -> None:
+def ask_in_chat(
+    router: RouterThread, fake_nodes: Callable[..., Any], page: Any, prompt: str
+) -> Any:
+    """Join a slow node (30 tokens, 0.1 s apart), send `prompt` from the chat console; the
+    answer's element."""
     join(router, fake_nodes, 1, tokens=30, token_delay=0.1)
     open_dashboard(page, router, "chat")
     expect(page.locator("#chat-model")).to_have_value("llama3")
-    page.fill("#chat-prompt", "Tell me something")
+    page.fill("#chat-prompt", prompt)
     page.click("#chat-send")
-    answer = page.locator(".msg.assistant").last
+    return page.locator(".msg.assistant").last
+
+
+def test_chat_console_streams_the_answer_and_names_the_node(
+    router: RouterThread, fake_nodes: Callable[..., Any], page: Any
+) -> None:
+    answer = ask_in_chat(router, fake_nodes, page, "Tell me something")
     # Part of the answer is on screen while the rest is still being generated.
     expect(answer.locator(".text")).to_contain_text("tok1")
     assert answer.get_attribute("data-done") is None
@@ -304,12 +312,7 @@ def test_chat_console_streams_the_answer_and_names_the_node(
 def test_chat_stop_keeps_the_partial_answer_and_new_chat_clears(
     router: RouterThread, fake_nodes: Callable[..., Any], page: Any
 ) -> None:
-    join(router, fake_nodes, 1, tokens=30, token_delay=0.1)
-    open_dashboard(page, router, "chat")
-    expect(page.locator("#chat-model")).to_have_value("llama3")
-    page.fill("#chat-prompt", "Tell me something long")
-    page.click("#chat-send")
-    answer = page.locator(".msg.assistant").last
+    answer = ask_in_chat(router, fake_nodes, page, "Tell me something long")
     expect(answer.locator(".text")).to_contain_text("tok1")
     expect(page.locator("#chat-send")).to_be_disabled()
     page.click("#chat-stop")

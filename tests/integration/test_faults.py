@@ -26,6 +26,12 @@ from tests.support.polling import wait_until
 from tests.support.routers import ADMIN_TOKEN, http, join, online_ids
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
+# Failover tests: nodes take turns (no affinity) and no probe brings a failed node back meanwhile.
+IN_TURN: dict[str, Any] = {
+    "balancer": "round_robin",
+    "prefix_affinity": False,
+    "probe_interval": 30,
+}
 STREAMS = (
     ("/v1/chat/completions", {**CHAT, "stream": True}),
     ("/api/generate", {"model": "llama3", "prompt": "x"}),
@@ -69,7 +75,7 @@ def ids_by_port(router: Any) -> dict[int, str]:
 
 @pytest.mark.parametrize(("path", "body"), STREAMS)
 def test_node_killed_mid_stream(router_factory: Any, fake_nodes: Any, path: str, body: Any) -> None:
-    router = router_factory(balancer="round_robin", probe_interval=30, prefix_affinity=False)
+    router = router_factory(**IN_TURN)
     nodes = join(router, fake_nodes, 2, token_delay=0.05, tokens=400)
     ids = ids_by_port(router)
     by_id = {ids[n.port]: n for n in nodes}
@@ -173,12 +179,7 @@ def test_request_timeout_before_the_head_gives_504(router_factory: Any, fake_nod
 
 def test_hanging_node_is_failed_over_and_marked(router_factory: Any, fake_nodes: Any) -> None:
     router = router_factory(
-        balancer="round_robin",
-        prefix_affinity=False,
-        read_timeout=0.5,
-        probe_interval=30,
-        heartbeat_interval=30,
-        heartbeat_timeout=120,
+        **IN_TURN, read_timeout=0.5, heartbeat_interval=30, heartbeat_timeout=120
     )
     hung, _good = join(router, fake_nodes, 2)
     ids = ids_by_port(router)
@@ -192,7 +193,7 @@ def test_hanging_node_is_failed_over_and_marked(router_factory: Any, fake_nodes:
 
 
 def test_garbage_fails_over_and_alone_gives_502(router_factory: Any, fake_nodes: Any) -> None:
-    router = router_factory(balancer="round_robin", probe_interval=30, prefix_affinity=False)
+    router = router_factory(**IN_TURN)
     bad, good = join(router, fake_nodes, 2)
     ids = ids_by_port(router)
     bad.set_fault("garbage")
@@ -269,12 +270,7 @@ def test_connect_timeout_fails_over(
     router_factory: Any, fake_nodes: Any, blackhole: Blackhole
 ) -> None:
     router = router_factory(
-        balancer="round_robin",
-        prefix_affinity=False,
-        connect_timeout=0.3,
-        heartbeat_interval=0.5,
-        heartbeat_timeout=60,
-        probe_interval=30,
+        **IN_TURN, connect_timeout=0.3, heartbeat_interval=0.5, heartbeat_timeout=60
     )
     (good,) = join(router, fake_nodes, 1)
     hole_id = register_at(router, blackhole.port, "blackhole")

@@ -18,6 +18,7 @@ from routercore.node import OFFLINE, ONLINE, UNREACHABLE, Node, NodeMetrics
 from routercore.registry import NodeRegistry
 from tests.support.polling import eventually
 from tests.support.registry_fakes import Clock, MemoryNodeStore
+from tests.support.runtimes import answering
 
 
 def closed_port() -> int:
@@ -80,14 +81,7 @@ async def test_probes_of_an_unreachable_node_back_off_doubling_up_to_the_cap() -
 
 
 async def test_a_scheduled_probe_that_is_answered_ends_the_schedule() -> None:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readline()
-        writer.write(b"HTTP/1.1 503 Loading\r\ncontent-length: 0\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    server, port = await answering("503 Loading")
     clock = Clock()
     registry, balancer, monitor, node = setup(clock, port, probe_interval=2, probe_max_interval=8)
     try:

@@ -14,6 +14,7 @@ from routercore.health import HealthMonitor, probe_runtime
 from routercore.node import OFFLINE, ONLINE, UNREACHABLE, Node, NodeMetrics
 from routercore.registry import NodeRegistry
 from tests.support.registry_fakes import Clock, MemoryNodeStore
+from tests.support.runtimes import answering
 
 # -- the breaker ---------------------------------------------------------------------------------
 
@@ -214,14 +215,7 @@ async def test_probe_runtime_names_the_failure() -> None:
     await server.wait_closed()
     assert await probe_runtime("127.0.0.1", port, 1.0) == "connect refused"
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readline()
-        writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    server, port = await answering("404 Not Found")
     assert await probe_runtime("127.0.0.1", port, 1.0) is None  # any HTTP status: up
     server.close()
     await server.wait_closed()
@@ -235,14 +229,7 @@ async def test_a_suspect_node_is_probed_at_once_and_marked_only_if_the_probe_fai
         connect_timeout=1, clock=clock,
     )  # fmt: skip
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readline()
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    server, port = await answering("200 OK")
     node, _, _ = registry.register(
         machine_name="a", ip_address="127.0.0.1", runtime_port=port, details={"models": ["m"]}
     )
