@@ -4,12 +4,11 @@ names every route and every setting, and README links only files a clone has."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from routercore.config import RouterConfig, settings
 from routercore.service import RouterService
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 ARCHITECTURE = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
 API = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
 HEADING = re.compile(r"^#{2,3} (?:`([\w/]+/)`)?.*$", re.M)
