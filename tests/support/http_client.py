@@ -1,33 +1,17 @@
 """A raw HTTP/1.1 client for server tests: send bytes as given, parse replies strictly.
 
 Shared by tests/unit/test_http_server.py, test_http_limits.py and test_websocket.py (and any
-test that must see exactly what the server puts on the wire), with `eventually`, the polling
-wait for async tests.
+test that must see exactly what the server puts on the wire). Waiting in async tests:
+`tests.support.polling.eventually`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-
-
-async def eventually(
-    predicate: Callable[[], Any], timeout: float = 5.0, message: str = "condition"
-) -> Any:
-    """Poll `predicate` until truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message}")
-        await asyncio.sleep(0.01)
 
 
 @dataclass

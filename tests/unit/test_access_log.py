@@ -17,8 +17,8 @@ from routercore.http import access_log
 from routercore.http.access_log import AccessLog
 from routercore.logring import FORMAT, LogRing
 from routercore.logsafe import SafeLogFilter
-from tests.support.http_client import eventually
 from tests.support.http_server import make_runner
+from tests.support.polling import eventually
 
 ACCESS = logging.getLogger("routercore.access")
 

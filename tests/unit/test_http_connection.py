@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from routercore.http.messages import Request, Response
-from tests.support.http_client import Client, build, eventually
+from tests.support.http_client import Client, build
 from tests.support.http_server import (
     VARIANTS,
     capture,
@@ -25,6 +25,7 @@ from tests.support.http_server import (
     run_fixture,
     serve,
 )
+from tests.support.polling import eventually
 
 run = run_fixture(VARIANTS)
 

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from routercore.http.messages import Request, Response
-from tests.support.http_client import Client, build, eventually
+from tests.support.http_client import Client, build
 from tests.support.http_server import VARIANTS, capture, echo, errors, run_fixture, serve
+from tests.support.polling import eventually
 
 run = run_fixture(VARIANTS)
 

@@ -14,8 +14,9 @@ import pytest
 
 from routercore.http.messages import Request, Response
 from routercore.http.server import HTTPServer
-from tests.support.http_client import Client, build, eventually
+from tests.support.http_client import Client, build
 from tests.support.http_server import VARIANTS, capture, echo, errors, run_fixture, serve
+from tests.support.polling import eventually
 
 run = run_fixture(VARIANTS)
 

@@ -16,9 +16,9 @@ import pytest
 from routercore.app import error_response
 from routercore.http.messages import Request, Response
 from routercore.http.server import HTTPServer, ServerLimits
-from tests.support.http_client import Client, build, eventually
+from tests.support.http_client import Client, build
 from tests.support.http_server import VARIANTS, echo, run_fixture, serve
-from tests.support.polling import wait_until
+from tests.support.polling import eventually, wait_until
 from tests.support.routers import join
 
 run = run_fixture(VARIANTS)

@@ -22,8 +22,9 @@ from wsproto.events import Request as WSRequest
 
 from routercore.http.messages import Request, Response, WebSocketAccept
 from routercore.http.websocket import WebSocket, is_upgrade
-from tests.support.http_client import Client, build, eventually
+from tests.support.http_client import Client, build
 from tests.support.http_server import LOOPS, capture, errors, make_runner, run_fixture, serve
+from tests.support.polling import eventually
 from tests.support.ws_client import WSClient
 
 run = run_fixture(LOOPS)
