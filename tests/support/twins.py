@@ -4,13 +4,10 @@ a fresh interpreter with the extension switches set, and byte mutations for gene
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 from hypothesis import strategies as st
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import commands
 
 
 def run_python(code: str, env_overrides: dict[str, str]) -> str:
@@ -21,15 +18,7 @@ def run_python(code: str, env_overrides: dict[str, str]) -> str:
         if k not in ("LLM_ROUTER_NO_EXTENSIONS", "LLM_ROUTER_REQUIRE_EXTENSIONS")
     }
     env.update(env_overrides)
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = commands.run_python("-c", code, env=env)
     return proc.stdout + proc.stderr
 
 
