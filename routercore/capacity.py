@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from routercore.stats import LiveStats
 
 # The request path's logger: the queue's lines are part of a request's story.
-log = logging.getLogger("routercore.proxy")
+log = logging.getLogger("routercore.capacity")
 
 
 @dataclass(eq=False)

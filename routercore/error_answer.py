@@ -4,7 +4,6 @@ for the Ollama API in Ollama's error shape when the upstream spoke OpenAI's."""
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Sequence
 
@@ -12,8 +11,6 @@ from routercore.http.messages import ResponseStream
 from routercore.http.response_parser import ResponseHead
 from routercore.http.upstream import UpstreamConnection
 from routercore.translate import openai_error_to_ollama
-
-log = logging.getLogger("routercore.proxy")
 
 PASSED_ERROR_HEADERS = (
     b"retry-after",

@@ -40,7 +40,7 @@ from routercore.store.writer import _STOP, StoreWriter
 from routercore.timestamps import MICROS, now_rfc3339
 
 # One logger for the whole package: operators and tests filter on this name.
-log = logging.getLogger("routercore.store")
+log = logging.getLogger("routercore.store.database")
 
 T = TypeVar("T")
 

@@ -25,7 +25,7 @@ from routercore.store.rows import _SQL_REQUEST, _SQL_SAMPLE
 from routercore.store.schema import MIGRATIONS, _transaction, connect, migrate
 
 # One logger for the whole package: operators and tests filter on this name.
-log = logging.getLogger("routercore.store")
+log = logging.getLogger("routercore.store.writer")
 
 Op = tuple[str, tuple[Any, ...]]
 

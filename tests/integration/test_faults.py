@@ -399,7 +399,7 @@ def store_warnings(caplog: pytest.LogCaptureFixture, kind: str) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "routercore.store"
+        if r.name == "routercore.store.writer"
         and "store write failed" in r.getMessage()
         and kind in r.getMessage()
     ]
