@@ -16,6 +16,7 @@ from routercore.sentinel import END
 from routercore._response_parser_py import (
     _FIELD_NAME,
     MAX_HEAD_BYTES,
+    BadStatusLine,
     ProtocolError,
     ResponseHead,
 )
@@ -203,20 +204,8 @@ cdef class ResponseParser:
         cdef bint chunked = False, keep_alive
         cdef unsigned char c
         cdef char *lower
-        for i in range(n):
-            c = p[i]
-            if _CONTROL[c]:
-                raise ProtocolError(f"control character {data[i:i + 1]!r} in the response head")
-            if (c == 0x0D and (i + 1 == n or p[i + 1] != 0x0A)) or (
-                c == 0x0A and (i == 0 or p[i - 1] != 0x0D)
-            ):
-                for k in range(i + 1, n):
-                    if _CONTROL[p[k]]:
-                        raise ProtocolError(
-                            f"control character {data[k:k + 1]!r} in the response head"
-                        )
-                raise ProtocolError("bare CR or LF in the response head")
-        # Status line: version SP code [SP reason], split at the first two spaces.
+        # Status line first (version SP code [SP reason], split at the first two spaces):
+        # whether the peer speaks HTTP at all (BadStatusLine), before the rest of its head.
         line_end = _find(p, n, False)
         if line_end < 0:
             line_end = n
@@ -233,16 +222,29 @@ cdef class ResponseParser:
             or p[0] != 0x48 or p[1] != 0x54 or p[2] != 0x54 or p[3] != 0x50
             or p[4] != 0x2F or p[5] != 0x31 or p[6] != 0x2E or not 0x30 <= p[7] <= 0x39
         ):
-            raise ProtocolError(f"bad status line {data[:min(line_end, 40)]!r}")
+            raise BadStatusLine(f"bad status line {data[:min(line_end, 40)]!r}")
         start = sp1 + 1
         i = sp2 if sp2 >= 0 else line_end
         if i - start != 3 or not (
             0x30 <= p[start] <= 0x39 and 0x30 <= p[start + 1] <= 0x39 and 0x30 <= p[start + 2] <= 0x39
         ):
-            raise ProtocolError(f"bad status code {data[start:min(i, start + 10)]!r}")
+            raise BadStatusLine(f"bad status code {data[start:min(i, start + 10)]!r}")
         status = (p[start] - 0x30) * 100 + (p[start + 1] - 0x30) * 10 + (p[start + 2] - 0x30)
         if status < 100:
-            raise ProtocolError(f"bad status code {status}")
+            raise BadStatusLine(f"bad status code {status}")
+        for i in range(n):
+            c = p[i]
+            if _CONTROL[c]:
+                raise ProtocolError(f"control character {data[i:i + 1]!r} in the response head")
+            if (c == 0x0D and (i + 1 == n or p[i + 1] != 0x0A)) or (
+                c == 0x0A and (i == 0 or p[i - 1] != 0x0D)
+            ):
+                for k in range(i + 1, n):
+                    if _CONTROL[p[k]]:
+                        raise ProtocolError(
+                            f"control character {data[k:k + 1]!r} in the response head"
+                        )
+                raise ProtocolError("bare CR or LF in the response head")
         reason = data[sp2 + 1 : line_end] if sp2 >= 0 else b""
         headers = []
         length = None

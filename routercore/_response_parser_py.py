@@ -80,6 +80,11 @@ class ProtocolError(Exception):
     """The bytes from the node are not a valid HTTP/1.1 response."""
 
 
+class BadStatusLine(ProtocolError):
+    """Not even the status line is HTTP/1.x: whatever answered does not speak HTTP (a health
+    probe tells this apart from an HTTP answer with a malformed head, which counts as up)."""
+
+
 class ResponseParser:
     """Sans-IO: `feed(bytes)` returns the events it completed (head, body pieces, END)."""
 
@@ -188,6 +193,18 @@ class ResponseParser:
         out.append(END)
 
     def _head(self, head: bytes, out: list[Event]) -> None:
+        # The status line first: whether the peer speaks HTTP at all (BadStatusLine) before
+        # what is wrong with the rest of its head.
+        i = head.find(b"\r\n")
+        status_line = head if i < 0 else head[:i]
+        parts = status_line.split(b" ", 2)
+        if len(parts) < 2 or not _HTTP1_VERSION_RE.fullmatch(parts[0]):
+            raise BadStatusLine(f"bad status line {status_line[:40]!r}")
+        if not _STATUS_CODE_RE.fullmatch(parts[1]):
+            raise BadStatusLine(f"bad status code {parts[1][:10]!r}")
+        status = int(parts[1])
+        if status < 100:
+            raise BadStatusLine(f"bad status code {status}")
         bad = _CONTROL_BYTE.search(head)
         if bad is not None:
             raise ProtocolError(f"control character {bad[0]!r} in the response head")
@@ -195,15 +212,6 @@ class ResponseParser:
         if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
             raise ProtocolError("bare CR or LF in the response head")
         lines = head.split(b"\r\n")
-        status_line = lines[0]
-        parts = status_line.split(b" ", 2)
-        if len(parts) < 2 or not _HTTP1_VERSION_RE.fullmatch(parts[0]):
-            raise ProtocolError(f"bad status line {status_line[:40]!r}")
-        if not _STATUS_CODE_RE.fullmatch(parts[1]):
-            raise ProtocolError(f"bad status code {parts[1][:10]!r}")
-        status = int(parts[1])
-        if status < 100:
-            raise ProtocolError(f"bad status code {status}")
         headers: list[tuple[bytes, bytes]] = []
         length: int | None = None
         chunked = False

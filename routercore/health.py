@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from routercore.breaker import CLOSED, HALF_OPEN
+from routercore.http.response_parser import BadStatusLine, ProtocolError
+from routercore.http.upstream import UpstreamBrokenError, UpstreamConnectError, UpstreamPool
 from routercore.node import OFFLINE, ONLINE, UNREACHABLE, Node
 from routercore.registry import NodeRegistry
 
@@ -19,6 +21,7 @@ log = logging.getLogger("routercore.health")
 
 
 async def probe_runtime(
+    pool: UpstreamPool,
     host: str,
     port: int,
     timeout: float,
@@ -28,34 +31,28 @@ async def probe_runtime(
     """None when something at host:port answers an HTTP request (any status), else why not.
     `auth` is the relay's header for a relayed node, so the probe reaches the runtime behind
     the agent's relay instead of being refused by it. `via` is the router's own `Via` value:
-    a node that is the router itself sees the loop."""
-    writer = None
-    via_line = f"Via: {via}\r\n" if via else ""
+    a node that is the router itself sees the loop. Only the head is read: a runtime's `/`
+    may be a whole web page."""
+    headers = [(b"host", f"{host}:{port}".encode()), (b"connection", b"close")]
+    if via:
+        headers.append((b"via", via.encode()))
+    if auth is not None:
+        headers.append(auth)
     try:
-        try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-        except TimeoutError:
-            return f"connect timeout after {timeout:g}s"
-        except ConnectionRefusedError:
-            return "connect refused"
-        extra = auth[0] + b": " + auth[1] + b"\r\n" if auth is not None else b""
-        writer.write(
-            f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\n{via_line}Connection: close\r\n".encode()
-            + extra
-            + b"\r\n"
+        await pool.fetch(
+            host, port, "GET", "/", headers, timeout=timeout, max_body=None, fresh=True
         )
-        try:
-            line = await asyncio.wait_for(reader.readline(), timeout)
-        except TimeoutError:
-            return f"no answer within {timeout:g}s"
-        if line.startswith(b"HTTP/1."):
-            return None
-        return "closed without an HTTP answer" if not line else "not an HTTP answer"
-    except OSError as exc:
-        return exc.strerror or type(exc).__name__
-    finally:
-        if writer is not None:
-            writer.close()
+    except UpstreamConnectError as exc:
+        return str(exc)
+    except TimeoutError:
+        return f"no answer within {timeout:g}s"
+    except UpstreamBrokenError as exc:
+        if isinstance(exc.__cause__, BadStatusLine):
+            return "not an HTTP answer"
+        if isinstance(exc.__cause__, ProtocolError):
+            return None  # an HTTP status line, a malformed rest: up (requests to it get a 502)
+        return "closed without an HTTP answer"
+    return None
 
 
 class HealthMonitor:
@@ -71,10 +68,13 @@ class HealthMonitor:
         probe_interval: float,
         probe_max_interval: float,
         connect_timeout: float,
+        pool: UpstreamPool | None = None,
         clock: Callable[[], float] = time.monotonic,
         via: str = "",
     ) -> None:
         self.registry = registry
+        # Probes go through the router's pool (fresh connections, closed after the head).
+        self.pool = pool or UpstreamPool(connect_timeout=connect_timeout, max_idle=0)
         self.via = via
         self.heartbeat_timeout = heartbeat_timeout
         self.heartbeat_interval = heartbeat_interval
@@ -142,6 +142,7 @@ class HealthMonitor:
                 self.probes.pop(node_id, None)
                 return
             failure = await probe_runtime(
+                self.pool,
                 node.ip_address,
                 node.upstream_port,
                 self.connect_timeout,

@@ -249,17 +249,17 @@ async def node_request(
 ) -> tuple[int, bytes]:
     """One small request to a node's runtime: (status, body). Raises ConnectionError or
     TimeoutError."""
-    conn = await pool.acquire(node.ip_address, node.runtime_port, fresh=True)
-    try:
-        host = f"{node.ip_address}:{node.runtime_port}".encode()
-        headers = [(b"host", host), (b"content-type", b"application/json")]
-        conn.send_request(method, path, headers, body)
-        head = await conn.read_head(timeout)
-        out = b""
-        while (piece := await conn.read_body(timeout)) is not None:
-            out += piece
-            if len(out) > 16 * 1024 * 1024:
-                raise ConnectionError("answer too large")
-        return head.status_code, out
-    finally:
-        conn.close()
+    host = f"{node.ip_address}:{node.runtime_port}".encode()
+    headers = [(b"host", host), (b"content-type", b"application/json")]
+    head, answer = await pool.fetch(
+        node.ip_address,
+        node.runtime_port,
+        method,
+        path,
+        headers,
+        body,
+        timeout=timeout,
+        max_body=16 * 1024 * 1024,
+        fresh=True,
+    )
+    return head.status_code, answer

@@ -78,6 +78,7 @@ class RouterService:
             probe_interval=config.probe_interval,
             probe_max_interval=config.probe_max_interval,
             connect_timeout=config.connect_timeout,
+            pool=self.pool,
         )
         self.providers = Providers(
             config.providers, self.pool, refresh=config.provider_refresh, timeout=10.0

@@ -54,37 +54,22 @@ async def fetch_json(
 ) -> Any:
     """GET a small JSON document from a node, or None when it fails (logged). `via` marks the
     request as this router's, so a node that is the router itself answers 508, not a loop."""
+    host = f"{node.ip_address}:{node.upstream_port}".encode()
+    headers = [(b"host", host), (b"accept", b"application/json"), via]
+    if node.relay_auth is not None:
+        headers.append(node.relay_auth)
     try:
-        conn = await pool.acquire(node.ip_address, node.upstream_port)
-    except ConnectionError as exc:
-        log.info("event=fanout_failed node=%s path=%s reason=%r", node.id, path, str(exc))
-        return None
-    try:
-        host = f"{node.ip_address}:{node.upstream_port}".encode()
-        headers = [(b"host", host), (b"accept", b"application/json"), via]
-        if node.relay_auth is not None:
-            headers.append(node.relay_auth)
-        conn.send_request("GET", path, headers, b"")
-        head = await conn.read_head(timeout)
-        body = b""
-        while True:
-            piece = await conn.read_body(timeout)
-            if piece is None:
-                break
-            body += piece
-            if len(body) > FANOUT_MAX_BYTES:
-                raise ConnectionError("response too large")
-        pool.release(conn)
-        if head.status_code != 200:
-            return None
-        return orjson.loads(body)
+        return await pool.get_json(
+            node.ip_address,
+            node.upstream_port,
+            path,
+            headers,
+            timeout=timeout,
+            max_body=FANOUT_MAX_BYTES,
+        )
     except (ConnectionError, TimeoutError, orjson.JSONDecodeError) as exc:
-        conn.abort()
         log.info("event=fanout_failed node=%s path=%s reason=%r", node.id, path, str(exc))
         return None
-    except BaseException:  # cancelled at the fan-out's deadline: free the socket
-        conn.abort()
-        raise
 
 
 async def fan_out(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from routercore import _response_parser_py, extensions
 from routercore._response_parser_py import (
     HOP_BY_HOP,
+    BadStatusLine,
     MAX_HEAD_BYTES,
     Event,
     ProtocolError,
@@ -29,6 +30,7 @@ __all__ = [
     "HOP_BY_HOP",
     "IMPLEMENTATION",
     "MAX_HEAD_BYTES",
+    "BadStatusLine",
     "Event",
     "ProtocolError",
     "ResponseHead",

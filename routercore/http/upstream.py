@@ -9,6 +9,9 @@ import asyncio
 import logging
 import ssl
 from collections import deque
+from typing import Any
+
+import orjson
 
 from routercore.http.response_parser import END, Event, ProtocolError, ResponseHead, ResponseParser
 
@@ -67,7 +70,9 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             events = self.parser.feed(data)
         except ProtocolError as exc:
+            # The cause tells a node that is not HTTP from one that closed (health probes).
             self.error = UpstreamBrokenError(f"node sent invalid HTTP: {exc}")
+            self.error.__cause__ = exc
             self._wake()
             return
         if events:
@@ -267,6 +272,70 @@ class UpstreamPool:
         self.opened += 1
         self.active.add(proto)
         return proto
+
+    async def fetch(
+        self,
+        host: str,
+        port: int,
+        method: str,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes = b"",
+        *,
+        timeout: float,
+        max_body: int | None,
+        fresh: bool = False,
+    ) -> tuple[ResponseHead, bytes]:
+        """One whole small exchange, for the router's own questions to a node (fan-out GETs,
+        probes, a runtime's API), not for relaying: the head and the whole body, a
+        ConnectionError past `max_body` bytes. `max_body=None` asks for the head only: the body
+        is not read and the connection is closed. `fresh` opens a new connection and closes it
+        afterwards, for rare requests where an idle one would only go stale; otherwise a
+        cleanly ended answer leaves its connection to the pool.
+
+        Raises UpstreamConnectError (not connected), another ConnectionError (the exchange
+        broke) or TimeoutError (`timeout` passed between two reads); on any failure or
+        cancellation the connection is cut.
+        """
+        conn = await self.acquire(host, port, fresh=fresh)
+        pieces: list[bytes] = []
+        try:
+            conn.send_request(method, target, headers, body)
+            head = await conn.read_head(timeout)
+            if max_body is not None:
+                size = 0
+                while (piece := await conn.read_body(timeout)) is not None:
+                    pieces.append(piece)
+                    size += len(piece)
+                    if size > max_body:
+                        raise ConnectionError("answer too large")
+        except BaseException:
+            conn.abort()
+            raise
+        if fresh or max_body is None:
+            conn.close()
+        else:
+            self.release(conn)
+        return head, b"".join(pieces)
+
+    async def get_json(
+        self,
+        host: str,
+        port: int,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        timeout: float,
+        max_body: int,
+    ) -> Any:
+        """GET a small JSON document: the parsed body of a 200 answer, None for any other
+        status. Raises what `fetch` raises, and orjson.JSONDecodeError for a body not JSON."""
+        head, body = await self.fetch(
+            host, port, "GET", target, headers, timeout=timeout, max_body=max_body
+        )
+        if head.status_code != 200:
+            return None
+        return orjson.loads(body)
 
     def _new(self, key: tuple[str, int]) -> UpstreamConnection:
         conn = UpstreamConnection(key)

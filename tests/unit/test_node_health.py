@@ -11,6 +11,7 @@ import pytest
 from routercore.balancer import make_balancer
 from routercore.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from routercore.health import HealthMonitor, probe_runtime
+from routercore.http.upstream import UpstreamPool
 from routercore.node import OFFLINE, ONLINE, UNREACHABLE, Node, NodeMetrics
 from routercore.registry import NodeRegistry
 from tests.support.registry_fakes import Clock, MemoryNodeStore
@@ -208,17 +209,40 @@ def test_heartbeat_timeout_marks_offline() -> None:
 
 
 async def test_probe_runtime_names_the_failure() -> None:
+    pool = UpstreamPool(connect_timeout=1.0, max_idle=0)
     server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    assert await probe_runtime("127.0.0.1", port, 1.0) == "closed without an HTTP answer"
+    assert await probe_runtime(pool, "127.0.0.1", port, 1.0) == "closed without an HTTP answer"
     server.close()
     await server.wait_closed()
-    assert await probe_runtime("127.0.0.1", port, 1.0) == "connect refused"
+    assert await probe_runtime(pool, "127.0.0.1", port, 1.0) == "connect refused"
 
     server, port = await answering("404 Not Found")
-    assert await probe_runtime("127.0.0.1", port, 1.0) is None  # any HTTP status: up
+    assert await probe_runtime(pool, "127.0.0.1", port, 1.0) is None  # any HTTP status: up
     server.close()
     await server.wait_closed()
+
+    async def not_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        await writer.drain()
+
+    server = await asyncio.start_server(not_http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    assert await probe_runtime(pool, "127.0.0.1", port, 1.0) == "not an HTTP answer"
+    server.close()
+    await server.wait_closed()
+
+    async def malformed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nx a: b\r\n\r\n")  # HTTP, with a field name it may not use
+        await writer.drain()
+
+    server = await asyncio.start_server(malformed, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    assert await probe_runtime(pool, "127.0.0.1", port, 1.0) is None  # up; requests get a 502
+    server.close()
+    await server.wait_closed()
+    assert pool.active == set() and pool.idle_count() == 0  # every probe's connection closed
 
 
 async def test_a_suspect_node_is_probed_at_once_and_marked_only_if_the_probe_fails() -> None:

@@ -6,7 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from routercore.http.response_parser import END, ProtocolError, ResponseHead, ResponseParser
+from routercore.http.response_parser import (
+    END,
+    BadStatusLine,
+    ProtocolError,
+    ResponseHead,
+    ResponseParser,
+)
 
 # Every test here runs on both parsers, the compiled one and its twin (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("response_parser_impl")
@@ -100,6 +106,23 @@ def test_no_body_for_head_204_304_and_informational_heads_are_skipped():
 def test_invalid_responses_raise(raw):
     with pytest.raises(ProtocolError):
         parse(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "speaks_http"),
+    [
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", False),
+        (b"\x16\x03\x01\x02\x00\r\n\r\n", False),
+        (b"HTTP/1.1 2xx OK\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nx a: b\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nx-a: \x00\r\n\r\n", True),
+    ],
+)
+def test_a_bad_status_line_is_told_apart_from_a_bad_head(raw, speaks_http):
+    """BadStatusLine: the peer does not speak HTTP; any other ProtocolError: it does, badly."""
+    with pytest.raises(ProtocolError) as caught:
+        parse(raw)
+    assert isinstance(caught.value, BadStatusLine) is not speaks_http
 
 
 def test_close_mid_response_is_an_error():
