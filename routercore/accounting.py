@@ -49,8 +49,14 @@ def request_id() -> str:
 
 @dataclass
 class Attempt:
-    """What one forwarded request measured."""
+    """One forwarded request: what the client asked (set when it arrives) and what forwarding
+    it measured (filled in on the way, read by `Accounting.record`)."""
 
+    api: str  # the client's API: "openai" or "ollama"
+    endpoint: str
+    model: str
+    streaming: bool
+    started: float  # time.perf_counter() when the request arrived
     node_id: str | None = None
     status: int = 0
     ttfb_ms: float | None = None
@@ -80,18 +86,10 @@ class Accounting:
         self._rows: list[tuple[object, ...]] = []  # in store.REQUEST_COLUMNS order
         self._rows_timer: asyncio.TimerHandle | None = None
 
-    def record(
-        self,
-        request: Request,
-        att: Attempt,
-        ts: str,
-        started: float,
-        endpoint: str,
-        model: str,
-        streaming: bool,
-    ) -> None:
-        """Account one finished request (`started`: its perf_counter start; `ts`: RFC 3339)."""
-        duration = (time.perf_counter() - started) * 1000.0
+    def record(self, request: Request, att: Attempt, ts: str) -> None:
+        """Account one finished request (`ts`: when it arrived, RFC 3339)."""
+        model, endpoint = att.model, att.endpoint
+        duration = (time.perf_counter() - att.started) * 1000.0
         usage = (
             att.scanner.usage() if att.scanner is not None and att.outcome != "rejected" else None
         )
@@ -133,7 +131,7 @@ class Accounting:
                 round(att.ttfb_ms, 3) if att.ttfb_ms is not None else None,
                 outcome.prompt_tokens,
                 outcome.completion_tokens,
-                int(streaming),
+                int(att.streaming),
                 request.peer,
                 att.error[:HISTORY_ERROR_MAX] if att.error else att.error,
                 None if att.affinity is None else int(att.affinity),

@@ -40,16 +40,12 @@ async def forward_to_provider(
     request: Request,
     att: Attempt,
     *,
-    api: str,
-    endpoint: str,
-    model: str,
-    streaming: bool,
     provider: Provider,
     upstream_model: str,
-    started: float,
 ) -> None:
     """Send `request` to `provider` as `upstream_model` and relay the answer to the client."""
-    deadline = started + proxy.cfg.request_timeout
+    api, endpoint, model = att.api, att.endpoint, att.model
+    deadline = att.started + proxy.cfg.request_timeout
     att.node_id = f"provider:{provider.name}"
     data = request.json_object()
     translator: ResponseTranslator | None = None
@@ -63,8 +59,8 @@ async def forward_to_provider(
         translator = ollama_response_translator(
             endpoint,
             model=model,
-            streaming=streaming,
-            started_ns=int(started * 1e9),
+            streaming=att.streaming,
+            started_ns=int(att.started * 1e9),
         )
     headers = provider.headers()
     if body:
@@ -117,17 +113,7 @@ async def forward_to_provider(
             out_headers.append((b"content-type", translator.content_type))
         else:
             out_headers += [(k, v) for k, v in head.headers if k == b"content-type"]
-        await proxy.relay(
-            conn,
-            stream,
-            att,
-            out_headers,
-            api,
-            True,
-            started,
-            deadline,
-            translator=translator,
-        )
+        await proxy.relay(conn, stream, att, out_headers, True, deadline, translator=translator)
     except BaseException:
         conn.abort()
         raise

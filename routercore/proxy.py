@@ -128,11 +128,13 @@ class Proxy:
         """Forward `request` (body untouched) to a node serving `model` and relay the answer;
         with a `prefix`, the node that holds the prompt's longest prefix is preferred."""
         started = time.perf_counter()
+        att = Attempt(
+            api, endpoint, model, streaming, started, scanner=TailScanner(api), prefix=prefix
+        )
         ts = now_rfc3339()
-        att = Attempt(scanner=TailScanner(api), prefix=prefix)
         self.stats.in_flight += 1
         try:
-            await self._forward(request, att, api, endpoint, model, streaming, started)
+            await self._forward(request, att)
             return None
         except _StreamFailed:
             return None
@@ -153,39 +155,22 @@ class Proxy:
             raise
         finally:
             self.stats.in_flight -= 1
-            self.accounting.record(request, att, ts, started, endpoint, model, streaming)
+            self.accounting.record(request, att, ts)
 
-    async def _forward(
-        self,
-        request: Request,
-        att: Attempt,
-        api: str,
-        endpoint: str,
-        model: str,
-        streaming: bool,
-        started: float,
-    ) -> None:
+    async def _forward(self, request: Request, att: Attempt) -> None:
         self.check_loop(request)
+        model = att.model
         if self.providers:
             resolved = self.providers.resolve(model)
             if resolved is not None and self.provider_route is not None:
                 provider, upstream_model = resolved
                 await self.provider_route(
-                    self,
-                    request,
-                    att,
-                    api=api,
-                    endpoint=endpoint,
-                    model=model,
-                    streaming=streaming,
-                    provider=provider,
-                    upstream_model=upstream_model,
-                    started=started,
+                    self, request, att, provider=provider, upstream_model=upstream_model
                 )
                 return
         if not self.balancer.serves(model):
             raise self._not_servable(model)
-        deadline = started + self.cfg.request_timeout
+        deadline = att.started + self.cfg.request_timeout
         registry = self.registry
         while True:
             node_id, att.affinity = await self.capacity.acquire(
@@ -194,9 +179,7 @@ class Proxy:
             att.node_id = node_id
             ttfb: float | None = None
             try:
-                ttfb = await self._try_node(
-                    request, att, node_id, api, endpoint, model, streaming, started, deadline
-                )
+                ttfb = await self._try_node(request, att, node_id, deadline)
                 return
             except AttemptFailed as retry:
                 att.tried.append(node_id)
@@ -261,29 +244,24 @@ class Proxy:
     # -- one node ----------------------------------------------------------------------------
 
     async def _try_node(
-        self,
-        request: Request,
-        att: Attempt,
-        node_id: str,
-        api: str,
-        endpoint: str,
-        model: str,
-        streaming: bool,
-        started: float,
-        deadline: float,
+        self, request: Request, att: Attempt, node_id: str, deadline: float
     ) -> float | None:
+        model = att.model
         node = self.registry.nodes.get(node_id)
         if node is None:
             raise AttemptFailed("node was removed", mark=False)
         host, port = node.ip_address, node.upstream_port
         method, target, body = request.method, request.target, request.body
         translator: ResponseTranslator | None = None
-        if api == "ollama" and node.runtime_kind == "openai":
+        if att.api == "ollama" and node.runtime_kind == "openai":
             # Ollama's API on a node that speaks only OpenAI's: translated both ways.
-            call = ollama_to_openai(endpoint, request.json_object(), model)
+            call = ollama_to_openai(att.endpoint, request.json_object(), model)
             method, target, body = call.method, call.path, call.body
             translator = ollama_response_translator(
-                endpoint, model=model, streaming=streaming, started_ns=int(started * 1e9)
+                att.endpoint,
+                model=model,
+                streaming=att.streaming,
+                started_ns=int(att.started * 1e9),
             )
         headers = self.hop_headers.upstream(request, host, port, body)
         if node.relay_auth is not None:
@@ -318,9 +296,7 @@ class Proxy:
             else:
                 headers = [(b"content-type", translator.content_type), node_header, *SAFETY_HEADERS]
                 chunked = True
-            ttfb = await self.relay(
-                conn, stream, att, headers, api, chunked, started, deadline, translator
-            )
+            ttfb = await self.relay(conn, stream, att, headers, chunked, deadline, translator)
         except BaseException:
             conn.abort()
             raise
@@ -394,9 +370,7 @@ class Proxy:
         stream: ResponseStream,
         att: Attempt,
         headers: list[tuple[bytes, bytes]],
-        api: str,
         chunked: bool,
-        started: float,
         deadline: float,
         translator: ResponseTranslator | None = None,
     ) -> float | None:
@@ -431,7 +405,7 @@ class Proxy:
                     self.registry.request_failed(att.node_id, reason)
                     self.registry.suspect(att.node_id, f"stream cut: {reason}")
                 if chunked:
-                    await stream.write(error_event(api, f"upstream node failed: {reason}"))
+                    await stream.write(error_event(att.api, f"upstream node failed: {reason}"))
                     await stream.end()
                 else:
                     stream.abort()
@@ -439,16 +413,16 @@ class Proxy:
             if piece is None:
                 break
             if ttfb is None:
-                ttfb = (time.perf_counter() - started) * 1000.0
+                ttfb = (time.perf_counter() - att.started) * 1000.0
                 att.ttfb_ms = ttfb
             if translator is not None:
-                piece = await self._translate(translator.feed, piece, stream, att, api)
+                piece = await self._translate(translator.feed, piece, stream, att)
                 if not piece:
                     continue
             scanner.feed(piece)
             await stream.write(piece)
         if translator is not None:
-            tail = await self._translate(translator.finish, None, stream, att, api)
+            tail = await self._translate(translator.finish, None, stream, att)
             if tail:
                 scanner.feed(tail)
                 await stream.write(tail)
@@ -461,7 +435,6 @@ class Proxy:
         piece: bytes | None,
         stream: ResponseStream,
         att: Attempt,
-        api: str,
     ) -> bytes:
         """One translator step; an answer it cannot translate ends the stream with an error."""
         try:
@@ -471,7 +444,7 @@ class Proxy:
             att.outcome = "error"
             att.error = reason
             log.warning("event=translation_failed node=%s reason=%r", att.node_id, reason)
-            await stream.write(error_event(api, reason))
+            await stream.write(error_event(att.api, reason))
             await stream.end()
             raise _StreamFailed(reason) from None
 
