@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from agent.backoff import Backoff
 from agent.httpjson import JsonResponse, TransportError, request_json
@@ -119,30 +119,22 @@ class RouterSession:
         return self._lost(error)
 
 
-PayloadFn = Callable[[], Awaitable[dict[str, Any]]]
-StatusFn = Callable[["RouterSession"], None]
-LogsFn = Callable[[int], list[str]]
+class Agent(Protocol):
+    """What a RouterClient asks of the agent it speaks for (`agent.service.AgentService`)."""
+
+    async def registration_payload(self) -> dict[str, Any]: ...
+    async def heartbeat_payload(self) -> dict[str, Any]: ...
+    def log_lines(self, lines: int) -> list[str]: ...
+    def on_router_change(self, session: RouterSession) -> None: ...
 
 
 class RouterClient:
     """Runs a RouterSession until `stop` is set; `poke()` sends the next heartbeat early."""
 
-    def __init__(
-        self,
-        session: RouterSession,
-        registration: PayloadFn,
-        heartbeat: PayloadFn,
-        *,
-        timeout: float = 10.0,
-        on_change: StatusFn | None = None,
-        logs: LogsFn | None = None,
-    ) -> None:
+    def __init__(self, session: RouterSession, agent: Agent, *, timeout: float = 10.0) -> None:
         self.session = session
-        self._logs = logs
-        self._registration = registration
-        self._heartbeat = heartbeat
+        self.agent = agent
         self._timeout = timeout
-        self._on_change = on_change
         self._wake = asyncio.Event()
 
     def poke(self) -> None:
@@ -164,7 +156,7 @@ class RouterClient:
         try:
             if action == REGISTER:
                 resp = await self._post(
-                    REGISTER_PATH, await self._registration(), s.register_headers()
+                    REGISTER_PATH, await self.agent.registration_payload(), s.register_headers()
                 )
                 nxt = s.on_register_response(resp)
                 if s.registered:
@@ -176,10 +168,10 @@ class RouterClient:
                         resp.body.get("status") if isinstance(resp.body, dict) else None,
                     )
             else:
-                payload = await self._heartbeat()
+                payload = await self.agent.heartbeat_payload()
                 payload["agent_id"] = s.agent_id
                 if s.logs_wanted:
-                    payload["logs"] = self._logs(s.logs_wanted) if self._logs else []
+                    payload["logs"] = self.agent.log_lines(s.logs_wanted)
                     s.logs_wanted = None
                 resp = await self._post(HEARTBEAT_PATH, payload, s.heartbeat_headers())
                 nxt = s.on_heartbeat_response(resp)
@@ -189,8 +181,7 @@ class RouterClient:
             log.warning(
                 "router_problem router=%s error=%s retry_in=%.1fs", s.url, s.last_error, nxt.delay
             )
-        if self._on_change:
-            self._on_change(s)
+        self.agent.on_router_change(s)
         return nxt
 
     async def run(self, stop: asyncio.Event) -> None:

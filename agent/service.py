@@ -353,7 +353,11 @@ class AgentService:
         for client in self.clients:
             client.poke()
 
-    def _on_router_change(self, session: RouterSession) -> None:
+    def log_lines(self, lines: int) -> list[str]:
+        """The newest log lines, for a router that asked for them."""
+        return self.log_tail.tail(lines)
+
+    def on_router_change(self, session: RouterSession) -> None:
         self.state.update_router(
             session.url,
             registered=session.registered,
@@ -373,11 +377,8 @@ class AgentService:
                     default_interval=c.heartbeat_interval,
                     backoff=Backoff(c.register_backoff_initial, c.register_backoff_max),
                 ),
-                self.registration_payload,
-                self.heartbeat_payload,
+                self,
                 timeout=c.request_timeout,
-                on_change=self._on_router_change,
-                logs=self.log_tail.tail,
             )
             for url in c.router_url
         ]

@@ -9,13 +9,16 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from routercore.breaker import CLOSED, HALF_OPEN
 from routercore.http.response_parser import BadStatusLine, ProtocolError
 from routercore.http.upstream import UpstreamBrokenError, UpstreamConnectError, UpstreamPool
 from routercore.node import OFFLINE, ONLINE, UNREACHABLE, Node
 from routercore.registry import NodeRegistry
+
+if TYPE_CHECKING:
+    from routercore.config import RouterConfig
 
 log = logging.getLogger("routercore.health")
 
@@ -62,27 +65,21 @@ class HealthMonitor:
     def __init__(
         self,
         registry: NodeRegistry,
+        cfg: RouterConfig,
         *,
-        heartbeat_timeout: float,
-        heartbeat_interval: float = 10.0,
-        probe_interval: float,
-        probe_max_interval: float,
-        connect_timeout: float,
         pool: UpstreamPool | None = None,
         clock: Callable[[], float] = time.monotonic,
         via: str = "",
     ) -> None:
+        """`cfg` gives the heartbeat timeout and interval, the probe backoff (probe_interval
+        doubling up to probe_max_interval) and the probe's connect_timeout."""
         self.registry = registry
+        self.cfg = cfg
         # Probes go through the router's pool (fresh connections, closed after the head).
-        self.pool = pool or UpstreamPool(connect_timeout=connect_timeout, max_idle=0)
+        self.pool = pool or UpstreamPool(connect_timeout=cfg.connect_timeout, max_idle=0)
         self.via = via
-        self.heartbeat_timeout = heartbeat_timeout
-        self.heartbeat_interval = heartbeat_interval
-        self.probe_interval = probe_interval
-        self.probe_max_interval = probe_max_interval
-        self.connect_timeout = connect_timeout
         self.clock = clock
-        self.tick = min(0.25, heartbeat_timeout / 4)
+        self.tick = min(0.25, cfg.heartbeat_timeout / 4)
         self.probes: dict[str, tuple[float, float]] = {}  # node id -> (next probe at, backoff)
         self.probing: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -91,7 +88,7 @@ class HealthMonitor:
 
     def _on_change(self, node_id: str, node: Node) -> None:
         if node.status == UNREACHABLE and node_id not in self.probes:
-            self.probes[node_id] = (self.clock() + self.probe_interval, self.probe_interval)
+            self.probes[node_id] = (self.clock() + self.cfg.probe_interval, self.cfg.probe_interval)
         elif node.status != UNREACHABLE:
             self.probes.pop(node_id, None)
 
@@ -112,7 +109,7 @@ class HealthMonitor:
             if node.status not in (ONLINE, UNREACHABLE):
                 continue
             silent = now - reg.last_beat.get(node_id, 0.0)
-            if silent > self.heartbeat_timeout:
+            if silent > self.cfg.heartbeat_timeout:
                 reg.mark_offline(node_id, f"no heartbeat for {silent:.1f}s")
 
     def start_due_probes(self) -> None:
@@ -126,7 +123,7 @@ class HealthMonitor:
         if node_id in self.probing:
             return
         log.info("event=probe_now id=%s why=%r", node_id, why)
-        _, backoff = self.probes.get(node_id, (0.0, self.probe_interval))
+        _, backoff = self.probes.get(node_id, (0.0, self.cfg.probe_interval))
         self._start(node_id, backoff, why)
 
     def _start(self, node_id: str, backoff: float, why: str | None) -> None:
@@ -145,7 +142,7 @@ class HealthMonitor:
                 self.pool,
                 node.ip_address,
                 node.upstream_port,
-                self.connect_timeout,
+                self.cfg.connect_timeout,
                 node.relay_auth,
                 self.via,
             )
@@ -160,7 +157,7 @@ class HealthMonitor:
                 log.warning("event=probe_failed id=%s why=%r reason=%r", node_id, why, failure)
                 self.registry.mark_unreachable(node_id, failure)
             elif node_id in self.probes:
-                backoff = min(backoff * 2, self.probe_max_interval)
+                backoff = min(backoff * 2, self.cfg.probe_max_interval)
                 log.info(
                     "event=probe_failed id=%s reason=%r next_in=%.1fs", node_id, failure, backoff
                 )
@@ -219,9 +216,9 @@ class HealthMonitor:
             if not node.enabled or model not in node.models:
                 continue
             if node.status == OFFLINE or not node.runtime_up:
-                waits.append(self.heartbeat_interval)
+                waits.append(self.cfg.heartbeat_interval)
                 continue
             wait = self.next_check_in(node)
-            waits.append(self.probe_interval if wait is None else wait)
-        best = min(waits) if waits else self.probe_interval
-        return max(1, min(math.ceil(best), int(self.probe_max_interval) or 1))
+            waits.append(self.cfg.probe_interval if wait is None else wait)
+        best = min(waits) if waits else self.cfg.probe_interval
+        return max(1, min(math.ceil(best), int(self.cfg.probe_max_interval) or 1))

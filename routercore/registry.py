@@ -3,6 +3,7 @@ the balancer on every change."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -66,9 +67,14 @@ class NodeRegistry:
         self.store = store
         self.balancer = balancer
         self.clock = clock
-        self.breaker_failures = breaker_failures
-        self.breaker_backoff = breaker_backoff
-        self.breaker_max_backoff = breaker_max_backoff
+        # One policy for every node's breaker, made on the node's first failure.
+        self.new_breaker = functools.partial(
+            CircuitBreaker,
+            threshold=breaker_failures,
+            backoff=breaker_backoff,
+            max_backoff=breaker_max_backoff,
+            clock=clock,
+        )
         self.nodes: dict[str, Node] = {}
         self.last_beat: dict[str, float] = {}
         self.disconnected: set[str] = set()
@@ -304,12 +310,7 @@ class NodeRegistry:
     def breaker(self, node_id: str) -> CircuitBreaker:
         brk = self.breakers.get(node_id)
         if brk is None:
-            brk = self.breakers[node_id] = CircuitBreaker(
-                threshold=self.breaker_failures,
-                backoff=self.breaker_backoff,
-                max_backoff=self.breaker_max_backoff,
-                clock=self.clock,
-            )
+            brk = self.breakers[node_id] = self.new_breaker()
         return brk
 
     def request_succeeded(self, node_id: str) -> None:

@@ -71,15 +71,7 @@ class RouterService:
         self.pool = UpstreamPool(
             connect_timeout=config.connect_timeout, max_idle=config.pool_max_idle
         )
-        self.health = HealthMonitor(
-            self.registry,
-            heartbeat_timeout=config.heartbeat_timeout,
-            heartbeat_interval=config.heartbeat_interval,
-            probe_interval=config.probe_interval,
-            probe_max_interval=config.probe_max_interval,
-            connect_timeout=config.connect_timeout,
-            pool=self.pool,
-        )
+        self.health = HealthMonitor(self.registry, config, pool=self.pool)
         self.providers = Providers(
             config.providers, self.pool, refresh=config.provider_refresh, timeout=10.0
         )

@@ -13,6 +13,7 @@ import pytest
 
 from routercore.balancer import make_balancer
 from routercore.breaker import HALF_OPEN, OPEN
+from routercore.config import RouterConfig
 from routercore.health import HealthMonitor
 from routercore.node import OFFLINE, ONLINE, UNREACHABLE, Node, NodeMetrics
 from routercore.registry import NodeRegistry
@@ -37,11 +38,13 @@ def setup(
     )
     monitor = HealthMonitor(
         registry,
-        heartbeat_timeout=30,
-        heartbeat_interval=10,
-        probe_interval=probe_interval,
-        probe_max_interval=probe_max_interval,
-        connect_timeout=2,
+        RouterConfig(
+            heartbeat_timeout=30,
+            heartbeat_interval=10,
+            probe_interval=probe_interval,
+            probe_max_interval=probe_max_interval,
+            connect_timeout=2,
+        ),
         clock=clock,
     )
     node, _, _ = registry.register(

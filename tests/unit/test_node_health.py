@@ -10,6 +10,7 @@ import pytest
 
 from routercore.balancer import make_balancer
 from routercore.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from routercore.config import RouterConfig
 from routercore.health import HealthMonitor, probe_runtime
 from routercore.http.upstream import UpstreamPool
 from routercore.node import OFFLINE, ONLINE, UNREACHABLE, Node, NodeMetrics
@@ -160,11 +161,13 @@ def test_describe_and_retry_after_say_why_and_when() -> None:
     registry, _ = make_registry(clock, failures=1)
     monitor = HealthMonitor(
         registry,
-        heartbeat_timeout=30,
-        heartbeat_interval=10,
-        probe_interval=5,
-        probe_max_interval=60,
-        connect_timeout=1,
+        RouterConfig(
+            heartbeat_timeout=30,
+            heartbeat_interval=10,
+            probe_interval=5,
+            probe_max_interval=60,
+            connect_timeout=1,
+        ),
         clock=clock,
     )
     a = register(registry, "a")
@@ -193,10 +196,9 @@ def test_heartbeat_timeout_marks_offline() -> None:
     registry, _ = make_registry(clock)
     monitor = HealthMonitor(
         registry,
-        heartbeat_timeout=30,
-        probe_interval=5,
-        probe_max_interval=60,
-        connect_timeout=1,
+        RouterConfig(
+            heartbeat_timeout=30, probe_interval=5, probe_max_interval=60, connect_timeout=1
+        ),
         clock=clock,
     )
     node = register(registry)
@@ -249,9 +251,12 @@ async def test_a_suspect_node_is_probed_at_once_and_marked_only_if_the_probe_fai
     clock = Clock()
     registry, balancer = make_registry(clock)
     monitor = HealthMonitor(
-        registry, heartbeat_timeout=30, probe_interval=5, probe_max_interval=60,
-        connect_timeout=1, clock=clock,
-    )  # fmt: skip
+        registry,
+        RouterConfig(
+            heartbeat_timeout=30, probe_interval=5, probe_max_interval=60, connect_timeout=1
+        ),
+        clock=clock,
+    )
 
     server, port = await answering("200 OK")
     node, _, _ = registry.register(
