@@ -128,7 +128,15 @@ class Relay:
         headers += [(k, v) for k, v in request.headers if k not in _DROP_REQUEST]
         headers.append((b"content-length", b"%d" % len(request.body)))
         try:
-            conn, head = await self._send(request, headers)
+            # One silent retry on a keep-alive connection the runtime closed while idle.
+            conn, head = await self.pool.request(
+                *self.runtime,
+                request.method,
+                request.target,
+                headers,
+                request.body,
+                timeout=self.read_timeout,
+            )
         except (UpstreamConnectError, UpstreamBrokenError) as exc:
             # Be transparent: the router must see what it would see talking to the runtime
             # itself (a connection that ends without an answer), so its node health rules
@@ -150,26 +158,6 @@ class Relay:
             raise
         self.pool.release(conn)
         return None
-
-    async def _send(
-        self, request: Request, headers: list[tuple[bytes, bytes]]
-    ) -> tuple[UpstreamConnection, ResponseHead]:
-        """Send and wait for the head; one silent retry on a stale keep-alive connection."""
-        fresh = False
-        while True:
-            conn = await self.pool.acquire(*self.runtime, fresh=fresh)
-            try:
-                conn.send_request(request.method, request.target, headers, request.body)
-                return conn, await conn.read_head(self.read_timeout)
-            except UpstreamBrokenError:
-                conn.abort()
-                if conn.reused and not conn.got_bytes and not fresh:
-                    fresh = True  # the runtime closed an idle keep-alive socket
-                    continue
-                raise
-            except BaseException:
-                conn.abort()
-                raise
 
     async def _relay(self, request: Request, conn: UpstreamConnection, head: ResponseHead) -> None:
         """Copy the answer piece by piece; the router's drain paces the runtime."""

@@ -324,33 +324,20 @@ class Proxy:
         deadline: float,
         tls: ssl.SSLContext | None = None,
     ) -> tuple[UpstreamConnection, ResponseHead]:
-        """Connect (pooled), send, read the head; one silent retry on a stale pooled socket.
-        Failures before the head raise AttemptFailed (connection-level: `mark`)."""
-        fresh = False
-        while True:
-            try:
-                conn = await self.pool.acquire(host, port, fresh=fresh, tls=tls)
-            except UpstreamConnectError as exc:
-                raise AttemptFailed(str(exc)) from None
-            try:
-                conn.send_request(method, target, headers, body)
-                head = await conn.read_head(min(self.cfg.read_timeout, self._timeout(deadline)))
-                return conn, head
-            except UpstreamBrokenError as exc:
-                conn.abort()
-                if conn.reused and not conn.got_bytes and not fresh:
-                    fresh = True  # the node closed an idle keep-alive socket: not a failure
-                    continue
-                raise AttemptFailed(str(exc)) from None
-            except TimeoutError:
-                # Nothing reached the client yet: a hung node is failed over like a dead one.
-                conn.abort()
-                raise AttemptFailed(
-                    f"no response head within {self.cfg.read_timeout:g}s", timeout=True
-                ) from None
-            except BaseException:
-                conn.abort()
-                raise
+        """Connect (pooled), send, read the head (`UpstreamPool.request`). Failures before the
+        head raise AttemptFailed (connection-level: `mark`)."""
+        timeout = min(self.cfg.read_timeout, self._timeout(deadline))
+        try:
+            return await self.pool.request(
+                host, port, method, target, headers, body, timeout=timeout, tls=tls
+            )
+        except (UpstreamConnectError, UpstreamBrokenError) as exc:
+            raise AttemptFailed(str(exc)) from None
+        except TimeoutError:
+            # Nothing reached the client yet: a hung node is failed over like a dead one.
+            raise AttemptFailed(
+                f"no response head within {self.cfg.read_timeout:g}s", timeout=True
+            ) from None
 
     async def _read_some(self, conn: UpstreamConnection, deadline: float) -> str:
         out = b""

@@ -273,6 +273,41 @@ class UpstreamPool:
         self.active.add(proto)
         return proto
 
+    async def request(
+        self,
+        host: str,
+        port: int,
+        method: str,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes = b"",
+        *,
+        timeout: float,
+        fresh: bool = False,
+        tls: ssl.SSLContext | None = None,
+    ) -> tuple[UpstreamConnection, ResponseHead]:
+        """Send a request and wait for the answer's head (at most `timeout`); the caller reads
+        the body and releases or aborts the connection. A pooled connection the node closed
+        while it sat idle gets one silent retry on a new one: nothing was lost with it.
+
+        Raises UpstreamConnectError (not connected), UpstreamBrokenError or TimeoutError;
+        on any failure or cancellation the connection is cut.
+        """
+        while True:
+            conn = await self.acquire(host, port, fresh=fresh, tls=tls)
+            try:
+                conn.send_request(method, target, headers, body)
+                return conn, await conn.read_head(timeout)
+            except UpstreamBrokenError:
+                conn.abort()
+                if conn.reused and not conn.got_bytes and not fresh:
+                    fresh = True  # the node closed an idle keep-alive socket: not a failure
+                    continue
+                raise
+            except BaseException:
+                conn.abort()
+                raise
+
     async def fetch(
         self,
         host: str,
@@ -286,22 +321,18 @@ class UpstreamPool:
         max_body: int | None,
         fresh: bool = False,
     ) -> tuple[ResponseHead, bytes]:
-        """One whole small exchange, for the router's own questions to a node (fan-out GETs,
-        probes, a runtime's API), not for relaying: the head and the whole body, a
-        ConnectionError past `max_body` bytes. `max_body=None` asks for the head only: the body
-        is not read and the connection is closed. `fresh` opens a new connection and closes it
-        afterwards, for rare requests where an idle one would only go stale; otherwise a
-        cleanly ended answer leaves its connection to the pool.
-
-        Raises UpstreamConnectError (not connected), another ConnectionError (the exchange
-        broke) or TimeoutError (`timeout` passed between two reads); on any failure or
-        cancellation the connection is cut.
+        """`request` plus the whole body, for the router's own questions to a node (fan-out
+        GETs, probes, a runtime's API), not for relaying: a ConnectionError past `max_body`
+        bytes; `max_body=None` asks for the head only (the body is not read, the connection
+        is closed). `fresh` opens a new connection and closes it afterwards, for rare requests
+        where an idle one would only go stale; otherwise a cleanly ended answer leaves its
+        connection to the pool. Raises what `request` raises; cuts the connection on failure.
         """
-        conn = await self.acquire(host, port, fresh=fresh)
+        conn, head = await self.request(
+            host, port, method, target, headers, body, timeout=timeout, fresh=fresh
+        )
         pieces: list[bytes] = []
         try:
-            conn.send_request(method, target, headers, body)
-            head = await conn.read_head(timeout)
             if max_body is not None:
                 size = 0
                 while (piece := await conn.read_body(timeout)) is not None:
