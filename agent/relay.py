@@ -36,6 +36,7 @@ from routercore.http.upstream import (
     UpstreamConnectError,
     UpstreamConnection,
     UpstreamPool,
+    UpstreamRequest,
 )
 
 log = logging.getLogger(__name__)
@@ -127,16 +128,10 @@ class Relay:
         headers = [self._host_header]
         headers += [(k, v) for k, v in request.headers if k not in _DROP_REQUEST]
         headers.append((b"content-length", b"%d" % len(request.body)))
+        req = UpstreamRequest(*self.runtime, request.method, request.target, headers, request.body)
         try:
             # One silent retry on a keep-alive connection the runtime closed while idle.
-            conn, head = await self.pool.request(
-                *self.runtime,
-                request.method,
-                request.target,
-                headers,
-                request.body,
-                timeout=self.read_timeout,
-            )
+            conn, head = await self.pool.request(req, timeout=self.read_timeout)
         except (UpstreamConnectError, UpstreamBrokenError) as exc:
             # Be transparent: the router must see what it would see talking to the runtime
             # itself (a connection that ends without an answer), so its node health rules

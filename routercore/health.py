@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from routercore.breaker import CLOSED, HALF_OPEN
 from routercore.http.response_parser import BadStatusLine, ProtocolError
-from routercore.http.upstream import UpstreamBrokenError, UpstreamConnectError, UpstreamPool
+from routercore.http.upstream import (
+    UpstreamBrokenError,
+    UpstreamConnectError,
+    UpstreamPool,
+    UpstreamRequest,
+)
 from routercore.node import OFFLINE, ONLINE, UNREACHABLE, Node
 from routercore.registry import NodeRegistry
 
@@ -42,9 +47,8 @@ async def probe_runtime(
     if auth is not None:
         headers.append(auth)
     try:
-        await pool.fetch(
-            host, port, "GET", "/", headers, timeout=timeout, max_body=None, fresh=True
-        )
+        req = UpstreamRequest(host, port, "GET", "/", headers)
+        await pool.fetch(req, timeout=timeout, max_body=None, fresh=True)
     except UpstreamConnectError as exc:
         return str(exc)
     except TimeoutError:

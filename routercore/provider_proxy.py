@@ -19,6 +19,7 @@ from routercore.error_answer import pass_error_answer
 from routercore.errors import UpstreamError, UpstreamTimeout
 from routercore.hop_headers import SAFETY_HEADERS
 from routercore.http.messages import Request
+from routercore.http.upstream import UpstreamRequest
 from routercore.proxy import AttemptFailed
 from routercore.translate import ResponseTranslator, ollama_response_translator, ollama_to_openai
 
@@ -67,17 +68,11 @@ async def forward_to_provider(
         headers.append((b"content-type", b"application/json"))
     headers.append((b"content-length", b"%d" % len(body)))
     headers.append((b"accept", b"text/event-stream, application/json"))
+    req = UpstreamRequest(
+        provider.host, provider.port, method, provider.target(path), headers, body
+    )
     try:
-        conn, head = await proxy.send_upstream(
-            provider.host,
-            provider.port,
-            method,
-            provider.target(path),
-            headers,
-            body,
-            deadline,
-            tls=provider.tls,
-        )
+        conn, head = await proxy.send_upstream(req, deadline, tls=provider.tls)
     except AttemptFailed as failed:
         reason = provider.scrub(failed.reason.encode()).decode()
         log.warning("event=provider_failed provider=%s reason=%r", provider.name, reason)

@@ -43,6 +43,7 @@ from routercore.http.upstream import (
     UpstreamConnectError,
     UpstreamConnection,
     UpstreamPool,
+    UpstreamRequest,
 )
 from routercore.providers import Providers
 from routercore.registry import NodeRegistry
@@ -266,7 +267,8 @@ class Proxy:
         headers = self.hop_headers.upstream(request, host, port, body)
         if node.relay_auth is not None:
             headers.append(node.relay_auth)  # the agent's relay; the client's own never goes on
-        conn, head = await self.send_upstream(host, port, method, target, headers, body, deadline)
+        req = UpstreamRequest(host, port, method, target, headers, body)
+        conn, head = await self.send_upstream(req, deadline)
         stream = request.stream
         assert stream is not None
         try:
@@ -314,23 +316,13 @@ class Proxy:
         return ttfb
 
     async def send_upstream(
-        self,
-        host: str,
-        port: int,
-        method: str,
-        target: str,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        deadline: float,
-        tls: ssl.SSLContext | None = None,
+        self, req: UpstreamRequest, deadline: float, tls: ssl.SSLContext | None = None
     ) -> tuple[UpstreamConnection, ResponseHead]:
         """Connect (pooled), send, read the head (`UpstreamPool.request`). Failures before the
         head raise AttemptFailed (connection-level: `mark`)."""
         timeout = min(self.cfg.read_timeout, self._timeout(deadline))
         try:
-            return await self.pool.request(
-                host, port, method, target, headers, body, timeout=timeout, tls=tls
-            )
+            return await self.pool.request(req, timeout=timeout, tls=tls)
         except (UpstreamConnectError, UpstreamBrokenError) as exc:
             raise AttemptFailed(str(exc)) from None
         except TimeoutError:

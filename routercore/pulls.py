@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from routercore.http.upstream import UpstreamPool
+from routercore.http.upstream import UpstreamPool, UpstreamRequest
 from routercore.node import Node
 
 log = logging.getLogger("routercore.pulls")
@@ -251,15 +251,6 @@ async def node_request(
     TimeoutError."""
     host = f"{node.ip_address}:{node.runtime_port}".encode()
     headers = [(b"host", host), (b"content-type", b"application/json")]
-    head, answer = await pool.fetch(
-        node.ip_address,
-        node.runtime_port,
-        method,
-        path,
-        headers,
-        body,
-        timeout=timeout,
-        max_body=16 * 1024 * 1024,
-        fresh=True,
-    )
+    req = UpstreamRequest(node.ip_address, node.runtime_port, method, path, headers, body)
+    head, answer = await pool.fetch(req, timeout=timeout, max_body=16 * 1024 * 1024, fresh=True)
     return head.status_code, answer

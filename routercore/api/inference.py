@@ -12,7 +12,7 @@ import orjson
 from routercore.api.host import ForwardHost
 from routercore.errors import ClientError
 from routercore.http.messages import Request, Response
-from routercore.http.upstream import UpstreamPool
+from routercore.http.upstream import UpstreamPool, UpstreamRequest
 from routercore.node import Node
 from routercore.prefix import prompt_prefix
 
@@ -59,14 +59,8 @@ async def fetch_json(
     if node.relay_auth is not None:
         headers.append(node.relay_auth)
     try:
-        return await pool.get_json(
-            node.ip_address,
-            node.upstream_port,
-            path,
-            headers,
-            timeout=timeout,
-            max_body=FANOUT_MAX_BYTES,
-        )
+        req = UpstreamRequest(node.ip_address, node.upstream_port, "GET", path, headers)
+        return await pool.get_json(req, timeout=timeout, max_body=FANOUT_MAX_BYTES)
     except (ConnectionError, TimeoutError, orjson.JSONDecodeError) as exc:
         log.info("event=fanout_failed node=%s path=%s reason=%r", node.id, path, str(exc))
         return None

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import ssl
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -226,6 +227,19 @@ class UpstreamConnection(asyncio.Protocol):
         self._wake()
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """What to send a node (or a provider, or the relay's runtime): where, and the request;
+    a body without a content-length header gets one."""
+
+    host: str
+    port: int
+    method: str
+    target: str
+    headers: list[tuple[bytes, bytes]]
+    body: bytes = b""
+
+
 class UpstreamPool:
     """Idle keep-alive connections per (host, port), at most `max_idle` each."""
 
@@ -275,12 +289,7 @@ class UpstreamPool:
 
     async def request(
         self,
-        host: str,
-        port: int,
-        method: str,
-        target: str,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes = b"",
+        req: UpstreamRequest,
         *,
         timeout: float,
         fresh: bool = False,
@@ -294,9 +303,9 @@ class UpstreamPool:
         on any failure or cancellation the connection is cut.
         """
         while True:
-            conn = await self.acquire(host, port, fresh=fresh, tls=tls)
+            conn = await self.acquire(req.host, req.port, fresh=fresh, tls=tls)
             try:
-                conn.send_request(method, target, headers, body)
+                conn.send_request(req.method, req.target, req.headers, req.body)
                 return conn, await conn.read_head(timeout)
             except UpstreamBrokenError:
                 conn.abort()
@@ -309,17 +318,7 @@ class UpstreamPool:
                 raise
 
     async def fetch(
-        self,
-        host: str,
-        port: int,
-        method: str,
-        target: str,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes = b"",
-        *,
-        timeout: float,
-        max_body: int | None,
-        fresh: bool = False,
+        self, req: UpstreamRequest, *, timeout: float, max_body: int | None, fresh: bool = False
     ) -> tuple[ResponseHead, bytes]:
         """`request` plus the whole body, for the router's own questions to a node (fan-out
         GETs, probes, a runtime's API), not for relaying: a ConnectionError past `max_body`
@@ -328,9 +327,7 @@ class UpstreamPool:
         where an idle one would only go stale; otherwise a cleanly ended answer leaves its
         connection to the pool. Raises what `request` raises; cuts the connection on failure.
         """
-        conn, head = await self.request(
-            host, port, method, target, headers, body, timeout=timeout, fresh=fresh
-        )
+        conn, head = await self.request(req, timeout=timeout, fresh=fresh)
         pieces: list[bytes] = []
         try:
             if max_body is not None:
@@ -349,21 +346,10 @@ class UpstreamPool:
             self.release(conn)
         return head, b"".join(pieces)
 
-    async def get_json(
-        self,
-        host: str,
-        port: int,
-        target: str,
-        headers: list[tuple[bytes, bytes]],
-        *,
-        timeout: float,
-        max_body: int,
-    ) -> Any:
-        """GET a small JSON document: the parsed body of a 200 answer, None for any other
-        status. Raises what `fetch` raises, and orjson.JSONDecodeError for a body not JSON."""
-        head, body = await self.fetch(
-            host, port, "GET", target, headers, timeout=timeout, max_body=max_body
-        )
+    async def get_json(self, req: UpstreamRequest, *, timeout: float, max_body: int) -> Any:
+        """A small JSON document: the parsed body of a 200 answer, None for any other status.
+        Raises what `fetch` raises, and orjson.JSONDecodeError for a body not JSON."""
+        head, body = await self.fetch(req, timeout=timeout, max_body=max_body)
         if head.status_code != 200:
             return None
         return orjson.loads(body)
