@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from routercore import _response_parser_py, extensions
 from routercore._response_parser_py import (
     HOP_BY_HOP,
-    BadStatusLine,
     MAX_HEAD_BYTES,
+    BadStatusLine,
     Event,
     ProtocolError,
     ResponseHead,
