@@ -296,6 +296,23 @@ cdef class Balancer:
         memset(&self._nodes[slot], 0, sizeof(NodeSlot))
         self._free.append(slot)
 
+    cdef list _mark_excluded(self, exclude):
+        """Flag the listed nodes so `_choose` passes them over; returns their slots."""
+        cdef int slot
+        cdef list marked = []
+        for node_id in exclude:
+            existing = self._slot_of.get(node_id)
+            if existing is not None:
+                slot = existing
+                self._nodes[slot].excluded = 1
+                marked.append(slot)
+        return marked
+
+    cdef void _unmark(self, list marked):
+        cdef int slot
+        for slot in marked:
+            self._nodes[slot].excluded = 0
+
     def pick(self, model, exclude=()):
         """Best available node for `model` with room, skipping `exclude`; None if there is none."""
         cdef _Candidates cands
@@ -309,17 +326,10 @@ cdef class Balancer:
         if cands.n == 0:  # never kept empty, but a modulo by zero would crash the process
             return None
         if exclude:
-            marked = []
-            for node_id in exclude:
-                existing = self._slot_of.get(node_id)
-                if existing is not None:
-                    slot = existing
-                    self._nodes[slot].excluded = 1
-                    marked.append(slot)
+            marked = self._mark_excluded(exclude)
         pos = _choose(self._nodes, cands.slots, cands.n, cands.cursor % cands.n, self._algo)
         if marked is not None:
-            for slot in marked:
-                self._nodes[slot].excluded = 0
+            self._unmark(marked)
         if pos < 0:
             return None
         cands.cursor = pos + 1
@@ -352,13 +362,7 @@ cdef class Balancer:
         if cands.n == 0:
             return (None, False)
         if exclude:
-            marked = []
-            for node_id in exclude:
-                existing = self._slot_of.get(node_id)
-                if existing is not None:
-                    slot = existing
-                    self._nodes[slot].excluded = 1
-                    marked.append(slot)
+            marked = self._mark_excluded(exclude)
         try:
             for i in range(cands.n):
                 node = &self._nodes[cands.slots[i]]
@@ -400,8 +404,7 @@ cdef class Balancer:
                 chosen = cands.slots[pos]
         finally:
             if marked is not None:
-                for slot in marked:
-                    self._nodes[slot].excluded = 0
+                self._unmark(marked)
         node = &self._nodes[chosen]
         node.picks += 1
         node.affinity_picks += 1
