@@ -129,10 +129,8 @@ class ResponseParser:
                 data = data[2:]
                 self.state = _CHUNK_SIZE
             elif state == _CHUNK_SIZE:
-                i = data.find(b"\r\n")
+                i = _find(data, b"\r\n", 1024, "chunk size line")
                 if i < 0:
-                    if len(data) > 1024:
-                        raise ProtocolError("chunk size line too long")
                     break
                 # chunk-size = 1*HEXDIG, then optional BWS ";" extensions (RFC 9112 7.1); int()
                 # alone would also take signs, "_", "0x" and surrounding spaces.
@@ -147,10 +145,8 @@ class ResponseParser:
                     self._left = size
                     self.state = _CHUNK_DATA
             elif state == _TRAILERS:
-                i = data.find(b"\r\n")
+                i = _find(data, b"\r\n", MAX_HEAD_BYTES, "trailers")
                 if i < 0:
-                    if len(data) > MAX_HEAD_BYTES:
-                        raise ProtocolError("trailers too long")
                     break
                 line, data = data[:i], data[i + 2 :]
                 if not line:
@@ -159,10 +155,8 @@ class ResponseParser:
                 out.append(data)
                 data = b""
             elif state == _HEAD:
-                i = data.find(b"\r\n\r\n")
+                i = _find(data, b"\r\n\r\n", MAX_HEAD_BYTES, "response head")
                 if i < 0:
-                    if len(data) > MAX_HEAD_BYTES:
-                        raise ProtocolError("response head too long")
                     break
                 head, data = data[:i], data[i + 4 :]
                 self._head(head, out)
@@ -258,6 +252,15 @@ class ResponseParser:
         else:
             self.reusable = False
             self.state = _UNTIL_EOF
+
+
+def _find(data: bytes, end: bytes, limit: int, what: str) -> int:
+    """Where `end` starts in `data`, or -1 while it has not arrived yet; a ProtocolError once
+    more than `limit` bytes wait for it (a node may not make the router buffer without end)."""
+    i = data.find(end)
+    if i < 0 and len(data) > limit:
+        raise ProtocolError(f"{what} too long")
+    return i
 
 
 def _good_name(name: bytes) -> bool:
