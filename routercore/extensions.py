@@ -45,6 +45,10 @@ class Choice:
     def available(self) -> bool:
         return self.compiled is not None
 
+    def status(self) -> tuple[bool, str | None, str]:
+        """What a facade exports about its pick: available, why not, "cython"/"python"."""
+        return self.available, self.unavailable_reason, "cython" if self.available else "python"
+
     @property
     def selected(self) -> ModuleType:
         return self.compiled if self.compiled is not None else self.twin

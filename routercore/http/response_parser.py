@@ -23,6 +23,10 @@ from routercore._response_parser_py import (
 )
 from routercore.sentinel import END
 
+_choice = extensions.Choice("routercore._response_parser", _response_parser_py)
+COMPILED_AVAILABLE, COMPILED_UNAVAILABLE_REASON, IMPLEMENTATION = _choice.status()
+implementation = _choice.implementation
+
 __all__ = [
     "COMPILED_AVAILABLE",
     "COMPILED_UNAVAILABLE_REASON",
@@ -38,11 +42,6 @@ __all__ = [
     "implementation",
 ]
 
-_choice = extensions.Choice("routercore._response_parser", _response_parser_py)
-COMPILED_AVAILABLE: bool = _choice.available
-COMPILED_UNAVAILABLE_REASON: str | None = _choice.unavailable_reason
-IMPLEMENTATION: str = "cython" if COMPILED_AVAILABLE else "python"
-implementation = _choice.implementation
 
 if TYPE_CHECKING:
     # Both parsers share one API; the twin is the one mypy can read.

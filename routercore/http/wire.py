@@ -15,6 +15,10 @@ from routercore import _wire_py, extensions
 from routercore._wire_py import CLOSED, NEED_DATA, NOT_SIMPLE, PAUSED, Event
 from routercore.sentinel import END
 
+_choice = extensions.Choice("routercore._wire", _wire_py)
+COMPILED_AVAILABLE, COMPILED_UNAVAILABLE_REASON, IMPLEMENTATION = _choice.status()
+implementation = _choice.implementation
+
 __all__ = [
     "CLOSED",
     "COMPILED_AVAILABLE",
@@ -31,11 +35,6 @@ __all__ = [
     "parse_simple_head",
 ]
 
-_choice = extensions.Choice("routercore._wire", _wire_py)
-COMPILED_AVAILABLE: bool = _choice.available
-COMPILED_UNAVAILABLE_REASON: str | None = _choice.unavailable_reason
-IMPLEMENTATION: str = "cython" if COMPILED_AVAILABLE else "python"
-implementation = _choice.implementation
 
 if TYPE_CHECKING:
     # Both modules share one API; the twin is the one mypy can read.
