@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Any
 from routercore import _balancer_py, _prefix_index_py, extensions
 from routercore._balancer_py import (
     ALGORITHMS,
-    DEFAULT_AFFINITY_EPSILON,
-    DEFAULT_PREFIX_ENTRIES,
     LATENCY,
     LEAST_LOADED,
     ROUND_ROBIN,
@@ -59,20 +57,13 @@ class Balancer(_Selected):
 
     __slots__ = ()
 
-    def __init__(
-        self,
-        algorithm: str = LEAST_LOADED,
-        *,
-        prefix_entries: int = DEFAULT_PREFIX_ENTRIES,
-        affinity_epsilon: float = DEFAULT_AFFINITY_EPSILON,
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The twin's signature (algorithm, prefix_entries=, affinity_epsilon=) is the one.
         global _logged
-        super().__init__(
-            algorithm, prefix_entries=prefix_entries, affinity_epsilon=affinity_epsilon
-        )
+        super().__init__(*args, **kwargs)
         if not _logged:
             _logged = True
-            log.info("balancer implementation=%s algorithm=%s", IMPLEMENTATION, algorithm)
+            log.info("balancer implementation=%s algorithm=%s", IMPLEMENTATION, self.algorithm)
 
 
 def make_balancer(
