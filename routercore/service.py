@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from collections.abc import Callable
@@ -127,21 +128,7 @@ class RouterService:
             KeysAPI(self),
         ):
             api.install(self.app)
-        limits = ServerLimits(
-            max_header_bytes=config.max_header_bytes,
-            max_body_bytes=config.max_body_bytes,
-            header_timeout=config.header_timeout,
-            body_timeout=config.body_timeout,
-            idle_timeout=config.idle_timeout,
-            write_timeout=config.write_timeout,
-            max_connections=config.max_connections,
-            write_high_water=config.write_high_water,
-            access_log=config.access_log,
-            fast_path=config.http_fast_path,
-            body_deadline=config.body_deadline,
-            max_inflight_body_bytes=config.max_inflight_body_bytes,
-            max_connections_per_address=config.max_connections_per_address,
-        )
+        limits = server_limits(config)
         self.server = HTTPServer(
             self.app.dispatch, limits, error_response, head_check=self.app.head_check
         )
@@ -242,3 +229,11 @@ async def serve(config: RouterConfig) -> None:
         await stop.wait()
     finally:
         await service.stop()
+
+
+def server_limits(config: RouterConfig) -> ServerLimits:
+    """The HTTP server's limits are the settings of the same names (`fast_path`: the
+    `http_fast_path` setting), so a new limit needs no wiring here."""
+    names = {f.name for f in dataclasses.fields(ServerLimits)} - {"fast_path"}
+    values = {name: getattr(config, name) for name in names}
+    return ServerLimits(fast_path=config.http_fast_path, **values)
