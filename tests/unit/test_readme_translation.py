@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 
 from tests.support import ROOT
@@ -57,9 +58,7 @@ def first_block_difference(en_path: Path, ja_path: Path) -> str | None:
     """None when both files have the same code blocks in order; else which one differs, how."""
     en, _ = parse(en_path)
     ja, _ = parse(ja_path)
-    for n in range(max(len(en), len(ja))):
-        a = en[n] if n < len(en) else None
-        b = ja[n] if n < len(ja) else None
+    for n, (a, b) in enumerate(zip_longest(en, ja)):
         if a is not None and b is not None and (a.info, a.text) == (b.info, b.text):
             continue
         diff = ""
@@ -80,9 +79,7 @@ def first_section_difference(en_path: Path, ja_path: Path) -> str | None:
     """None when both files have as many headings, level for level; else the first that differs."""
     _, en = parse(en_path)
     _, ja = parse(ja_path)
-    for n in range(max(len(en), len(ja))):
-        a = en[n] if n < len(en) else None
-        b = ja[n] if n < len(ja) else None
+    for n, (a, b) in enumerate(zip_longest(en, ja)):
         if a is not None and b is not None and a[1] == b[1]:
             continue
         where_en = f"{en_path.name}:{a[0]} {'#' * a[1]} {a[2]}" if a else f"{en_path.name}: (none)"
