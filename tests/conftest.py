@@ -11,7 +11,7 @@ import logging
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -20,21 +20,33 @@ from routercore.testing.fakenode import ThreadedFakeNode, run_in_thread
 from tests.support.logs import ErrorLog
 from tests.support.routers import RouterProcess, RouterThread
 
+T = TypeVar("T")
+
+
+def started_until_teardown(
+    build: Callable[..., T], stop: Callable[[T], object]
+) -> Iterator[Callable[..., T]]:
+    """The body of a factory fixture: `make(...)` builds one more; teardown stops every one
+    built, quietly, so one failed stop does not leave the others running."""
+    started: list[T] = []
+
+    def make(*args: Any, **kwargs: Any) -> T:
+        item = build(len(started), *args, **kwargs)
+        started.append(item)
+        return item
+
+    yield make
+    for item in started:
+        with contextlib.suppress(Exception):
+            stop(item)
+
 
 @pytest.fixture
 def router_factory(tmp_path: Path) -> Iterator[Callable[..., RouterThread]]:
-    started: list[RouterThread] = []
+    def build(n: int, **settings: Any) -> RouterThread:
+        return RouterThread(settings.pop("db", str(tmp_path / f"router{n}.db")), **settings)
 
-    def make(**settings: Any) -> RouterThread:
-        db = settings.pop("db", str(tmp_path / f"router{len(started)}.db"))
-        r = RouterThread(db, **settings)
-        started.append(r)
-        return r
-
-    yield make
-    for r in started:
-        with contextlib.suppress(Exception):
-            r.stop()
+    yield from started_until_teardown(build, RouterThread.stop)
 
 
 @pytest.fixture
@@ -44,38 +56,22 @@ def router(router_factory: Callable[..., RouterThread]) -> RouterThread:
 
 @pytest.fixture
 def router_process(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
-    started: list[RouterProcess] = []
+    def build(n: int, db: str | None = None, **kwargs: Any) -> RouterProcess:
+        log_path = tmp_path / f"router{n}.log"
+        return RouterProcess(db or str(tmp_path / "router.db"), log_path=log_path, **kwargs)
 
-    def make(db: str | None = None, **kwargs: Any) -> RouterProcess:
-        p = RouterProcess(
-            db or str(tmp_path / "router.db"),
-            log_path=tmp_path / f"router{len(started)}.log",
-            **kwargs,
-        )
-        started.append(p)
-        return p
-
-    yield make
-    for p in started:
-        with contextlib.suppress(Exception):
-            p.stop(signal.SIGKILL)
+    yield from started_until_teardown(build, lambda p: p.stop(signal.SIGKILL))
 
 
 @pytest.fixture
 def fake_nodes() -> Iterator[Callable[..., ThreadedFakeNode]]:
     """Factory of fake nodes in background threads; `register=router.url` makes them join."""
-    started: list[ThreadedFakeNode] = []
 
-    def make(**kwargs: Any) -> ThreadedFakeNode:
+    def build(n: int, **kwargs: Any) -> ThreadedFakeNode:
         kwargs.setdefault("models", ["llama3"])
-        node = run_in_thread(**kwargs)
-        started.append(node)
-        return node
+        return run_in_thread(**kwargs)
 
-    yield make
-    for node in started:
-        with contextlib.suppress(Exception):
-            node.close()
+    yield from started_until_teardown(build, ThreadedFakeNode.close)
 
 
 @pytest.fixture(
