@@ -405,21 +405,34 @@ def store_warnings(caplog: pytest.LogCaptureFixture, kind: str) -> list[str]:
     ]
 
 
-def test_locked_database(
+@pytest.fixture
+def store_db(tmp_path: Any) -> str:
+    return str(tmp_path / "store.db")
+
+
+@pytest.fixture
+def store_router(
     router_factory: Any,
     fake_nodes: Any,
     db_hook: DBHook,
-    tmp_path: Any,
+    store_db: str,
     caplog: pytest.LogCaptureFixture,
-) -> None:
+) -> Any:
+    """A router with one node on `store_db`, opened through `db_hook`; store logs captured."""
     caplog.set_level(logging.INFO)
-    db = str(tmp_path / "locked.db")
-    router = router_factory(db=db)
+    router = router_factory(db=store_db)
     join(router, fake_nodes, 1)
+    return router
+
+
+def test_locked_database(
+    store_router: Any, store_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    router = store_router
     for _ in range(3):
         assert http("POST", router.url + "/v1/chat/completions", CHAT)[0] == 200
     wait_until(lambda: history_count(router) == 3, message="the first rows")
-    holder = apsw.Connection(db)
+    holder = apsw.Connection(store_db)
     holder.execute("BEGIN EXCLUSIVE")
     try:
         for _ in range(10):
@@ -435,15 +448,9 @@ def test_locked_database(
 
 
 def test_full_database(
-    router_factory: Any,
-    fake_nodes: Any,
-    db_hook: DBHook,
-    tmp_path: Any,
-    caplog: pytest.LogCaptureFixture,
+    store_router: Any, db_hook: DBHook, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
-    router = router_factory(db=str(tmp_path / "full.db"))
-    join(router, fake_nodes, 1)
+    router = store_router
     wait_until(lambda: router.service.store.backlog == 0, message="start-up writes")
     set_max_pages(db_hook.writer, None)  # no room for one more page from now on
     sent = 0
