@@ -148,22 +148,22 @@ def test_images_become_content_parts_with_data_urls_of_the_right_type():
     ]
 
 
+def tool_conversation(question: str, calls: list[dict], *answers: dict) -> list[dict]:
+    """Ollama-shaped messages: a question, the assistant's tool calls, then the tool answers."""
+    asked = {"role": "assistant", "content": "", "tool_calls": calls}
+    return [{"role": "user", "content": question}, asked, *answers]
+
+
 def test_tool_calls_and_tool_results_get_matching_ids_and_json_string_arguments():
-    sent = chat(
-        messages=[
-            {"role": "user", "content": "weather in Paris and Rome?"},
-            {
-                "role": "assistant",
-                "content": "",
-                "tool_calls": [
-                    {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
-                    {"function": {"name": "get_time", "arguments": {"tz": "CET"}}},
-                ],
-            },
-            {"role": "tool", "content": "09:00", "tool_name": "get_time"},
-            {"role": "tool", "content": "sunny"},
-        ]
+    calls = [
+        {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+        {"function": {"name": "get_time", "arguments": {"tz": "CET"}}},
+    ]
+    answers = (
+        {"role": "tool", "content": "09:00", "tool_name": "get_time"},
+        {"role": "tool", "content": "sunny"},
     )
+    sent = chat(messages=tool_conversation("weather in Paris and Rome?", calls, *answers))
     assistant, time_answer, weather_answer = sent["messages"][1:]
     assert assistant == {
         "role": "assistant",
@@ -187,19 +187,9 @@ def test_tool_calls_and_tool_results_get_matching_ids_and_json_string_arguments(
 
 
 def test_tool_call_ids_the_client_kept_are_used_both_ways():
-    sent = chat(
-        messages=[
-            {"role": "user", "content": "weather?"},
-            {
-                "role": "assistant",
-                "content": "",
-                "tool_calls": [
-                    {"id": "call_abc", "function": {"name": "get_weather", "arguments": {}}}
-                ],
-            },
-            {"role": "tool", "content": "rain", "tool_call_id": "call_abc"},
-        ]
-    )
+    call = {"id": "call_abc", "function": {"name": "get_weather", "arguments": {}}}
+    answer = {"role": "tool", "content": "rain", "tool_call_id": "call_abc"}
+    sent = chat(messages=tool_conversation("weather?", [call], answer))
     assert sent["messages"][1]["tool_calls"][0]["id"] == "call_abc"
     assert sent["messages"][1]["tool_calls"][0]["function"]["arguments"] == "{}"
     assert sent["messages"][2]["tool_call_id"] == "call_abc"
