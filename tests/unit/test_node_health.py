@@ -91,6 +91,14 @@ def make_registry(clock: Clock, failures: int = 2) -> tuple[NodeRegistry, Any]:
     return registry, balancer
 
 
+def make_monitor(registry: NodeRegistry, clock: Clock, **config: Any) -> HealthMonitor:
+    """A monitor with a 30 s heartbeat timeout and probes every 5 s backing off to 60 s."""
+    timings = RouterConfig(
+        heartbeat_timeout=30, probe_interval=5, probe_max_interval=60, connect_timeout=1, **config
+    )
+    return HealthMonitor(registry, timings, clock=clock)
+
+
 def register(registry: NodeRegistry, name: str = "a", models: tuple[str, ...] = ("m",)) -> Node:
     node, _, _ = registry.register(
         machine_name=name, ip_address="127.0.0.1", runtime_port=1, details={"models": list(models)}
@@ -159,17 +167,7 @@ def test_lists_model_counts_any_enabled_node_whatever_its_state() -> None:
 def test_describe_and_retry_after_say_why_and_when() -> None:
     clock = Clock()
     registry, _ = make_registry(clock, failures=1)
-    monitor = HealthMonitor(
-        registry,
-        RouterConfig(
-            heartbeat_timeout=30,
-            heartbeat_interval=10,
-            probe_interval=5,
-            probe_max_interval=60,
-            connect_timeout=1,
-        ),
-        clock=clock,
-    )
+    monitor = make_monitor(registry, clock, heartbeat_interval=10)
     a = register(registry, "a")
     b = register(registry, "b")
     assert monitor.describe(a) == {
@@ -194,13 +192,7 @@ def test_describe_and_retry_after_say_why_and_when() -> None:
 def test_heartbeat_timeout_marks_offline() -> None:
     clock = Clock()
     registry, _ = make_registry(clock)
-    monitor = HealthMonitor(
-        registry,
-        RouterConfig(
-            heartbeat_timeout=30, probe_interval=5, probe_max_interval=60, connect_timeout=1
-        ),
-        clock=clock,
-    )
+    monitor = make_monitor(registry, clock)
     node = register(registry)
     clock.now += 29
     monitor.check_heartbeats()
@@ -250,13 +242,7 @@ async def test_probe_runtime_names_the_failure() -> None:
 async def test_a_suspect_node_is_probed_at_once_and_marked_only_if_the_probe_fails() -> None:
     clock = Clock()
     registry, balancer = make_registry(clock)
-    monitor = HealthMonitor(
-        registry,
-        RouterConfig(
-            heartbeat_timeout=30, probe_interval=5, probe_max_interval=60, connect_timeout=1
-        ),
-        clock=clock,
-    )
+    monitor = make_monitor(registry, clock)
 
     server, port = await answering("200 OK")
     node, _, _ = registry.register(
