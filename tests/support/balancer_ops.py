@@ -4,9 +4,36 @@ its pure-Python twin: the result (or the exception type) is what the two must sh
 from __future__ import annotations
 
 from array import array
+from collections.abc import Iterable
 from typing import Any
 
 from routercore._balancer_py import Balancer as PyBalancer
+
+
+def add(
+    bal: Any,
+    node_id: str,
+    models: Iterable[str] = ("m",),
+    *,
+    available: bool = True,
+    max_concurrency: int | None = None,
+    cpu: float | None = None,
+    memory: float | None = None,
+    gpu: float | None = None,
+    gpu_memory: float | None = None,
+) -> None:
+    """Put `node_id` on either balancer twin; `set_node` takes every field, tests name only the
+    ones they care about."""
+    bal.set_node(
+        node_id,
+        models=models,
+        available=available,
+        max_concurrency=max_concurrency,
+        cpu=cpu,
+        memory=memory,
+        gpu=gpu,
+        gpu_memory=gpu_memory,
+    )
 
 
 def conversation_prefix(chain: int, turn: int) -> tuple[bytes, int]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import pytest
 
 from routercore import balancer as facade
 from routercore._balancer_py import Balancer as PyBalancer
 from routercore._balancer_py import load_score
+from tests.support.balancer_ops import add
 from tests.support.twins import run_python
 
 IMPLEMENTATIONS = [
@@ -38,30 +39,6 @@ def make(request: pytest.FixtureRequest) -> MakeBalancer:
         return bal
 
     return _make
-
-
-def add(
-    bal: PyBalancer,
-    node_id: str,
-    models: Iterable[str] = ("m",),
-    *,
-    available: bool = True,
-    max_concurrency: int | None = None,
-    cpu: float | None = None,
-    memory: float | None = None,
-    gpu: float | None = None,
-    gpu_memory: float | None = None,
-) -> None:
-    bal.set_node(
-        node_id,
-        models=models,
-        available=available,
-        max_concurrency=max_concurrency,
-        cpu=cpu,
-        memory=memory,
-        gpu=gpu,
-        gpu_memory=gpu_memory,
-    )
 
 
 def three(bal: PyBalancer, **kwargs: object) -> PyBalancer:

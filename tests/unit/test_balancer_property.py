@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from routercore import balancer as facade
 from routercore._balancer_py import ALGORITHMS
 from routercore._balancer_py import Balancer as PyBalancer
-from tests.support.balancer_ops import apply
+from tests.support.balancer_ops import add, apply
 
 pytestmark = pytest.mark.skipif(
     not facade.COMPILED_AVAILABLE,
@@ -123,16 +123,7 @@ def test_saturation_agrees_and_respects_limits(
     bals = [facade.make_balancer(algorithm, impl) for impl in ("cython", "python")]
     for bal in bals:
         for i in range(n_nodes):
-            bal.set_node(
-                f"n{i}",
-                models=["m"],
-                available=True,
-                max_concurrency=limits[i],
-                cpu=float(i % 3),
-                memory=None,
-                gpu=None,
-                gpu_memory=None,
-            )
+            add(bal, f"n{i}", max_concurrency=limits[i], cpu=float(i % 3))
     for r in range(rounds):
         chosen = [bal.pick("m") for bal in bals]
         assert chosen[0] == chosen[1]

@@ -18,6 +18,7 @@ from routercore.config import RouterConfig
 from routercore.errors import ModelNotFound, NoCapacity, RouterError
 from routercore.prefix import PromptPrefix
 from routercore.stats import LiveStats
+from tests.support.balancer_ops import add
 
 FAR = 3600.0  # a request deadline that never matters here
 
@@ -43,16 +44,7 @@ def make_queue(
 ) -> tuple[SlotQueue, Any, Registry, LiveStats]:
     balancer = make_balancer()
     for node_id, slots in nodes.items():
-        balancer.set_node(
-            node_id,
-            models=("m",),
-            available=True,
-            max_concurrency=slots,
-            cpu=None,
-            memory=None,
-            gpu=None,
-            gpu_memory=None,
-        )
+        add(balancer, node_id, max_concurrency=slots)
     registry = Registry()
     stats = LiveStats()
     cfg = RouterConfig(queue_max=queue_max, queue_timeout=queue_timeout)
