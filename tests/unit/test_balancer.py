@@ -47,6 +47,17 @@ def three(bal: PyBalancer, **kwargs: object) -> PyBalancer:
     return bal
 
 
+def start(bal: PyBalancer, count: int) -> list[str]:
+    """Pick and start `count` requests for model "m", as the proxy does; the nodes, in order."""
+    picked = []
+    for _ in range(count):
+        node = bal.pick("m")
+        assert node is not None
+        bal.request_started(node)
+        picked.append(node)
+    return picked
+
+
 # --- construction ---------------------------------------------------------------------------
 
 
@@ -113,12 +124,7 @@ def test_least_loaded_with_equal_load_rotates(make: MakeBalancer) -> None:
 
 def test_least_loaded_prefers_fewest_in_flight(make: MakeBalancer) -> None:
     bal = three(make("least_loaded"))
-    picked = []
-    for _ in range(6):
-        node = bal.pick("m")
-        assert node is not None
-        bal.request_started(node)
-        picked.append(node)
+    picked = start(bal, 6)
     # Every node gets a request before any gets a second one.
     assert Counter(picked[:3]) == {"a": 1, "b": 1, "c": 1}
     assert Counter(picked) == {"a": 2, "b": 2, "c": 2}
@@ -231,13 +237,7 @@ def test_full_nodes_are_skipped_and_none_when_all_full(make: MakeBalancer, algor
     bal = make(algorithm)
     add(bal, "a", max_concurrency=1)
     add(bal, "b", max_concurrency=2)
-    taken = []
-    for _ in range(3):
-        node = bal.pick("m")
-        assert node is not None
-        bal.request_started(node)
-        taken.append(node)
-    assert Counter(taken) == {"a": 1, "b": 2}
+    assert Counter(start(bal, 3)) == {"a": 1, "b": 2}
     assert bal.pick("m") is None
     assert bal.serves("m")  # full is not "not served": the proxy queues instead of 404
     bal.request_finished("a", 50.0)
@@ -400,10 +400,7 @@ def test_heartbeat_keeps_counters(make: MakeBalancer) -> None:
 
 def test_picks_counts_only_successful_picks(make: MakeBalancer) -> None:
     bal = three(make("round_robin"), max_concurrency=1)
-    for _ in range(3):
-        node = bal.pick("m")
-        assert node is not None
-        bal.request_started(node)
+    start(bal, 3)
     assert bal.pick("m") is None
     assert bal.picks() == {"a": 1, "b": 1, "c": 1}
 
