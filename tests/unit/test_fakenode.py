@@ -271,6 +271,24 @@ async def test_api_selection() -> None:
 # -- transport --------------------------------------------------------------------------------
 
 
+async def read_message(
+    conn: h11.Connection, reader: asyncio.StreamReader
+) -> tuple[h11.Request | h11.Response | None, bytes]:
+    """Feed `conn` from `reader` until one whole message (or the close) is in: head and body."""
+    head: h11.Request | h11.Response | None = None
+    body = b""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await reader.read(65536))
+        elif isinstance(event, h11.Request | h11.Response):
+            head = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            return head, body
+
+
 async def test_keep_alive_and_pipelining(node: FakeNode) -> None:
     async with httpx.AsyncClient(base_url=node.url) as http:
         for _ in range(5):
@@ -292,15 +310,7 @@ async def test_keep_alive_and_pipelining(node: FakeNode) -> None:
     for c in clients:
         if leftover:
             c.receive_data(leftover)
-        data = b""
-        while True:
-            event = c.next_event()
-            if event is h11.NEED_DATA:
-                c.receive_data(await reader.read(65536))
-            elif isinstance(event, h11.Data):
-                data += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                break
+        _, data = await read_message(c, reader)
         texts.append(orjson.loads(data)["response"])
         leftover = c.trailing_data[0]
     writer.close()
@@ -548,19 +558,8 @@ class RecordingRouter:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER)
-        request: h11.Request | None = None
-        body = b""
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await reader.read(65536))
-            elif isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                break
-        assert request is not None
+        request, body = await read_message(conn, reader)
+        assert isinstance(request, h11.Request)
         headers = {k.decode(): v.decode() for k, v in request.headers}
         path = request.target.decode()
         self.calls.append((path, headers, orjson.loads(body)))
