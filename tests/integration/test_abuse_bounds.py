@@ -99,6 +99,13 @@ def head(path: str, framing: str, extra: str = "", method: str = "POST") -> byte
     ).encode()
 
 
+def request_head(router: Any, *head_args: str, body: bytes = b"") -> Raw:
+    """A new connection to `router` that has sent `head(*head_args)` and `body` so far."""
+    c = Raw(router.port)
+    c.send(head(*head_args) + body)
+    return c
+
+
 def held_body_bytes(router: Any) -> int:
     return int(router.call(lambda: router.service.server.state.body_bytes))
 
@@ -122,8 +129,7 @@ def test_refusals_are_answered_from_the_head_without_reading_the_body(
 ) -> None:
     router = router_factory(api_keys=("sk-right",), registration_token="reg-secret")
     for framing in ("Content-Length: 33554000", "Transfer-Encoding: chunked"):
-        c = Raw(router.port)
-        c.send(head(path, framing, extra, method))  # the body never comes
+        c = request_head(router, path, framing, extra, method)  # the body never comes
         got, headers, body = c.answer()
         assert got == status, body
         assert headers["connection"] == "close"
@@ -138,8 +144,7 @@ def test_refusals_are_answered_from_the_head_without_reading_the_body(
 def test_a_flood_of_tiny_chunks_without_credentials_costs_no_parsing(router_factory: Any) -> None:
     """The attack: 1-byte chunks, no key. The 401 comes from the head and the rest is dropped."""
     router = router_factory(api_keys=("sk-right",))
-    c = Raw(router.port)
-    c.send(head("/v1/chat/completions", "Transfer-Encoding: chunked"))
+    c = request_head(router, "/v1/chat/completions", "Transfer-Encoding: chunked")
     assert c.answer()[0] == 401
     sent = 0
     while sent < 2000 and c.send(b"1\r\nA\r\n" * 1000):
@@ -166,16 +171,14 @@ def test_authorized_request_with_a_body_is_still_served(router_factory: Any) -> 
 
 def test_tiny_chunks_past_the_allowance_get_400_before_the_body_ends(router_factory: Any) -> None:
     router = router_factory(body_timeout=60.0)
-    c = Raw(router.port)
-    c.send(head("/api/chat", "Transfer-Encoding: chunked"))
+    c = request_head(router, "/api/chat", "Transfer-Encoding: chunked")
     c.send(b"1\r\n \r\n" * 1100)  # 1100 one-byte chunks, and no last chunk
     status, _, body = c.answer()
     assert status == 400 and "chunks" in body["error"]
     assert c.closed()
     wait_until(lambda: held_body_bytes(router) == 0, message="body released")
     # Ordinary chunk sizes are read whole.
-    c = Raw(router.port)
-    c.send(head("/api/chat", "Transfer-Encoding: chunked"))
+    c = request_head(router, "/api/chat", "Transfer-Encoding: chunked")
     pieces = [MODEL_BODY[:20], MODEL_BODY[20:]]
     c.send(b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n")
     assert c.answer()[0] == 404
@@ -184,19 +187,16 @@ def test_tiny_chunks_past_the_allowance_get_400_before_the_body_ends(router_fact
 
 def test_body_memory_cap_turns_new_bodies_away_with_503(router_factory: Any) -> None:
     router = router_factory(max_inflight_body_bytes=1_000_000, max_body_bytes=1_000_000)
-    holder = Raw(router.port)
-    holder.send(head("/api/chat", "Content-Length: 900000"))
+    holder = request_head(router, "/api/chat", "Content-Length: 900000")
     holder.send(b" " * 700_000)  # held, one read at a time, until the body is complete
     wait_until(lambda: held_body_bytes(router) == 700_000, message="700 KB held")
     # Declared too much for what is left: refused at the head.
-    late = Raw(router.port)
-    late.send(head("/api/chat", "Content-Length: 400000"))
+    late = request_head(router, "/api/chat", "Content-Length: 400000")
     status, headers, body = late.answer()
     assert status == 503 and headers["retry-after"] == "1", body
     assert late.closed()
     # Chunked (no declared size): refused once what it sent crosses the cap.
-    chunky = Raw(router.port)
-    chunky.send(head("/api/chat", "Transfer-Encoding: chunked"))
+    chunky = request_head(router, "/api/chat", "Transfer-Encoding: chunked")
     chunky.send(b"%x\r\n%s\r\n" % (350_000, b" " * 350_000))
     assert chunky.answer()[0] == 503
     assert held_body_bytes(router) == 700_000
@@ -204,8 +204,7 @@ def test_body_memory_cap_turns_new_bodies_away_with_503(router_factory: Any) -> 
     holder.send(b" " * 199_988 + MODEL_BODY[:12])
     assert holder.answer()[0] == 400  # not JSON, but read and handled
     wait_until(lambda: held_body_bytes(router) == 0, message="memory released")
-    again = Raw(router.port)
-    again.send(head("/api/chat", f"Content-Length: {len(MODEL_BODY)}") + MODEL_BODY)
+    again = request_head(router, "/api/chat", f"Content-Length: {len(MODEL_BODY)}", body=MODEL_BODY)
     assert again.answer()[0] == 404
     again.close()
 
@@ -216,8 +215,7 @@ def test_body_memory_cap_turns_new_bodies_away_with_503(router_factory: Any) -> 
 def test_a_trickled_body_is_cut_at_the_whole_body_deadline(router_factory: Any) -> None:
     """One byte every 0.2 s keeps every read under body_timeout; the deadline still ends it."""
     router = router_factory(body_timeout=30.0, body_deadline=1.0)
-    c = Raw(router.port)
-    c.send(head("/api/chat", "Content-Length: 200"))
+    c = request_head(router, "/api/chat", "Content-Length: 200")
     sent = 0
     while not c.answered() and sent < 200:
         c.send(b" ")
@@ -235,8 +233,7 @@ def test_connections_per_address_are_capped_and_other_addresses_are_served(
     router = router_factory(max_connections_per_address=5, body_timeout=30.0)
     trickling = []
     for _ in range(5):
-        c = Raw(router.port)
-        c.send(head("/api/chat", "Content-Length: 100") + b"{")
+        c = request_head(router, "/api/chat", "Content-Length: 100", body=b"{")
         trickling.append(c)
     over = Raw(router.port)
     status, headers, _ = over.answer()
