@@ -22,6 +22,7 @@ from ollama._types import (
 from routercore.errors import ModelNotFound
 from routercore.translate import CONTENT_TYPE_JSON, TranslationError, ollama_response_translator
 from routercore.translate.bodies import BodyTranslator
+from tests.support.json_values import json_values, some_of
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "translate"
 STAMP = "2026-01-02T03:04:05.000000Z"
@@ -300,30 +301,15 @@ def test_unknown_endpoint_has_no_translator():
         ollama_response_translator("api.pull", model="m", streaming=False, started_ns=0)
 
 
-JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=5),
-    lambda inner: (
-        st.lists(inner, max_size=3)
-        | st.dictionaries(st.sampled_from(["id", "index", "embedding", "message", "text"]), inner)
-    ),
-    max_leaves=10,
-)
-ANSWERS = st.fixed_dictionaries(
-    {},
-    optional={
+JSON = json_values(st.sampled_from(["id", "index", "embedding", "message", "text"]))
+ANSWERS = some_of(
+    {
         "choices": JSON
         | st.lists(
-            st.fixed_dictionaries(
-                {},
-                optional={
+            some_of(
+                {
                     "message": JSON
-                    | st.fixed_dictionaries(
-                        {}, optional={"content": JSON, "tool_calls": JSON, "reasoning": JSON}
-                    ),
+                    | some_of({"content": JSON, "tool_calls": JSON, "reasoning": JSON}),
                     "text": JSON,
                     "finish_reason": JSON,
                 },
@@ -331,11 +317,7 @@ ANSWERS = st.fixed_dictionaries(
             max_size=2,
         ),
         "data": JSON
-        | st.lists(
-            st.fixed_dictionaries(
-                {}, optional={"id": JSON, "embedding": JSON, "index": JSON, "meta": JSON}
-            )
-        ),
+        | st.lists(some_of({"id": JSON, "embedding": JSON, "index": JSON, "meta": JSON})),
         "usage": JSON,
     },
 )

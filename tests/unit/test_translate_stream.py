@@ -14,6 +14,7 @@ from ollama._types import ChatResponse, GenerateResponse
 
 from routercore.translate import CONTENT_TYPE_NDJSON, ollama_response_translator
 from routercore.translate.stream import StreamTranslator
+from tests.support.json_values import json_values, some_of
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "translate"
 LLAMA_CHAT_SSE = (FIXTURES / "llama_chat_stream.sse").read_bytes()
@@ -450,42 +451,26 @@ def test_garbage_never_raises_and_ends_with_done_or_error(pieces):
     assert sum(1 for line in got if "error" in line or line.get("done")) == 1
 
 
-JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=5),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
-CHUNK_FIELDS = st.fixed_dictionaries(
-    {},
-    optional={
+JSON = json_values()
+CHUNK_FIELDS = some_of(
+    {
         "choices": JSON
         | st.lists(
-            st.fixed_dictionaries(
-                {},
-                optional={
+            some_of(
+                {
                     "delta": JSON
-                    | st.fixed_dictionaries(
-                        {},
-                        optional={
+                    | some_of(
+                        {
                             "content": JSON,
                             "reasoning_content": JSON,
                             "tool_calls": JSON
                             | st.lists(
-                                st.fixed_dictionaries(
-                                    {},
-                                    optional={
+                                some_of(
+                                    {
                                         "index": JSON,
                                         "id": JSON,
                                         "function": JSON
-                                        | st.fixed_dictionaries(
-                                            {}, optional={"name": JSON, "arguments": JSON}
-                                        ),
+                                        | some_of({"name": JSON, "arguments": JSON}),
                                     },
                                 ),
                                 max_size=2,
