@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from agent.download import (
     bypass_proxy,
     parse_checksum_file,
 )
-from tests.support.netservers import FileServer, ForwardProxy, self_signed_cert
+from tests.support.netservers import FileServer, ForwardProxy, https_file_server
 
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -244,11 +243,8 @@ def test_parse_checksum_file_forms() -> None:
 
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[tuple[FileServer, Path]]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl command not installed")
-    tls = self_signed_cert(tmp_path)
-    with FileServer(tls=tls, files={"/rt/runtime.bin": DATA}) as s:
-        yield s, tls[0]
+    with https_file_server(tmp_path, {"/rt/runtime.bin": DATA}) as served:
+        yield served
 
 
 def test_https_through_proxy_tunnel(

@@ -19,7 +19,7 @@ from agent.download import (
     ProxySettings,
 )
 from agent.install import InstallError, install_runtime
-from tests.support.netservers import FileServer, ForwardProxy, self_signed_cert
+from tests.support.netservers import FileServer, ForwardProxy, https_file_server
 
 DATA = os.urandom(200_000)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -147,9 +147,8 @@ def test_wrong_proxy_password_fails_at_once_without_showing_it(
 
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[tuple[FileServer, Path]]:
-    tls = self_signed_cert(tmp_path)
-    with FileServer(tls=tls, files={"/rt/runtime.bin": DATA}) as s:
-        yield s, tls[0]
+    with https_file_server(tmp_path, {"/rt/runtime.bin": DATA}) as served:
+        yield served
 
 
 def test_https_tunnel_through_an_authenticated_proxy(

@@ -8,14 +8,18 @@ import base64
 import contextlib
 import http.client
 import select
+import shutil
 import socket
 import ssl
 import subprocess
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+import pytest
 
 
 class FileServer:
@@ -233,3 +237,16 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     return cert, key
+
+
+@contextlib.contextmanager
+def https_file_server(
+    directory: Path, files: dict[str, bytes]
+) -> Iterator[tuple[FileServer, Path]]:
+    """A FileServer over HTTPS with a fresh self-signed certificate in `directory`: the server and
+    the certificate a client must trust. Skips the test when the openssl command is missing."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl command not installed")
+    tls = self_signed_cert(directory)
+    with FileServer(tls=tls, files=files) as server:
+        yield server, tls[0]
