@@ -107,6 +107,14 @@ class FakeHTTPProtocol(asyncio.Protocol):
         self.writing_paused = False
         self._wake()
 
+    def _gone(self) -> bool:
+        """The client is gone, even if `connection_lost` has not run yet: a write that fails
+        (a reset peer) closes the transport at once, drops every later write without a word
+        and reports the loss only on a later loop turn. A zero-delay stream never yields in
+        between, so without this check it would "send" the rest into nothing and count a
+        cancelled answer as completed, where a real runtime stops at its write error."""
+        return self.closed or self.transport is None or self.transport.is_closing()
+
     def _wake(self) -> None:
         if self.drain is not None and not self.drain.done():
             self.drain.set_result(None)
@@ -301,6 +309,8 @@ class FakeHTTPProtocol(asyncio.Protocol):
                     self._write(b"".join(parts))
                     parts = []
                     size = 0
+                    if self._gone():
+                        return  # stays busy: connection_lost counts the cancel
                     if self.writing_paused:
                         self.task = asyncio.get_running_loop().create_task(
                             self._send_slow(reply, None, resumed=True)
@@ -373,7 +383,7 @@ class FakeHTTPProtocol(asyncio.Protocol):
         if resumed:  # head and some chunks already went out from _send
             pending = b""
             await self._wait_drained()
-            if self.closed:
+            if self._gone():
                 return
         else:
             pending = self._stream_head(reply)  # like Ollama: the head leaves with chunk 1
@@ -387,8 +397,8 @@ class FakeHTTPProtocol(asyncio.Protocol):
             pending = b""
             sent += 1
             await self._wait_drained()
-            if self.closed:
-                return
+            if self._gone():
+                return  # stays busy: connection_lost counts the cancel
             data = next(chunks, None)
             if data is not None and settings.token_delay > 0:
                 await asyncio.sleep(settings.token_delay)

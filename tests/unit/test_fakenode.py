@@ -22,6 +22,7 @@ import pytest
 
 from routercore.testing.fake_bodies import embedding, token_texts
 from routercore.testing.fake_cli import parse_fault
+from routercore.testing.fake_server import FakeHTTPProtocol
 from routercore.testing.fake_state import ConfigError, Faults, Settings
 from routercore.testing.fakenode import FakeNode, run_in_thread
 from tests.support import ROOT
@@ -517,6 +518,65 @@ async def test_client_disconnect_stops_generation() -> None:
                     break
         await eventually(lambda: slow.stats.cancelled == 1 and slow.stats.in_flight == 0)
         assert slow.stats.completed == 0
+
+
+class _ResetAfterWrites:
+    """A transport whose peer resets after `ok` writes, as uvloop's and asyncio's behave: the
+    failing write closes the transport at once, later writes are dropped without a word, and
+    `connection_lost` comes on a later loop turn. With `pause_first` the first write fills the
+    buffer (the client is not reading) until the test resumes writing."""
+
+    def __init__(self, proto: FakeHTTPProtocol, ok: int, *, pause_first: bool) -> None:
+        self.proto, self.ok, self.pause_first = proto, ok, pause_first
+        self.writes = 0
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.writes += 1
+        if self.writes > self.ok:
+            self.closing = True
+            asyncio.get_running_loop().call_soon(
+                self.proto.connection_lost, ConnectionResetError("reset by peer")
+            )
+        elif self.pause_first and self.writes == 1:
+            self.proto.pause_writing()
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+@pytest.mark.parametrize("pause_first", [False, True], ids=["unpaused", "after-resume"])
+async def test_a_reset_mid_stream_counts_as_cancelled_not_completed(pause_first: bool) -> None:
+    """A client that resets while a zero-delay stream is written is a cancel. The reset closes
+    the transport before `connection_lost` runs, and the stream never yields in between:
+    without noticing the closed transport the node "sent" the rest into nothing and counted the
+    answer completed (a slow client through the agent's relay then never showed a cancel)."""
+    node = FakeNode(tokens=20_000)
+    proto = FakeHTTPProtocol(node)
+    transport = _ResetAfterWrites(proto, ok=1 if pause_first else 2, pause_first=pause_first)
+    proto.connection_made(transport)  # type: ignore[arg-type]
+    body = b'{"model":"fake-model","prompt":"x"}'
+    proto.data_received(
+        b"POST /api/generate HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s"
+        % (len(body), body)
+    )
+    if pause_first:
+        assert proto.writing_paused and proto.task is not None
+        proto.resume_writing()  # the peer read a little, then reset
+    await eventually(lambda: proto.closed, message="the reset reported")
+    if proto.task is not None:
+        await asyncio.gather(proto.task, return_exceptions=True)
+    assert transport.closing and transport.writes == transport.ok + 1  # stopped at the reset
+    assert (node.stats.cancelled, node.stats.completed, node.stats.in_flight) == (1, 0, 0)
 
 
 async def test_delays_apply_to_streams_and_full_replies() -> None:
