@@ -21,11 +21,10 @@ class FlowControl:
         self.high_water = high_water
         transport.set_write_buffer_limits(high=high_water)
         self.read_paused = False
-        # A plain flag beside the event: writers test it on every write (a property would
-        # cost a Python call there); the event is only for those that must wait.
+        # A plain flag: writers test it on every write (a property would cost a Python call
+        # there); only those that must wait get a future.
         self.write_paused = False
-        self._writable = asyncio.Event()
-        self._writable.set()
+        self._waiters: list[asyncio.Future[bool]] = []
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -44,23 +43,40 @@ class FlowControl:
     def pause_writing(self) -> None:
         """The transport's buffer went over the high-water mark."""
         self.write_paused = True
-        self._writable.clear()
 
     def resume_writing(self) -> None:
         """Also called when the connection is lost, so that no writer waits forever."""
         self.write_paused = False
-        self._writable.set()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(True)
 
     def buffer_full(self) -> bool:
         """What is written now would sit at or over the high-water mark (for optional writes)."""
         return self._transport.get_write_buffer_size() >= self.high_water
 
     async def wait_writable(self, timeout: float) -> bool:
-        """Wait until writing may go on; False when the reader took nothing for `timeout`."""
+        """Wait until writing may go on; False when the reader took nothing for `timeout`.
+
+        A future and a timer, not `asyncio.wait_for`: on Python 3.11, wait_for can swallow a
+        cancellation that arrives as the inner wait completes, and a handler cancelled because
+        its client left must stop.
+        """
         if not self.write_paused:
             return True
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(timeout, _give_up, waiter)
         try:
-            await asyncio.wait_for(self._writable.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+            return await waiter
+        finally:
+            timer.cancel()
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
+def _give_up(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)

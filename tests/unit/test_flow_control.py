@@ -78,3 +78,38 @@ def test_a_writer_gives_up_after_the_timeout() -> None:
         return await control.wait_writable(0.01)
 
     assert asyncio.run(main()) is False
+
+
+def test_a_cancelled_writer_is_cancelled_even_as_writing_resumes() -> None:
+    """The client left (the handler is cancelled) in the same loop turn as the buffer drained:
+    the cancellation must reach the writer, not be swallowed as asyncio.wait_for can on 3.11."""
+
+    async def main() -> None:
+        control, _ = flow()
+        control.pause_writing()
+        waiter = asyncio.create_task(control.wait_writable(30))
+        await asyncio.sleep(0)
+        control.resume_writing()
+        waiter.cancel()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            return
+        raise AssertionError("the cancellation was swallowed")
+
+    asyncio.run(main())
+
+
+def test_every_waiting_writer_is_woken_and_none_is_left_behind() -> None:
+    async def main() -> None:
+        control, _ = flow()
+        control.pause_writing()
+        waiters = [asyncio.create_task(control.wait_writable(30)) for _ in range(3)]
+        await asyncio.sleep(0)
+        control.resume_writing()
+        assert await asyncio.gather(*waiters) == [True, True, True]
+        control.pause_writing()
+        assert await control.wait_writable(0.01) is False
+        assert control._waiters == []
+
+    asyncio.run(main())
