@@ -53,7 +53,11 @@ class HTTPConnection(asyncio.Protocol):
         self.wire = ServerWire(self.limits.max_header_bytes, fast=self.limits.fast_path)
         self.transport: asyncio.Transport | None = None
         self.peer = ""
+        # One deadline at a time (head, body, idle or linger), on one lazily re-armed handle:
+        # see _set_timer.
         self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
+        self.on_deadline: Callable[[], None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.request_head: Head | None = None
         self.body = RequestBody(state)
@@ -114,7 +118,7 @@ class HTTPConnection(asyncio.Protocol):
                 self.state.per_address[self.peer] = left
         if self.task is None:
             self._drop_body()
-        self._cancel_timer()
+        self._stop_timer()
         self.flow.resume_writing()  # wake any writer: its next write sees the close
         if self.task is not None and not self.task.done() and self.websocket is None:
             # The client is gone: stop working for it (the proxy closes its upstream).
@@ -195,12 +199,12 @@ class HTTPConnection(asyncio.Protocol):
     def begin_websocket(self, ws: WebSocket) -> None:
         """From now on the socket's input goes to `ws`; HTTP timers and read pausing end."""
         self.websocket = ws
-        self._cancel_timer()
+        self._stop_timer()
         self.flow.resume_reading()
 
     def abort(self) -> None:
         self.closed = True
-        self._cancel_timer()
+        self._stop_timer()
         if self.task is None:
             self._drop_body()
         if self.transport is not None:
@@ -419,10 +423,38 @@ class HTTPConnection(asyncio.Protocol):
             self.close()
 
     def _set_timer(self, delay: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self.timer = self.loop.call_later(delay, callback)
+        """Call `callback` in `delay` seconds unless cancelled or set again before.
+
+        A keep-alive connection sets a deadline and cancels it on every request; a timer handle
+        made and cancelled each time costs ~4 µs (uvloop). So the handle stays armed: a later
+        deadline only moves `deadline`, and the handle re-arms itself when it fires early; a
+        cancel only forgets the callback. Closing stops the handle for real (`_stop_timer`).
+        """
+        self.deadline = deadline = self.loop.time() + delay
+        self.on_deadline = callback
+        timer = self.timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self.timer = self.loop.call_at(deadline, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self.timer = None
+        callback = self.on_deadline
+        if callback is None:
+            return
+        if self.loop.time() < self.deadline:
+            self.timer = self.loop.call_at(self.deadline, self._on_deadline)
+            return
+        self.on_deadline = None
+        callback()
 
     def _cancel_timer(self) -> None:
+        self.on_deadline = None
+
+    def _stop_timer(self) -> None:
+        """No deadline any more, and no handle keeping this connection alive."""
+        self.on_deadline = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -438,7 +470,7 @@ class HTTPConnection(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        self._cancel_timer()
+        self._stop_timer()
         if self.task is None:
             self._drop_body()
         transport = self.transport
@@ -450,6 +482,6 @@ class HTTPConnection(asyncio.Protocol):
             self.lingering = True
             self.flow.resume_reading()
             transport.write_eof()
-            self.timer = self.loop.call_later(_LINGER_SECONDS, transport.close)
+            self._set_timer(_LINGER_SECONDS, transport.close)
         else:
             transport.close()

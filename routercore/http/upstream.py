@@ -201,7 +201,8 @@ class UpstreamConnection(asyncio.Protocol):
         if not parser.done or not parser.reusable:
             return False
         self.parser = ResponseParser()
-        self._cancel_timer()
+        # The read timer stays armed (no waiter: it fires and does nothing): making and
+        # cancelling a timer handle per request costs ~4 µs (see _next).
         self.buffered = 0
         self.got_bytes = False
         return True
