@@ -180,8 +180,14 @@ class HTTPConnection(asyncio.Protocol):
     # websocket.WebSocketHost) -----------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if data and self.transport is not None and not self.closed:
-            self.transport.write(data)
+        transport = self.transport
+        if data and transport is not None and not self.closed:
+            if transport.is_closing():
+                # The socket failed under us and connection_lost is on its way: say closed now,
+                # so the writer stops instead of relaying the node's answer into nothing.
+                self.closed = True
+                return
+            transport.write(data)
 
     async def drain(self) -> None:
         """Wait while the transport's buffer is over the high-water mark; cut a stalled reader."""

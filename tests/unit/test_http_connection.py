@@ -382,3 +382,65 @@ def test_a_failing_error_responder_costs_one_connection_only(
     run(main())
     assert any("event=connection_failed" in r.getMessage() for r in caplog.records)
     assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
+
+
+class _ClosingTransport:
+    """A transport whose socket failed: is_closing() is true before connection_lost runs."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        self.closing = True
+
+    abort = close
+
+
+def test_a_writer_stops_when_the_socket_is_closing_before_connection_lost() -> None:
+    """The socket failed, connection_lost is still queued: the next write must raise instead
+    of relaying the node's answer into a transport that drops it."""
+    from routercore.http.connection import HTTPConnection
+    from routercore.http.state import ServerLimits, ServerState, plain_error
+
+    pieces_taken: list[int] = []
+    outcome: list[str] = []
+
+    async def relay(request: Request) -> None:
+        stream = request.stream
+        assert stream is not None
+        await stream.start(200, [(b"content-type", b"text/plain")])
+        try:
+            for i in range(100):
+                pieces_taken.append(i)
+                await stream.write(b"x" * 1024)
+                if i == 1:
+                    transport.closing = True  # the socket broke under the relay
+        except ConnectionResetError:
+            outcome.append("stopped")
+
+    async def main() -> None:
+        state = ServerState(relay, ServerLimits(access_log=False), plain_error)
+        conn = HTTPConnection(state)
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        conn.data_received(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert conn.task is not None
+        await conn.task
+
+    transport = _ClosingTransport()
+    asyncio.run(main())
+    assert outcome == ["stopped"]
+    assert len(pieces_taken) <= 4
+    assert len(transport.written) <= 2
