@@ -31,6 +31,13 @@ from routercore._balancer_py import (
 from routercore._prefix_index import PrefixIndex
 from routercore._prefix_index_py import check_hashes
 
+
+cdef inline Py_ssize_t count_hashes(object hashes) except -1:
+    """check_hashes without a Python call for the common case (see ext/prefix_index.pyx)."""
+    if type(hashes) is bytes and len(<bytes>hashes) % 8 == 0:
+        return len(<bytes>hashes) // 8
+    return check_hashes(hashes)
+
 cdef enum:
     ALGO_ROUND_ROBIN = 0
     ALGO_LEAST_LOADED = 1
@@ -344,7 +351,7 @@ cdef class Balancer:
         within the bound (1 + epsilon) x mean + 1; else the rendezvous winner for `anchor`
         within the same bound; else the configured algorithm. The prompt's boundaries are then
         recorded for the chosen node."""
-        cdef Py_ssize_t n_hashes = check_hashes(hashes)
+        cdef Py_ssize_t n_hashes = count_hashes(hashes)
         cdef uint64_t anc = check_anchor(anchor)
         cdef _Candidates cands
         cdef Py_ssize_t i, pos, upto

@@ -18,6 +18,14 @@ from libc.string cimport memcpy
 from routercore._prefix_index_py import check_capacity, check_hashes
 
 
+cdef inline Py_ssize_t count_hashes(object hashes) except -1:
+    """check_hashes without a Python call for the common case; the twin's check (and its
+    messages) for anything else."""
+    if type(hashes) is bytes and len(<bytes>hashes) % 8 == 0:
+        return len(<bytes>hashes) // 8
+    return check_hashes(hashes)
+
+
 ctypedef struct Entry:
     uint64_t key
     int owner
@@ -212,7 +220,7 @@ cdef class PrefixIndex:
     def longest(self, bytes hashes not None, upto, tag):
         """(position, owner) of the longest boundary before `upto` recorded for `tag`, or
         (-1, -1). Looking does not refresh an entry: only `record` does."""
-        cdef Py_ssize_t n = check_hashes(hashes)
+        cdef Py_ssize_t n = count_hashes(hashes)
         cdef Py_ssize_t limit = upto
         cdef int owner = -1
         if limit > n:
@@ -224,7 +232,7 @@ cdef class PrefixIndex:
 
     def record(self, bytes hashes not None, int owner, int tag):
         """Every boundary of `hashes` now names `owner`; they become the most recent entries."""
-        cdef Py_ssize_t n = check_hashes(hashes)
+        cdef Py_ssize_t n = count_hashes(hashes)
         self.c_record(PyBytes_AS_STRING(hashes), n, owner, tag)
 
     def forget(self, int owner, int tag=-1):
