@@ -187,6 +187,9 @@ class UpstreamConnection(asyncio.Protocol):
                 events.popleft()
                 self._taken(event)
                 return event
+            if event is END:
+                events.popleft()
+                return None
         event = await self._next(timeout)
         if type(event) is bytes:
             return event
@@ -256,14 +259,10 @@ class UpstreamPool:
     ) -> UpstreamConnection:
         """An idle connection to host:port, or a new one (TLS with `tls`, for providers)."""
         key = (host, port) if tls is None else (f"tls:{host}", port)
-        idle = self.idle.get(key)
-        while idle and not fresh:
-            conn = idle.pop()
-            if not conn.closed and not conn.got_bytes:
-                conn.reused = True
-                self.active.add(conn)
+        if not fresh:
+            conn = self._take_idle(key)
+            if conn is not None:
                 return conn
-            conn.close()
         loop = asyncio.get_running_loop()
         try:
             _, proto = await asyncio.wait_for(
@@ -304,7 +303,10 @@ class UpstreamPool:
         on any failure or cancellation the connection is cut.
         """
         while True:
-            conn = await self.acquire(req.host, req.port, fresh=fresh, tls=tls)
+            # An idle connection without a coroutine: the common case on a busy router.
+            conn = None if fresh or tls is not None else self._take_idle((req.host, req.port))
+            if conn is None:
+                conn = await self.acquire(req.host, req.port, fresh=fresh, tls=tls)
             try:
                 conn.send_request(req.method, req.target, req.headers, req.body)
                 return conn, await conn.read_head(timeout)
@@ -354,6 +356,18 @@ class UpstreamPool:
         if head.status_code != 200:
             return None
         return orjson.loads(body)
+
+    def _take_idle(self, key: tuple[str, int]) -> UpstreamConnection | None:
+        """The most recently used idle connection to `key` still open and silent, or None."""
+        idle = self.idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and not conn.got_bytes:
+                conn.reused = True
+                self.active.add(conn)
+                return conn
+            conn.close()
+        return None
 
     def _new(self, key: tuple[str, int]) -> UpstreamConnection:
         conn = UpstreamConnection(key)
