@@ -121,6 +121,14 @@ class Bench:
                 "direct": m.streams(sport, "stamp"),
                 "router": m.streams(rport, "stamp"),
             }
+            if s.nginx and shutil.which("wrk"):
+                # The same stream through nginx (no buffering): what one more hop costs on
+                # this machine (two more wake-ups across cores), apart from the router's work.
+                ngport = free_port()
+                nginx = p.nginx(ngport, sport)
+                if nginx is not None:
+                    r["streams"]["nginx"] = m.streams(ngport, "stamp")
+                    p.stop(nginx)
         if "translated" in s.sections:
             # Ollama's API on an OpenAI-only node (SSE -> NDJSON) against /v1 passed through,
             # the same upstream and router; and the translator's CPU per chunk in-process.

@@ -57,7 +57,7 @@ def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
         assert row["errors"] == 0 and row["achieved_rps"] > 0
         assert 0 < row["p50_ms"] <= row["p99_ms"]
 
-    for name in ("direct", "router"):
+    for name in ("direct", "router", *(["nginx"] if with_nginx else [])):
         st = r["streams"][name]
         assert st["streams"] > 0 and st["chunks"] > 0
         assert 0 < st["ttft_p50_ms"] <= st["ttft_p99_ms"]
