@@ -131,13 +131,17 @@ class Processes:
         extra_env: dict[str, str] | None = None,
         name: str = "router",
         tuned: bool = True,
+        access_log: bool = True,
     ) -> Proc:
         """The router, tuned (in-memory SQLite, no access log, warnings only) or with
-        `tuned=False` in the default configuration users get (on-disk SQLite, access log on)."""
+        `tuned=False` in the default configuration users get (on-disk SQLite, access log on;
+        `access_log=False` turns only the access log off, to measure what it costs)."""
         if tuned:
             cmd = router_cmd(port, ":memory:", "--no-access-log", "--log-level", "warning")
         else:
             cmd = router_cmd(port, self.log_dir / f"{name}.db")
+            if not access_log:
+                cmd.append("--no-access-log")
         env = {"LLM_ROUTER_ADMIN_TOKEN": ADMIN_TOKEN, **(extra_env or {})}
         proc = self.start(name, cmd, self.sut_cores, env=env)
         wait_router(proc, port)

@@ -16,6 +16,7 @@ def _f(value: Any, digits: int = 2) -> str:
 _NAMES = {
     "direct": "node, direct",
     "router_default": "through the router, default configuration",
+    "router_default_nolog": "through the router, default configuration, access log off",
     "router": "through the router, tuned",
     "nginx": "through nginx (keepalive upstream)",
     "bare": "bare uvloop+h11 server (same reply)",

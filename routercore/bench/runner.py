@@ -111,10 +111,26 @@ class Bench:
                 dport, tuned=False, name="router-default", extra_env=_NO_HEARTBEAT_TIMEOUT
             )
             register(dport, "replay", replay_port, ["replay"])
+            # The default configuration with only the access log off: what the log costs.
+            lport = free_port()
+            nolog = p.router(
+                lport,
+                tuned=False,
+                access_log=False,
+                name="router-default-nolog",
+                extra_env=_NO_HEARTBEAT_TIMEOUT,
+            )
+            register(lport, "replay", replay_port, ["replay"])
             p.wait_online(dport, 1)
-            routers = {"router_default": (default, dport), "router": (router, rport)}
+            p.wait_online(lport, 1)
+            routers = {
+                "router_default": (default, dport),
+                "router_default_nolog": (nolog, lport),
+                "router": (router, rport),
+            }
             r.update(throughput_bench.run(m, routers, replay_port, reply))
             p.stop(default)
+            p.stop(nolog)
         if "streams" in s.sections:
             # Time to first token and per-chunk forwarding delay.
             r["streams"] = {

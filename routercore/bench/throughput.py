@@ -21,13 +21,15 @@ from routercore.bench.measure import Measure
 from routercore.bench.procs import Proc, free_port
 from routercore.bench.settings import PATH
 
-ROUTERS = ("router_default", "router")
+ROUTERS = ("router_default", "router_default_nolog", "router")
+# Measured for max throughput only: the access log's cost is a throughput figure.
+_THROUGHPUT_ONLY = ("router_default_nolog",)
 
 
 def run(
     m: Measure, routers: dict[str, tuple[Proc, int]], node_port: int, reply: Path
 ) -> dict[str, Any]:
-    """`routers`: name -> (process, port) for "router_default" and "router"."""
+    """`routers`: name -> (process, port) for the names in ROUTERS."""
     s, p = m.s, m.p
     bport = free_port()
     bare = p.bare(bport, reply)
@@ -49,12 +51,18 @@ def run(
     if "latency" in s.sections:
         # One connection, one request after another: what the proxy adds to a request that
         # waits for nothing, against nginx proxying to the same node.
-        one = [t for t in targets if t[0] not in ("wrk_ceiling", "bare")]
+        one = [t for t in targets if t[0] not in ("wrk_ceiling", "bare", *_THROUGHPUT_ONLY)]
         out["latency_c1"] = _lowest_latency(m, one)
         # Open loop at half of the tuned router's max rate (paced clients, Poisson arrivals).
         rate = tp["router"]["rps"] / 2
         lat = {"direct": m.paced(node_port, rate)}
-        lat.update({name: m.paced(port, rate) for name, (_proc, port) in routers.items()})
+        lat.update(
+            {
+                name: m.paced(port, rate)
+                for name, (_proc, port) in routers.items()
+                if name not in _THROUGHPUT_ONLY
+            }
+        )
         if nginx is not None:
             lat["nginx"] = m.paced(ngport, rate)
         lat["bare"] = m.paced(bport, rate)

@@ -36,13 +36,13 @@ def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
     r = json.loads(out.read_text())
 
     tp = r["throughput"]
-    for name in ("direct", "router_default", "router", "bare"):
+    for name in ("direct", "router_default", "router_default_nolog", "router", "bare"):
         assert tp[name]["rps"] > 0 and tp[name]["errors"] == 0, (name, tp[name])
     assert tp["router"]["cpu_us_per_req"] > 0 and tp["router_default"]["cpu_us_per_req"] > 0
     with_nginx = bool(shutil.which("nginx") or Path("/usr/sbin/nginx").exists())
     if with_nginx:
         assert tp["nginx"]["rps"] > 0 and tp["nginx"]["errors"] == 0
-    for name in ("router_default", "router"):  # the ratios come from the same run's rows
+    for name in ("router_default", "router_default_nolog", "router"):  # rows of the same run
         ratio = r["ratios"][name]
         assert ratio["bare"] == round(tp[name]["rps"] / tp["bare"]["rps"], 3)
         assert (ratio["nginx"] is not None) == with_nginx
@@ -103,6 +103,10 @@ def test_quick_benchmark_runs_every_section(tmp_path: Path) -> None:
     assert "Prefix affinity on two llama.cpp nodes" in proc.stdout
 
     names = {t["target"] for t in r["targets"]}
+    # The access log's cost: the default configuration against itself with only the log off,
+    # which is measured for throughput alone.
+    assert any(n.startswith("req/s the access log costs") for n in names)
+    assert "router_default_nolog" not in c1 and "router_default_nolog" not in lat
     assert len(names) >= 6 and all(isinstance(t["met"], bool) for t in r["targets"])
     # The table went to stdout, with the target verdicts.
     assert "| through the router, default configuration |" in proc.stdout
