@@ -23,6 +23,7 @@ import h11
 
 from routercore.http.body import RequestBody
 from routercore.http.cycle import RequestCycle, request_from_head
+from routercore.http.deadline import Deadline
 from routercore.http.flow import FlowControl
 from routercore.http.head_rules import Refusal, judge_head
 from routercore.http.messages import Request, Response
@@ -53,11 +54,8 @@ class HTTPConnection(asyncio.Protocol):
         self.wire = ServerWire(self.limits.max_header_bytes, fast=self.limits.fast_path)
         self.transport: asyncio.Transport | None = None
         self.peer = ""
-        # One deadline at a time (head, body, idle or linger), on one lazily re-armed handle:
-        # see _set_timer.
-        self.timer: asyncio.TimerHandle | None = None
-        self.deadline = 0.0
-        self.on_deadline: Callable[[], None] | None = None
+        # One deadline at a time: head, body, idle or linger.
+        self.deadline = Deadline(self.loop)
         self.task: asyncio.Task[None] | None = None
         self.request_head: Head | None = None
         self.body = RequestBody(state)
@@ -118,7 +116,7 @@ class HTTPConnection(asyncio.Protocol):
                 self.state.per_address[self.peer] = left
         if self.task is None:
             self._drop_body()
-        self._stop_timer()
+        self.deadline.stop()
         self.flow.resume_writing()  # wake any writer: its next write sees the close
         if self.task is not None and not self.task.done() and self.websocket is None:
             # The client is gone: stop working for it (the proxy closes its upstream).
@@ -205,12 +203,12 @@ class HTTPConnection(asyncio.Protocol):
     def begin_websocket(self, ws: WebSocket) -> None:
         """From now on the socket's input goes to `ws`; HTTP timers and read pausing end."""
         self.websocket = ws
-        self._stop_timer()
+        self.deadline.stop()
         self.flow.resume_reading()
 
     def abort(self) -> None:
         self.closed = True
-        self._stop_timer()
+        self.deadline.stop()
         if self.task is None:
             self._drop_body()
         if self.transport is not None:
@@ -273,7 +271,7 @@ class HTTPConnection(asyncio.Protocol):
                 left = self.body.deadline_at - self.loop.time()
                 if left < delay:
                     delay = max(left, 0.0)
-            self._set_timer(delay, self._on_body_timeout)
+            self.deadline.set(delay, self._on_body_timeout)
 
     def _on_head(self, event: Head) -> bool:
         self.request_head = event
@@ -328,7 +326,7 @@ class HTTPConnection(asyncio.Protocol):
     def _start_cycle(self) -> None:
         head = self.request_head
         assert head is not None
-        self._cancel_timer()
+        self.deadline.cancel()
         body = self.body.take()
         request = self.pending
         if request is None:
@@ -362,7 +360,7 @@ class HTTPConnection(asyncio.Protocol):
             self._arm_head_timer()
         else:
             self.head_timer_armed = False
-            self._set_timer(self.limits.idle_timeout, self._on_idle_timeout)
+            self.deadline.set(self.limits.idle_timeout, self._on_idle_timeout)
         self._process()
 
     # -- errors, timeouts --------------------------------------------------------------------
@@ -402,7 +400,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def _arm_head_timer(self) -> None:
         self.head_timer_armed = True
-        self._set_timer(self.limits.header_timeout, self._on_head_timeout)
+        self.deadline.set(self.limits.header_timeout, self._on_head_timeout)
 
     def _on_head_timeout(self) -> None:
         if self.task is not None or self.closed:
@@ -428,43 +426,6 @@ class HTTPConnection(asyncio.Protocol):
         if self.task is None and not self.closed and not self.head_timer_armed:
             self.close()
 
-    def _set_timer(self, delay: float, callback: Callable[[], None]) -> None:
-        """Call `callback` in `delay` seconds unless cancelled or set again before.
-
-        A keep-alive connection sets a deadline and cancels it on every request; a timer handle
-        made and cancelled each time costs ~4 µs (uvloop). So the handle stays armed: a later
-        deadline only moves `deadline`, and the handle re-arms itself when it fires early; a
-        cancel only forgets the callback. Closing stops the handle for real (`_stop_timer`).
-        """
-        self.deadline = deadline = self.loop.time() + delay
-        self.on_deadline = callback
-        timer = self.timer
-        if timer is None or timer.when() > deadline:
-            if timer is not None:
-                timer.cancel()
-            self.timer = self.loop.call_at(deadline, self._on_deadline)
-
-    def _on_deadline(self) -> None:
-        self.timer = None
-        callback = self.on_deadline
-        if callback is None:
-            return
-        if self.loop.time() < self.deadline:
-            self.timer = self.loop.call_at(self.deadline, self._on_deadline)
-            return
-        self.on_deadline = None
-        callback()
-
-    def _cancel_timer(self) -> None:
-        self.on_deadline = None
-
-    def _stop_timer(self) -> None:
-        """No deadline any more, and no handle keeping this connection alive."""
-        self.on_deadline = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
     # -- closing -----------------------------------------------------------------------------
 
     def _drop_body(self) -> None:
@@ -476,7 +437,7 @@ class HTTPConnection(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        self._stop_timer()
+        self.deadline.stop()
         if self.task is None:
             self._drop_body()
         transport = self.transport
@@ -488,6 +449,6 @@ class HTTPConnection(asyncio.Protocol):
             self.lingering = True
             self.flow.resume_reading()
             transport.write_eof()
-            self._set_timer(_LINGER_SECONDS, transport.close)
+            self.deadline.set(_LINGER_SECONDS, transport.close)
         else:
             transport.close()
