@@ -155,6 +155,4 @@ class Accounting:
             self._rows_timer.cancel()
             self._rows_timer = None
         rows, self._rows = self._rows, []
-        add = self.store.add_request_row
-        for row in rows:
-            add(row)
+        self.store.add_request_rows(rows)  # one queue item; the store owns the list now

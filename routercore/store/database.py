@@ -26,6 +26,7 @@ from routercore.store.rows import (
     _SQL_META,
     _SQL_NODE,
     _SQL_REQUEST,
+    _SQL_REQUEST_INSERT,
     _SQL_SAMPLE,
     API_KEY_COLUMNS,
     NODE_COLUMNS,
@@ -74,6 +75,7 @@ class Store(StoreWriter):
         self._on_connect = on_connect
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pending: collections.deque[Any] = collections.deque()  # writer thread only
+        self._pending_rows = 0
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self._reader_pool: ThreadPoolExecutor | None = None
@@ -160,9 +162,15 @@ class Store(StoreWriter):
                 row[flag] = int(bool(row[flag]))
         self._queue.put((_SQL_REQUEST, tuple(row)))
 
-    def add_request_row(self, row: tuple[Any, ...]) -> None:
-        """The proxy's hot path: one complete row in REQUEST_COLUMNS order (stream as 0/1)."""
-        self._queue.put((_SQL_REQUEST, row))
+    def add_request_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        """The proxy's hot path: finished requests' rows, each complete in REQUEST_COLUMNS
+        order (stream, affinity_hit as 0/1) with a freshly generated id, as ONE queue item.
+
+        The list is the store's from here on (the caller must not change it): the writer binds
+        it with one `executemany`, without Python work per row on either side.
+        """
+        if rows:
+            self._queue.put((_SQL_REQUEST_INSERT, rows))
 
     def set_meta(self, key: str, value: str) -> None:
         self._queue.put((_SQL_META, (key, value)))

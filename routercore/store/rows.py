@@ -45,6 +45,13 @@ def _upsert_sql(table: str, cols: Sequence[str], key: str) -> str:
 
 _SQL_NODE = _upsert_sql("nodes", NODE_COLUMNS, "id")
 _SQL_REQUEST = _upsert_sql("requests", REQUEST_COLUMNS, "id")
+# The proxy's rows carry ids generated moments ago (`accounting.request_id`), so they are
+# plainly inserted: the upsert's conflict clause cost ~0.5 µs per row in the writer. A
+# duplicate id would fail its batch's INSERT and be dropped alone by the writer's isolation.
+_SQL_REQUEST_INSERT = (
+    f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})"
+)
 _SQL_API_KEY = _upsert_sql("api_keys", API_KEY_COLUMNS, "id")
 _SQL_META = _upsert_sql("meta", ("key", "value"), "key")
 _SQL_SAMPLE = (

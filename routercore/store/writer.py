@@ -1,9 +1,12 @@
 """The writer thread: the only SQLite writer, fed by a queue the event loop never waits on.
 
 It commits queued writes in batches and survives busy/locked/full/IO errors by keeping the
-batch and retrying with backoff; a write that is bad in itself is dropped alone. Over the
-backlog cap it sheds the oldest samples first, and every few batches it trims the history
-to its retention limits. `Store` inherits this; the state it uses is set in `Store.__init__`.
+batch and retrying with backoff; a write that is bad in itself is dropped alone. A queued item
+is one row, or a list of rows of one statement handed over at once (the proxy's history rows:
+one queue item and one `executemany` per batch instead of Python work per row). Caps and
+counters count rows. Over the backlog cap it sheds the oldest samples first, and every few
+batches it trims the history to its retention limits. `Store` inherits this; the state it
+uses is set in `Store.__init__`.
 """
 
 from __future__ import annotations
@@ -15,19 +18,20 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
 import apsw
 
-from routercore.store.rows import _SQL_REQUEST, _SQL_SAMPLE
+from routercore.store.rows import _SQL_REQUEST, _SQL_REQUEST_INSERT, _SQL_SAMPLE
 from routercore.store.schema import MIGRATIONS, _transaction, connect, migrate
 
 # One logger for the whole package: operators and tests filter on this name.
 log = logging.getLogger("routercore.store.writer")
 
-Op = tuple[str, tuple[Any, ...]]
+# (statement, one row's parameters) or (statement, a list of rows' parameters).
+Op = tuple[str, Any]
 
 # The writer thread often shares a core with the event loop (one core per router process in
 # the benchmark, small machines in life). A waking event loop would wait behind a long batch for
@@ -73,6 +77,42 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+def _rows_in(item: Any) -> int:
+    """How many rows a queued item writes: a list's length, one, or none for a marker."""
+    if not isinstance(item, tuple):
+        return 0
+    params = item[1]
+    return len(params) if params.__class__ is list else 1
+
+
+def _runs(batch: list[Op]) -> Iterator[tuple[str, list[Any]]]:
+    """The batch as (statement, rows) pieces of at most `_YIELD_EVERY` rows, in order:
+    consecutive single rows of one statement go together, a list of rows is cut up."""
+    i, n = 0, len(batch)
+    while i < n:
+        sql, params = batch[i]
+        if params.__class__ is list:
+            i += 1
+            for k in range(0, len(params), _YIELD_EVERY):
+                yield sql, params[k : k + _YIELD_EVERY]
+            continue
+        j = i + 1
+        while j < n and j - i < _YIELD_EVERY and batch[j][0] is sql:
+            if batch[j][1].__class__ is list:
+                break
+            j += 1
+        yield sql, [p for _, p in batch[i:j]]
+        i = j
+
+
+def _is_request(sql: str) -> bool:
+    return sql is _SQL_REQUEST or sql is _SQL_REQUEST_INSERT
+
+
+def _is_sample(sql: str) -> bool:
+    return sql is _SQL_SAMPLE
+
+
 def _err(e: BaseException) -> str:
     code = getattr(e, "extendedresult", None)
     return f"error={type(e).__name__} code={code} detail={str(e)[:200]!r}"
@@ -93,6 +133,7 @@ class StoreWriter:
     _on_connect: Callable[[apsw.Connection], None] | None
     _queue: queue.SimpleQueue[Any]
     _pending: collections.deque[Any]
+    _pending_rows: int  # rows in `_pending` (writer thread only; read racily by `backlog`)
     _stop: threading.Event
     _writer: threading.Thread | None
     _shared: apsw.Connection | None
@@ -142,8 +183,9 @@ class StoreWriter:
 
     @property
     def backlog(self) -> int:
-        """Items not yet committed (approximate: read without locks from any thread)."""
-        return self._queue.qsize() + len(self._pending)
+        """Rows not yet committed (approximate: read without locks from any thread; a queued
+        list counts as one until the writer takes it)."""
+        return self._queue.qsize() + self._pending_rows
 
     @property
     def stats(self) -> dict[str, int]:
@@ -177,9 +219,10 @@ class StoreWriter:
         isolate = False  # after a non-transient error: write item by item, drop the bad ones
         while True:
             batch: list[Op] = []
+            rows = 0
             try:
                 if not self._pending:
-                    self._pending.append(self._queue.get())
+                    self._take(self._queue.get())
                 self._drain()
                 self._shed()
                 while self._pending and not isinstance(self._pending[0], tuple):
@@ -187,10 +230,11 @@ class StoreWriter:
                     if marker is _STOP:
                         return
                     marker.set()
-                for item in self._pending:
-                    if not isinstance(item, tuple) or len(batch) >= self.batch_max:
+                for item in self._pending:  # up to about batch_max rows, at least one item
+                    if not isinstance(item, tuple) or rows >= self.batch_max:
                         break
                     batch.append(item)
+                    rows += _rows_in(item)
                 if not batch:
                     continue
                 with self._guard():
@@ -213,7 +257,8 @@ class StoreWriter:
                 continue
             for _ in batch:
                 self._pending.popleft()
-            self.written += len(batch) - bad
+            self._pending_rows -= rows
+            self.written += rows - bad
             self.dropped += bad
             self.batches += 1
             if failures:
@@ -222,31 +267,44 @@ class StoreWriter:
             if self.batches % self.trim_every == 0:
                 self._trim(conn)
 
+    def _take(self, item: Any) -> None:
+        self._pending.append(item)
+        self._pending_rows += _rows_in(item)
+
     def _drain(self) -> None:
-        """Move what is queued into the pending deque (bounded per pass)."""
-        for _ in range(self.backlog_max + self.batch_max):
+        """Move what is queued into the pending deque (bounded per pass, in rows and items)."""
+        limit = self.backlog_max + self.batch_max
+        for _ in range(limit):
+            if self._pending_rows > limit:
+                return
             try:
-                self._pending.append(self._queue.get_nowait())
+                self._take(self._queue.get_nowait())
             except queue.Empty:
                 return
 
     def _shed(self) -> None:
         """Over the backlog cap: drop the oldest samples first, request history last."""
-        if len(self._pending) <= self.backlog_max:
-            return
-        excess = sum(isinstance(i, tuple) for i in self._pending) - self.backlog_max  # not markers
+        excess = self._pending_rows - self.backlog_max  # rows: markers are not shed
         if excess <= 0:
             return
         counts = {}
-        for name, sql in (("samples", _SQL_SAMPLE), ("requests", _SQL_REQUEST)):
+        for name, kind in (("samples", _is_sample), ("requests", _is_request)):
             n = 0
             kept: collections.deque[Any] = collections.deque()
             for item in self._pending:
-                if n < excess and isinstance(item, tuple) and item[0] is sql:
-                    n += 1
-                else:
+                if n >= excess or not isinstance(item, tuple) or not kind(item[0]):
                     kept.append(item)
+                    continue
+                sql, params = item
+                if params.__class__ is list:  # the oldest rows of a list go first
+                    cut = min(len(params), excess - n)
+                    n += cut
+                    if cut < len(params):
+                        kept.append((sql, params[cut:]))
+                else:
+                    n += 1
             self._pending = kept
+            self._pending_rows -= n
             counts[name] = n
             excess -= n
             if excess <= 0:
@@ -283,31 +341,27 @@ class StoreWriter:
         return removed
 
     def _commit(self, conn: apsw.Connection, batch: list[Op], isolate: bool) -> int:
-        """Write `batch` in one transaction; return how many items were dropped as invalid."""
+        """Write `batch` in one transaction; return how many rows were dropped as invalid."""
         bad = 0
         with _transaction(conn):
             if not isolate:
-                i = 0
-                while i < len(batch):  # runs of the same statement go through executemany
-                    j = i
-                    while j < len(batch) and batch[j][0] is batch[i][0] and j - i < _YIELD_EVERY:
-                        j += 1
-                    conn.executemany(batch[i][0], [p for _, p in batch[i:j]])
-                    i = j
-                    if i < len(batch):
+                for k, (sql, rows) in enumerate(_runs(batch)):
+                    if k:
                         _yield_cpu()
+                    conn.executemany(sql, rows)
                 return 0
-            for sql, params in batch:
-                conn.execute("SAVEPOINT item")
-                try:
-                    conn.execute(sql, params)
-                except Exception as e:
-                    if isinstance(e, _TRANSIENT):
-                        raise
-                    conn.execute("ROLLBACK TO item")
-                    bad += 1
-                    log.warning("store dropped invalid item sql=%r %s", sql[:40], _err(e))
-                conn.execute("RELEASE item")
+            for sql, params in batch:  # row by row: a bad row is dropped, not its neighbours
+                for row in params if params.__class__ is list else (params,):
+                    conn.execute("SAVEPOINT item")
+                    try:
+                        conn.execute(sql, row)
+                    except Exception as e:
+                        if isinstance(e, _TRANSIENT):
+                            raise
+                        conn.execute("ROLLBACK TO item")
+                        bad += 1
+                        log.warning("store dropped invalid item sql=%r %s", sql[:40], _err(e))
+                    conn.execute("RELEASE item")
         return bad
 
     def _trim(self, conn: apsw.Connection) -> None:
