@@ -1,9 +1,10 @@
 """Persistence through APSW: schema migrations, one batching writer thread, off-loop reads.
 
 The event loop only ever enqueues: every write method turns its arguments into bound SQL
-parameters at once (a copy) and puts them on a `queue.SimpleQueue`. A single writer thread
-commits them in batches and survives busy/locked/full/IO errors by keeping the batch and
-retrying with backoff. A caller that must not answer before its change is on disk (a
+parameters at once (a copy) and puts them on a `queue.SimpleQueue`; the proxy's history rows
+go as one list per batch (`add_request_rows`), which the store owns from then on. A single
+writer thread commits them in batches and survives busy/locked/full/IO errors by keeping the
+batch and retrying with backoff. A caller that must not answer before its change is on disk (a
 registration) awaits `committed()`, a marker queued behind it. Dashboard reads run on a
 dedicated reader thread with its own connection.
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,39 +13,7 @@ import pytest
 from routercore.node import Node, NodeMetrics, NodeStats
 from routercore.store import _SQL_SEQ_RANGE, MIGRATIONS, Store, migrate
 from tests.support.polling import wait_until
-
-FAST = {"busy_timeout_ms": 20, "retry_min_s": 0.01, "retry_max_s": 0.05}
-
-
-def count(path: Path, table: str) -> int:
-    conn = apsw.Connection(str(path))
-    try:
-        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
-    finally:
-        conn.close()
-
-
-def req(i: int, **kw: Any) -> dict[str, Any]:
-    rec = {
-        "id": f"00000000-0000-4000-8000-{i:012d}",
-        "ts": f"2026-01-01T00:00:{i // 100:02d}.{i % 100:02d}0000Z",
-        "node_id": "n1",
-        "model": "llama3",
-        "endpoint": "/v1/chat/completions",
-        "method": "POST",
-        "status_code": 200,
-        "outcome": "ok",
-        "duration_ms": 12.5,
-        "ttfb_ms": 3.25,
-        "prompt_tokens": 10,
-        "completion_tokens": 20,
-        "stream": True,
-        "client": "127.0.0.1",
-        "error": None,
-        "affinity_hit": None,
-    }
-    rec.update(kw)
-    return rec
+from tests.support.store_rows import FAST, add_samples, count, locked, req
 
 
 def full_node(node_id: str = "n1") -> Node:
@@ -74,26 +41,6 @@ def full_node(node_id: str = "n1") -> Node:
         metrics=NodeMetrics(12.5, 40.0, None, 77.25, 3),
         stats=NodeStats(100, 7, 12345.5),
     )
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "sub" / "router.db"
-
-
-@pytest.fixture
-def opened(db: Path) -> Iterator[Callable[..., Store]]:
-    stores: list[Store] = []
-
-    def make(path: str | Path = db, **kw: Any) -> Store:
-        s = Store(str(path), **kw)
-        s.open()
-        stores.append(s)
-        return s
-
-    yield make
-    for s in stores:
-        s.close(timeout=5)
 
 
 def test_migrates_from_empty_and_reopens_idempotently(db: Path, opened: Any) -> None:
@@ -323,18 +270,13 @@ def test_enqueue_never_blocks_on_locked_db_and_nothing_is_lost(
 ) -> None:
     caplog.set_level(logging.INFO, logger="routercore.store")
     s = opened(**FAST)
-    locker = apsw.Connection(str(db))
-    locker.execute("BEGIN EXCLUSIVE")
-    try:
+    with locked(db):
         for i in range(100):  # would hang here (pytest timeout) if enqueue waited on SQLite
             s.add_request(req(i))
         wait_until(lambda: s.stats["write_errors"] >= 2)  # it keeps retrying
         assert not s.flush(timeout=0.05)
         assert asyncio.run(s.query_requests()) == ([], 0)  # WAL: reads still served
         s.add_health_sample("n1", "2026-01-01T00:00:00Z", 1.0, 1.0, None, None, 0)
-    finally:
-        locker.execute("COMMIT")
-        locker.close()
     assert s.flush()
     assert count(db, "requests") == 100 and count(db, "health_samples") == 1
     assert s.stats["dropped"] == 0
@@ -359,15 +301,10 @@ def test_committed_returns_once_the_write_is_in_the_file_or_false_at_its_timeout
         s.set_meta("k", "v1")
         assert await s.committed(5.0)
         assert meta_in_file() == "v1"  # another connection sees it at once
-        locker = apsw.Connection(str(db))
-        locker.execute("BEGIN EXCLUSIVE")
-        try:
+        with locked(db):
             s.set_meta("k", "v2")
             assert not await s.committed(0.2)  # the writer is retrying behind the lock
             assert meta_in_file() == "v1"
-        finally:
-            locker.execute("COMMIT")
-            locker.close()
         assert await s.committed(5.0)
         assert meta_in_file() == "v2"
 
@@ -414,20 +351,14 @@ def test_backlog_cap_drops_oldest_samples_first(
 ) -> None:
     caplog.set_level(logging.INFO, logger="routercore.store")
     s = opened(backlog_max=50, **FAST)
-    locker = apsw.Connection(str(db))
-    locker.execute("BEGIN EXCLUSIVE")
-    try:
-        for i in range(40):
-            s.add_health_sample("n1", f"2026-01-01T00:00:{i:02d}Z", None, None, None, None, i)
+    with locked(db):
+        add_samples(s, 40)
         for i in range(40):
             s.add_request(req(i))
         wait_until(lambda: s.stats["dropped"] >= 30)
         errors = s.stats["write_errors"]
         assert not s.flush(timeout=0.01)  # a flush marker is not an item: it must not shed one
         wait_until(lambda: s.stats["write_errors"] > errors + 1)
-    finally:
-        locker.execute("COMMIT")
-        locker.close()
     assert s.flush()
     assert s.stats["dropped"] == 30
     assert count(db, "requests") == 40
