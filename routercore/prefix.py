@@ -23,9 +23,9 @@ The request body itself is never changed.
 from __future__ import annotations
 
 import hashlib
+import sys
 from array import array
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -40,10 +40,10 @@ CHAT_ENDPOINTS = ("chat.completions", "api.chat")
 PROMPT_ENDPOINTS = ("completions", "api.generate")
 
 
-@dataclass(frozen=True, slots=True)
-class PromptPrefix:
+class PromptPrefix(NamedTuple):
     """What the balancer's `pick_affine` takes: boundary hashes (native-endian uint64, shortest
-    first) and the anchor."""
+    first) and the anchor. A named tuple rather than a frozen dataclass: one is made per
+    proxied request, and a frozen dataclass's __init__ costs half again as much."""
 
     hashes: bytes
     anchor: int
@@ -53,11 +53,29 @@ class PromptPrefix:
         return len(self.hashes) // 8
 
 
-def _digest(hasher: Any) -> int:
-    return int.from_bytes(hasher.digest(), "little")
+# Seeds without head content (no tools, no system prompt or template: most requests), by
+# (model, number of head parts): made once and copied, instead of a new BLAKE2b keyed with the
+# model per request. Cleared when full, since clients name models freely.
+_SEEDS: dict[tuple[str, int], Any] = {}
+_SEEDS_MAX = 1024
+# BLAKE2b's digest read little-endian is the boundary's value; on a little-endian machine its
+# 8 bytes already are the native uint64 `hashes` holds, so they are joined as they are.
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def _seeded(model: str, *head: Any) -> Any:
+    if head.count(None) != len(head):
+        return _new_seed(model, head)
+    key = (model, len(head))
+    seed = _SEEDS.get(key)
+    if seed is None:
+        if len(_SEEDS) >= _SEEDS_MAX:
+            _SEEDS.clear()
+        seed = _SEEDS[key] = _new_seed(model, head)
+    return seed.copy()
+
+
+def _new_seed(model: str, head: tuple[Any, ...]) -> Any:
     hasher = hashlib.blake2b(digest_size=8, person=b"llm-router-pfx")
     hasher.update(model.encode("utf-8", "surrogatepass"))
     for part in head:
@@ -67,35 +85,45 @@ def _seeded(model: str, *head: Any) -> Any:
     return hasher
 
 
+def _prefix(digests: list[bytes], anchor: bytes) -> PromptPrefix:
+    """The PromptPrefix of the kept boundaries' digests and the anchor's."""
+    if _LITTLE_ENDIAN:
+        hashes = b"".join(digests)
+    else:
+        hashes = array("Q", [int.from_bytes(d, "little") for d in digests]).tobytes()
+    return PromptPrefix(hashes, int.from_bytes(anchor, "little"))
+
+
 def chat_prefix(model: str, messages: Any, tools: Any = None) -> PromptPrefix | None:
     """Boundaries after each message; None when `messages` is not a non-empty list of objects
     (the node then answers the request as it would anyway)."""
     if not isinstance(messages, list) or not messages:
         return None
-    if not all(isinstance(m, dict) for m in messages):
-        return None
+    anchor_at = -1
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            return None
+        if anchor_at < 0 and m.get("role") not in _SYSTEM_ROLES:
+            anchor_at = i
+    if anchor_at < 0:
+        anchor_at = len(messages) - 1
+    first_kept = max(anchor_at, len(messages) - MAX_BOUNDARIES)
+    kept: list[bytes] = []
+    anchor = b""
     try:
         hasher = _seeded(model, tools)
-        pieces = [orjson.dumps(m, option=orjson.OPT_SORT_KEYS) for m in messages]
+        for i, m in enumerate(messages):
+            hasher.update(orjson.dumps(m, option=orjson.OPT_SORT_KEYS))
+            hasher.update(_SEPARATOR)
+            if i >= first_kept or i == anchor_at:
+                digest = hasher.digest()
+                if i == anchor_at:
+                    anchor = digest
+                if i >= first_kept:
+                    kept.append(digest)
     except (TypeError, orjson.JSONEncodeError):
         return None
-    anchor_at = next(
-        (i for i, m in enumerate(messages) if m.get("role") not in _SYSTEM_ROLES),
-        len(messages) - 1,
-    )
-    first_kept = max(anchor_at, len(messages) - MAX_BOUNDARIES)
-    kept: list[int] = []
-    anchor = 0
-    for i, piece in enumerate(pieces):
-        hasher.update(piece)
-        hasher.update(_SEPARATOR)
-        if i >= first_kept or i == anchor_at:
-            value = _digest(hasher)
-            if i == anchor_at:
-                anchor = value
-            if i >= first_kept:
-                kept.append(value)
-    return PromptPrefix(array("Q", kept).tobytes(), anchor)
+    return _prefix(kept, anchor)
 
 
 def text_prefix(model: str, prompt: Any, *head: Any) -> PromptPrefix | None:
@@ -112,19 +140,19 @@ def text_prefix(model: str, prompt: Any, *head: Any) -> PromptPrefix | None:
     ends = list(range(CHUNK_CHARS, len(prompt), CHUNK_CHARS))
     ends.append(len(prompt))
     first_kept = max(0, len(ends) - MAX_BOUNDARIES)
-    kept: list[int] = []
-    anchor = 0
+    kept: list[bytes] = []
+    anchor = b""
     start = 0
     for i, end in enumerate(ends):
         hasher.update(prompt[start:end].encode("utf-8", "surrogatepass"))
         start = end
         if i >= first_kept or i == 0:
-            value = _digest(hasher)
+            digest = hasher.digest()
             if i == 0:
-                anchor = value
+                anchor = digest
             if i >= first_kept:
-                kept.append(value)
-    return PromptPrefix(array("Q", kept).tobytes(), anchor)
+                kept.append(digest)
+    return _prefix(kept, anchor)
 
 
 def prompt_prefix(endpoint: str, model: str, data: dict[str, Any]) -> PromptPrefix | None:
