@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from routercore.stats import METRIC_LABEL_MAX, OTHER_MODEL, LiveStats, Outcome
+from routercore.stats import METRIC_LABEL_MAX, OTHER_MODEL, LiveStats
 
 if TYPE_CHECKING:
     from routercore.http.messages import Request
@@ -31,7 +31,8 @@ HISTORY_ERROR_MAX = 1024
 _ROWS_DELAY = 0.05
 
 _ids = random.Random()  # seeded from os.urandom; request ids need to be unique, not secret
-_UUID7_BITS = (0x7 << 76) | (0b10 << 62)  # version 7, RFC 9562 variant
+# The id's first 13 hex digits (the millisecond and the version), formatted once per millisecond.
+_ms_text: tuple[int, str] = (-1, "")
 
 
 def request_id() -> str:
@@ -39,12 +40,24 @@ def request_id() -> str:
 
     Time-ordered, so the history table's unique id index grows at its end instead of at a
     random place per row (cheaper for the store's writer, which shares the router's core);
-    the random bits come from a seeded PRNG instead of an os.urandom system call.
+    the random bits come from a seeded PRNG instead of an os.urandom system call. The text is
+    formatted in parts (the millisecond's part reused), not as one 128-bit number cut in five.
     """
+    global _ms_text
     ms = int(time.time() * 1000) & 0xFFFF_FFFF_FFFF
-    value = (ms << 80) | _UUID7_BITS | (_ids.getrandbits(12) << 64) | _ids.getrandbits(62)
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    cached = _ms_text
+    if cached[0] != ms:
+        h = f"{ms:012x}"
+        cached = _ms_text = (ms, f"{h[:8]}-{h[8:]}-7")
+    rand_a = _ids.getrandbits(12)
+    rand_b = _ids.getrandbits(62)  # after the variant bits, 0b10
+    # %-formatting: one C call, a third cheaper here than the f-string with three specs.
+    return "%s%03x-%04x-%012x" % (  # noqa: UP031
+        cached[1],
+        rand_a,
+        0x8000 | rand_b >> 48,
+        rand_b & 0xFFFF_FFFF_FFFF,
+    )
 
 
 @dataclass
@@ -88,40 +101,39 @@ class Accounting:
 
     def record(self, request: Request, att: Attempt, ts: str) -> None:
         """Account one finished request (`ts`: when it arrived, RFC 3339)."""
-        model, endpoint = att.model, att.endpoint
+        model, endpoint, node_id = att.model, att.endpoint, att.node_id
         duration = (time.perf_counter() - att.started) * 1000.0
-        usage = (
-            att.scanner.usage() if att.scanner is not None and att.outcome != "rejected" else None
-        )
+        if att.scanner is not None and att.outcome != "rejected":
+            prompt_tokens, completion_tokens = att.scanner.usage()
+        else:
+            prompt_tokens = completion_tokens = None
         # Labels and per-model counters only for models some node lists; what a client
         # invents is counted under one label (else every made-up name lives until restart).
         known = self.registry.knows_model(model) or self._provider_lists(model)
         if not known:
             self.stats.unknown_model_requests += 1
-        outcome = Outcome(
-            request_id=request_id(),
-            node_id=att.node_id,
-            model=model[:METRIC_LABEL_MAX] if known else OTHER_MODEL,
-            endpoint=endpoint,
-            status_code=att.status,
-            outcome=att.outcome,
-            duration_ms=duration,
-            ttfb_ms=att.ttfb_ms,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
+        self.stats.record(
+            endpoint,
+            model[:METRIC_LABEL_MAX] if known else OTHER_MODEL,
+            node_id or "",
+            att.status,
+            att.outcome,
+            duration,
+            att.ttfb_ms,
+            prompt_tokens,
+            completion_tokens,
         )
-        self.stats.record(outcome)
-        if att.node_id is not None and att.sent_to_client:
-            self.registry.record_result(att.node_id, att.outcome == "ok", duration)
-        if not known and att.node_id is None:
+        if node_id is not None and att.sent_to_client:
+            self.registry.record_result(node_id, att.outcome == "ok", duration)
+        if not known and node_id is None:
             # A name nothing lists, answered by the router itself: counted above
             # (llm_router_unknown_model_requests_total), no row per invented name.
             return
         self._rows.append(
             (
-                outcome.request_id,
+                request_id(),
                 ts,
-                att.node_id,
+                node_id,
                 model[:HISTORY_MODEL_MAX],
                 endpoint,
                 request.method,
@@ -129,8 +141,8 @@ class Accounting:
                 att.outcome,
                 round(duration, 3),
                 round(att.ttfb_ms, 3) if att.ttfb_ms is not None else None,
-                outcome.prompt_tokens,
-                outcome.completion_tokens,
+                prompt_tokens,
+                completion_tokens,
                 int(att.streaming),
                 request.peer,
                 att.error[:HISTORY_ERROR_MAX] if att.error else att.error,

@@ -9,52 +9,66 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from dataclasses import dataclass
 
 _TAIL_PIECES = 4
 _TAIL_BYTES = 16 * 1024
 
+# Per API: (the prompt count's key, its pattern), then the same for the completion count. Each
+# pattern starts with its quoted key, so a match starts exactly where the key does.
 _PATTERNS = {
     "openai": (
-        re.compile(rb'"prompt_tokens"\s*:\s*(\d+)'),
-        re.compile(rb'"completion_tokens"\s*:\s*(\d+)'),
+        (b'"prompt_tokens"', re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')),
+        (b'"completion_tokens"', re.compile(rb'"completion_tokens"\s*:\s*(\d+)')),
     ),
     "ollama": (
-        re.compile(rb'"prompt_eval_count"\s*:\s*(\d+)'),
-        re.compile(rb'"eval_count"\s*:\s*(\d+)'),
+        (b'"prompt_eval_count"', re.compile(rb'"prompt_eval_count"\s*:\s*(\d+)')),
+        (b'"eval_count"', re.compile(rb'"eval_count"\s*:\s*(\d+)')),
     ),
 }
 
 
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-
-
 class TailScanner:
-    """Feed body pieces; `usage()` reads token counts from the last ones."""
+    """Feed body pieces; `usage()` reads token counts from the last ones. One is made per
+    proxied request: its deque is made with positional arguments (`maxlen=` costs three
+    times as much)."""
 
     __slots__ = ("api", "pieces")
 
     def __init__(self, api: str) -> None:
         self.api = api
-        self.pieces: deque[bytes] = deque(maxlen=_TAIL_PIECES)
+        self.pieces: deque[bytes] = deque((), _TAIL_PIECES)  # noqa: RUF037 (see above)
 
     def feed(self, piece: bytes) -> None:
         self.pieces.append(piece)
 
-    def usage(self) -> Usage:
+    def usage(self) -> tuple[int | None, int | None]:
+        """(prompt tokens, completion tokens), None where the answer does not say (the shape
+        of ResponseTranslator.usage)."""
         if not self.pieces:
-            return Usage()
+            return None, None
         tail = b"".join(self.pieces)[-_TAIL_BYTES:]
-        prompt_re, completion_re = _PATTERNS[self.api]
-        return Usage(_last_int(prompt_re, tail), _last_int(completion_re, tail))
+        (prompt_key, prompt_re), (completion_key, completion_re) = _PATTERNS[self.api]
+        return (
+            _last_int(prompt_key, prompt_re, tail),
+            _last_int(completion_key, completion_re, tail),
+        )
 
 
-def _last_int(pattern: re.Pattern[bytes], data: bytes) -> int | None:
-    found = pattern.findall(data)
-    return int(found[-1]) if found else None
+def _last_int(key: bytes, pattern: re.Pattern[bytes], data: bytes) -> int | None:
+    """The number of the last match of `pattern` in `data`, as the last of `findall` gives it.
+
+    Searched from the end: `rfind` for the key (a C search, and the count is usually in the
+    last few hundred bytes), then the pattern tried right there; a key without a number after
+    it (`"prompt_tokens": null`) sends the search further back. Matches cannot overlap (each
+    is the quoted key, then `:` and digits), so this is the match `findall` would end with.
+    """
+    end = len(data)
+    while (at := data.rfind(key, 0, end)) >= 0:
+        found = pattern.match(data, at)
+        if found is not None:
+            return int(found.group(1))
+        end = at + len(key) - 1  # the next key to try starts before this one
+    return None
 
 
 def error_event(api: str, message: str) -> bytes:

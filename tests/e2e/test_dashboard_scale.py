@@ -19,7 +19,6 @@ import orjson
 import pytest
 
 from routercore.api.dashboard import DashboardAPI, SnapshotBuilder
-from routercore.stats import Outcome
 from tests.support.browser import ARTIFACTS, BROWSER_MARKS, DASH, expect
 from tests.support.polling import wait_until
 from tests.support.routers import RouterThread, http
@@ -71,11 +70,11 @@ def _fill_history(router: RouterThread, ids: list[str]) -> None:
                 ts = start + k * 3590 / ROWS
                 svc.stats.clock = lambda ts=ts: ts
                 ok = k % 50 != 0
-                svc.stats.record(Outcome(
-                    request_id=f"req-{k}", node_id=ids[k % NODES], model="llama3",
-                    endpoint="chat.completions", status_code=200 if ok else 502,
-                    outcome="ok" if ok else "error", duration_ms=80 + k % 300, ttfb_ms=20.0,
-                    prompt_tokens=12, completion_tokens=64))  # fmt: skip
+                svc.stats.record(
+                    endpoint="chat.completions", model="llama3", node=ids[k % NODES],
+                    status_code=200 if ok else 502, outcome="ok" if ok else "error",
+                    duration_ms=80 + k % 300, ttfb_ms=20.0, prompt_tokens=12,
+                    completion_tokens=64)  # fmt: skip
         finally:
             svc.stats.clock = real_clock
 
