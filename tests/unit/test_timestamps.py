@@ -20,7 +20,7 @@ def reference(ts: float, digits: int) -> str:
     return text + "Z"
 
 
-@pytest.mark.parametrize("digits", [0, MILLIS, MICROS])
+@pytest.mark.parametrize("digits", [0, 1, 2, MILLIS, 4, 5, MICROS, 7, 8, 9])
 def test_formats_like_datetime_across_seconds(digits: int) -> None:
     rng = random.Random(digits)
     # Jumping back and forth between seconds exercises the cached date-and-time part.
