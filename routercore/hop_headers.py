@@ -51,9 +51,10 @@ def client_headers(
         drop = _DROP_WITH_LENGTH
     else:
         drop = _DROP_RESPONSE_HEADERS
-    if head.connection_options:
-        drop = drop | head.connection_options
-    headers = [(k, v) for k, v in head.headers if k not in drop]
+    options = head.connection_options
+    if options and not options <= drop:  # `Connection: keep-alive` names nothing new
+        drop = drop | options
+    headers = [field for field in head.headers if field[0] not in drop]
     headers.append(node_header)
     headers += SAFETY_HEADERS
     return headers
@@ -68,29 +69,38 @@ class HopHeaders:
         self._host_headers: dict[tuple[str, int], tuple[bytes, bytes]] = {}
         self._node_headers: dict[str, tuple[bytes, bytes]] = {}
 
-    def via(self, request: Request) -> tuple[bytes, bytes]:
-        """`Via` with this router's hop appended (RFC 9110), so a loop back to us is seen."""
-        earlier = request.header(b"via")
+    def _via(self, earlier: bytes | None) -> tuple[bytes, bytes]:
+        """`Via` with this router's hop appended to the client's first one (RFC 9110), so a
+        loop back to us is seen."""
         if not earlier:
             return self.via_header  # the common case: built once
-        return (b"via", f"{earlier}, {self.via_token}".encode("latin-1"))
+        return (b"via", earlier + b", " + self.via_token.encode("latin-1"))
 
     def upstream(
         self, request: Request, host: str, port: int, body: bytes
     ) -> list[tuple[bytes, bytes]]:
-        """The fields a node gets: host, the client's harmless ones, JSON type, length, hops."""
+        """The fields a node gets: host, the client's harmless ones, JSON type, length, hops.
+
+        One pass over the client's fields picks the forwarded ones (the same tuples, not
+        copies) and its first `Via`."""
         host_header = self._host_headers.get((host, port))
         if host_header is None:
             if len(self._host_headers) > 4096:
                 self._host_headers.clear()
             host_header = self._host_headers[(host, port)] = (b"host", f"{host}:{port}".encode())
         headers = [host_header]
-        headers += [(k, v) for k, v in request.headers if k in _FORWARDED_HEADERS]
+        earlier_via: bytes | None = None
+        for field in request.headers:
+            name = field[0]
+            if name in _FORWARDED_HEADERS:
+                headers.append(field)
+            elif name == b"via" and earlier_via is None:
+                earlier_via = field[1]
         if body:
             headers.append(_JSON_CONTENT_TYPE)
         headers.append((b"content-length", b"%d" % len(body)))
         headers.append((b"x-forwarded-for", request.peer.encode()))
-        headers.append(self.via(request))
+        headers.append(self._via(earlier_via))
         return headers
 
     def node(self, node_id: str) -> tuple[bytes, bytes]:
