@@ -63,6 +63,13 @@ def escape_controls(text: str) -> str:
     return _CONTROL.sub(_escape, text)
 
 
+def is_plain(text: str) -> bool:
+    """Neither `escape_controls` nor `mask_secrets` can change `text`: it is printable and
+    holds nothing that starts a secret's pattern. What starts one never contains a space or
+    `=`, so text joined from plain parts with spaces or `key=` between them is plain too."""
+    return text.isprintable() and _MAYBE_SECRET.search(text.lower()) is None
+
+
 class SafeLogFilter(logging.Filter):
     """Rewrites each record's text in place; never drops a record."""
 

@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from routercore.http import access_log
 from routercore.http.access_log import AccessLog
 from routercore.logring import FORMAT, LogRing
-from routercore.logsafe import SafeLogFilter
+from routercore.logsafe import SafeLogFilter, escape_controls, mask_secrets
 from tests.support.http_server import make_runner
 from tests.support.polling import eventually
 
@@ -190,3 +192,34 @@ def test_switched_off_it_keeps_nothing(handlers, run) -> None:  # type: ignore[n
 
     run(main())
     assert stream.stream.getvalue() == "" and not ring.records
+
+
+# Fields made of pieces that start secrets, forge lines or change case, so lines that need
+# masking or escaping are common; the cache of plain fields must never skip one.
+_piece = st.sampled_from(
+    ["/v1/chat", "bearer", "Basic ", "TOKEN=", "key", "sk-", "AbCdEf1234567890abcdefgh", "://",
+     "u:p@", "\n", "\x1b", "\u2028", " ", "=", "-", "İ", "a", "10.0.0.9:4000"]
+)  # fmt: skip
+_field = st.lists(_piece, max_size=4).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "POST", "X\n"]),
+    path=_field,
+    status=st.sampled_from([0, 200, 502]),
+    node=_field,
+    peer=_field,
+    aborted=st.booleans(),
+)
+def test_a_message_is_the_whole_line_masked_and_escaped(
+    method: str, path: str, status: int, node: str, peer: str, aborted: bool
+) -> None:
+    entry = (0.0, method, path, status, 1.25, node, peer, aborted)
+    text = (
+        f"{method} {path} {status or '-'} 1.2ms node={node or '-'} peer={peer}"
+        f"{' aborted' if aborted else ''}"
+    )
+    expected = mask_secrets(escape_controls(text))
+    assert access_log.message(entry) == expected
+    assert access_log.message(entry) == expected  # again, with its fields' verdict cached
