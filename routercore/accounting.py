@@ -60,10 +60,11 @@ def request_id() -> str:
     )
 
 
-@dataclass
+@dataclass(slots=True)
 class Attempt:
     """One forwarded request: what the client asked (set when it arrives) and what forwarding
-    it measured (filled in on the way, read by `Accounting.record`)."""
+    it measured (filled in on the way, read by `Accounting.record`). Slotted: one is made
+    per request and its fields are read and set a few dozen times on the way."""
 
     api: str  # the client's API: "openai" or "ollama"
     endpoint: str
