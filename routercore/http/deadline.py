@@ -17,11 +17,14 @@ from collections.abc import Callable
 class Deadline:
     """Call a callback at a time unless cancelled or set again before (one at a time)."""
 
-    __slots__ = ("_at", "_callback", "_handle", "_loop")
+    __slots__ = ("_at", "_callback", "_handle", "_handle_at", "_loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._handle: asyncio.TimerHandle | None = None
+        # uvloop hands back a plain Handle, without when(), for a delay that rounds to 0 ms:
+        # the time the handle fires is kept here instead.
+        self._handle: asyncio.Handle | None = None
+        self._handle_at = 0.0
         self._at = 0.0
         self._callback: Callable[[], None] | None = None
 
@@ -35,10 +38,11 @@ class Deadline:
         self._at = at = self._loop.time() + delay
         self._callback = callback
         handle = self._handle
-        if handle is None or handle.when() > at:
+        if handle is None or self._handle_at > at:
             if handle is not None:
                 handle.cancel()
             self._handle = self._loop.call_at(at, self._fire)
+            self._handle_at = at
 
     def cancel(self) -> None:
         self._callback = None
@@ -57,6 +61,7 @@ class Deadline:
             return
         if self._loop.time() < self._at:
             self._handle = self._loop.call_at(self._at, self._fire)
+            self._handle_at = self._at
             return
         self._callback = None
         callback()

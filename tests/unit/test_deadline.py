@@ -80,3 +80,22 @@ def test_stop_leaves_no_handle_behind() -> None:
         assert deadline._handle is None and not deadline.armed
 
     run(main())
+
+
+def test_a_deadline_due_now_on_uvloop() -> None:
+    """uvloop answers call_at for a time already due with a plain Handle (no when()): a
+    later set must still work (it used to raise AttributeError)."""
+    import uvloop
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        fired: list[str] = []
+        deadline = Deadline(loop)
+        deadline.set(0.0, lambda: fired.append("now"))
+        deadline.set(-1.0, lambda: fired.append("past"))
+        deadline.set(0.01, lambda: fired.append("later"))
+        while not fired:
+            await asyncio.sleep(0.005)
+        assert fired == ["later"]
+
+    uvloop.run(main())
