@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -21,17 +22,20 @@ log = logging.getLogger("routercore.api")
 FANOUT_MAX_BYTES = 16 * 1024 * 1024  # one node's answer to a fan-out GET
 
 
-async def forward_inference(
-    host: ForwardHost, request: Request, *, api: str, endpoint: str, stream_default: bool
-) -> Response | None:
+def forward_inference(
+    host: ForwardHost, request: Request, api: str, endpoint: str, stream_default: bool
+) -> Awaitable[Response | None]:
     """One inference request of either API to the proxy: its model, whether it streams, and
-    (with prefix affinity on) the hash of its prompt's prefix."""
+    (with prefix affinity on) the hash of its prompt's prefix.
+
+    A plain function that hands back the proxy's coroutine instead of awaiting it: every
+    coroutine level between the handler and the proxy costs its creation and a pass-through
+    on each resume, per request. A body the router refuses raises here, at the handler's
+    call, which `App.dispatch` answers the same way."""
     data = request.json_object()
     model, stream = model_and_stream(data, stream_default=stream_default)
     prefix = prompt_prefix(endpoint, model, data) if host.config.prefix_affinity else None
-    return await host.proxy.forward(
-        request, api=api, endpoint=endpoint, model=model, streaming=stream, prefix=prefix
-    )
+    return host.proxy.forward(request, api, endpoint, model, stream, prefix)
 
 
 def model_and_stream(data: dict[str, Any], *, stream_default: bool) -> tuple[str, bool]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -93,27 +94,21 @@ class OllamaAPI:
         app.add("GET", "/api/ps", self.ps, auth="api")
         app.add("GET", "/api/version", self.version, auth="api")
 
-    async def _forward(
-        self, request: Request, endpoint: str, stream_default: bool
-    ) -> Response | None:
-        return await forward_inference(
-            self.svc, request, api="ollama", endpoint=endpoint, stream_default=stream_default
-        )
+    # As OpenAIAPI's: the handlers return the proxy's coroutine instead of awaiting it.
+    def chat(self, request: Request) -> Awaitable[Response | None]:
+        return forward_inference(self.svc, request, "ollama", "api.chat", True)
 
-    async def chat(self, request: Request) -> Response | None:
-        return await self._forward(request, "api.chat", True)
+    def generate(self, request: Request) -> Awaitable[Response | None]:
+        return forward_inference(self.svc, request, "ollama", "api.generate", True)
 
-    async def generate(self, request: Request) -> Response | None:
-        return await self._forward(request, "api.generate", True)
+    def embed(self, request: Request) -> Awaitable[Response | None]:
+        return forward_inference(self.svc, request, "ollama", "api.embed", False)
 
-    async def embed(self, request: Request) -> Response | None:
-        return await self._forward(request, "api.embed", False)
+    def embeddings(self, request: Request) -> Awaitable[Response | None]:
+        return forward_inference(self.svc, request, "ollama", "api.embeddings", False)
 
-    async def embeddings(self, request: Request) -> Response | None:
-        return await self._forward(request, "api.embeddings", False)
-
-    async def show(self, request: Request) -> Response | None:
-        return await self._forward(request, "api.show", False)
+    def show(self, request: Request) -> Awaitable[Response | None]:
+        return forward_inference(self.svc, request, "ollama", "api.show", False)
 
     async def tags(self, request: Request) -> Response:
         self.svc.proxy.check_loop(request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from routercore.api.host import OpenAIHost
@@ -35,19 +36,16 @@ class OpenAIAPI:
         app.add("GET", "/v1/models", self.models, auth="api")
         app.add("GET", "/v1/models/{id}", self.model, auth="api")
 
-    async def _forward(self, request: Request, endpoint: str) -> Response | None:
-        return await forward_inference(
-            self.svc, request, api="openai", endpoint=endpoint, stream_default=False
-        )
+    # The handlers return the proxy's coroutine (forward_inference) instead of awaiting it:
+    # one coroutine level less per request on the router's hottest path.
+    def chat(self, request: Request) -> Awaitable[Response | None]:
+        return forward_inference(self.svc, request, "openai", "chat.completions", False)
 
-    async def chat(self, request: Request) -> Response | None:
-        return await self._forward(request, "chat.completions")
+    def completions(self, request: Request) -> Awaitable[Response | None]:
+        return forward_inference(self.svc, request, "openai", "completions", False)
 
-    async def completions(self, request: Request) -> Response | None:
-        return await self._forward(request, "completions")
-
-    async def embeddings(self, request: Request) -> Response | None:
-        return await self._forward(request, "embeddings")
+    def embeddings(self, request: Request) -> Awaitable[Response | None]:
+        return forward_inference(self.svc, request, "openai", "embeddings", False)
 
     def _model_entries(self) -> dict[str, dict[str, Any]]:
         entries: dict[str, dict[str, Any]] = {}
