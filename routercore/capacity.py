@@ -57,26 +57,37 @@ class SlotQueue:
         self.not_servable = not_servable
         self.waiters: deque[_Waiter] = deque()
 
-    def _pick(
+    def take(
         self, model: str, exclude: tuple[str, ...], prefix: PromptPrefix | None
-    ) -> tuple[str | None, bool | None]:
-        """(node, affinity hit); without a prefix (or PREFIX_AFFINITY off) the plain pick."""
+    ) -> tuple[str, bool | None] | None:
+        """A free slot at once, as `acquire` gives it, or None when every candidate is full.
+
+        The common case of a request, kept out of the coroutine: the proxy calls this first
+        and awaits `acquire` only when it got None."""
         if prefix is None:
-            return self.balancer.pick(model, exclude), None
-        return self.balancer.pick_affine(model, prefix.hashes, prefix.anchor, exclude)
+            node_id = self.balancer.pick(model, exclude)
+            if node_id is None:
+                return None
+            self._picked(node_id)
+            return node_id, None
+        node_id, hit = self.balancer.pick_affine(model, prefix.hashes, prefix.anchor, exclude)
+        if node_id is None:
+            return None
+        self._picked(node_id)
+        return node_id, hit
 
     async def acquire(
         self, model: str, exclude: tuple[str, ...], deadline: float, prefix: PromptPrefix | None
     ) -> tuple[str, bool | None]:
-        """A slot on a node serving `model` (not in `exclude`): (node id, affinity hit).
+        """A slot on a node serving `model` (not in `exclude`): (node id, affinity hit); a
+        free one at once (`take`), else after a wait in the queue.
 
         The caller owns the slot and gives it back with `balancer.request_finished` and then
         `drain()`. Raises NoCapacity (with a Retry-After) when the queue is full or the wait
         times out."""
-        node_id, affinity = self._pick(model, exclude, prefix)
-        if node_id is not None:
-            self._picked(node_id)
-            return node_id, affinity
+        picked = self.take(model, exclude, prefix)
+        if picked is not None:
+            return picked
         if not self.balancer.serves(model):
             raise self.not_servable(model)
         retry_after = max(1, int(self.cfg.queue_timeout / 4) or 1)
@@ -134,8 +145,7 @@ class SlotQueue:
             if waiter.future.done():
                 self.waiters.remove(waiter)
                 continue
-            node_id, affinity = self._pick(waiter.model, waiter.exclude, waiter.prefix)
-            if node_id is not None:
-                self._picked(node_id)
+            picked = self.take(waiter.model, waiter.exclude, waiter.prefix)
+            if picked is not None:
                 self.waiters.remove(waiter)
-                waiter.future.set_result((node_id, affinity))
+                waiter.future.set_result(picked)

@@ -119,7 +119,6 @@ class Proxy:
     async def forward(
         self,
         request: Request,
-        *,
         api: str,
         endpoint: str,
         model: str,
@@ -173,10 +172,13 @@ class Proxy:
             raise self._not_servable(model)
         deadline = att.started + self.cfg.request_timeout
         registry = self.registry
+        capacity = self.capacity
         while True:
-            node_id, att.affinity = await self.capacity.acquire(
-                model, tuple(att.tried), deadline, att.prefix
-            )
+            exclude = tuple(att.tried) if att.tried else ()
+            picked = capacity.take(model, exclude, att.prefix)
+            if picked is None:
+                picked = await capacity.acquire(model, exclude, deadline, att.prefix)
+            node_id, att.affinity = picked
             att.node_id = node_id
             ttfb: float | None = None
             try:
@@ -198,7 +200,7 @@ class Proxy:
                 self.balancer.request_finished(node_id, ttfb)
                 if registry.breakers:
                     registry.trial_abandoned(node_id)  # no-op unless a trial got no verdict
-                self.capacity.drain()
+                capacity.drain()
 
     def _not_servable(self, model: str) -> RouterError:
         """404 only when no enabled node lists the model; else 503 with a Retry-After."""
@@ -268,7 +270,12 @@ class Proxy:
         if node.relay_auth is not None:
             headers.append(node.relay_auth)  # the agent's relay; the client's own never goes on
         req = UpstreamRequest(host, port, method, target, headers, body)
-        conn, head = await self.send_upstream(req, deadline)
+        # `send_upstream` inlined: one coroutine level less on every forwarded request.
+        timeout = min(self.cfg.read_timeout, self._timeout(deadline))
+        try:
+            conn, head = await self.pool.request(req, timeout=timeout)
+        except (UpstreamConnectError, UpstreamBrokenError, TimeoutError) as exc:
+            raise self._before_head(exc) from None
         stream = request.stream
         assert stream is not None
         try:
@@ -323,13 +330,16 @@ class Proxy:
         timeout = min(self.cfg.read_timeout, self._timeout(deadline))
         try:
             return await self.pool.request(req, timeout=timeout, tls=tls)
-        except (UpstreamConnectError, UpstreamBrokenError) as exc:
-            raise AttemptFailed(str(exc)) from None
-        except TimeoutError:
-            # Nothing reached the client yet: a hung node is failed over like a dead one.
-            raise AttemptFailed(
-                f"no response head within {self.cfg.read_timeout:g}s", timeout=True
-            ) from None
+        except (UpstreamConnectError, UpstreamBrokenError, TimeoutError) as exc:
+            raise self._before_head(exc) from None
+
+    def _before_head(self, exc: OSError) -> AttemptFailed:
+        """What a failure of `UpstreamPool.request` (no head yet) means for the attempt."""
+        if isinstance(exc, (UpstreamConnectError, UpstreamBrokenError)):
+            return AttemptFailed(str(exc))
+        # A timeout: nothing reached the client yet, so a hung node is failed over like a
+        # dead one.
+        return AttemptFailed(f"no response head within {self.cfg.read_timeout:g}s", timeout=True)
 
     async def _read_some(self, conn: UpstreamConnection, deadline: float) -> str:
         out = b""
