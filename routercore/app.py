@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Literal
 
@@ -85,6 +86,19 @@ class AuthPolicy:
         return token is not None and token_matches(token, self.admin_token_hash)
 
     def check(self, request: Request, level: Auth) -> None:
+        # The inference endpoints' level first: it is asked on nearly every request.
+        if level == "api":
+            if not self.api_keys and self.extra_key_check is None:
+                return
+            token = bearer(request)
+            if token is not None:
+                if any(secret_equals(token, key) for key in self.api_keys):
+                    return
+                if self.extra_key_check is not None and self.extra_key_check(token):
+                    return
+                if token_matches(token, self.admin_token_hash):
+                    return
+            raise Unauthorized("missing or invalid API key (Authorization: Bearer <key>)")
         if level == "none":
             return
         if level == "agent":
@@ -108,18 +122,9 @@ class AuthPolicy:
             if token is None or not secret_equals(token, self.registration_token):
                 raise Unauthorized("registration needs a valid registration token")
             return
-        if level == "api":
-            if not self.api_keys and self.extra_key_check is None:
-                return
-            token = bearer(request)
-            if token is not None:
-                if any(secret_equals(token, key) for key in self.api_keys):
-                    return
-                if self.extra_key_check is not None and self.extra_key_check(token):
-                    return
-                if token_matches(token, self.admin_token_hash):
-                    return
-            raise Unauthorized("missing or invalid API key (Authorization: Bearer <key>)")
+
+
+_NO_METHODS: frozenset[str] = frozenset()  # a matched route: no "allowed methods" to list
 
 
 @dataclass
@@ -151,11 +156,17 @@ class App:
             self.exact[(method, pattern)] = Route(method, pattern, handler, auth, None)
         self.paths.setdefault(pattern, set()).add(method)
 
-    def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], set[str]]:
+    def match(
+        self, method: str, path: str
+    ) -> tuple[Route | None, dict[str, str] | None, AbstractSet[str]]:
+        """(route, its `{param}` values or None, the methods the path allows when no route).
+
+        An exact path is one dict lookup that builds nothing: the case of nearly every request.
+        """
         lookup = "GET" if method == "HEAD" else method
         route = self.exact.get((lookup, path))
         if route is not None:
-            return route, {}, set()
+            return route, None, _NO_METHODS
         allowed = set(self.paths.get(path, ()))
         for route in self.patterns:
             assert route.regex is not None
@@ -163,16 +174,15 @@ class App:
             if m is None:
                 continue
             if route.method == lookup:
-                return route, m.groupdict(), set()
+                return route, m.groupdict(), _NO_METHODS
             allowed.add(route.method)
-        return None, {}, allowed
-
-    def head_check(self, request: Request) -> Response | None:
-        """For the server, before a body is read: None to read it, else the refusal."""
-        return self.admit(request)
+        return None, None, allowed
 
     def admit(self, request: Request) -> Response | None:
-        """Route, origin and credentials, from the head alone; sets `request.route`."""
+        """Route, origin and credentials, from the head alone; sets `request.route`.
+
+        The server asks this as its `head_check`, before a body is read (None to read it,
+        else the refusal); `dispatch` asks it for a request that did not come that way."""
         route, params, allowed = self.match(request.method, request.path)
         origin = request.header(b"origin")
         if origin is not None:
@@ -211,9 +221,12 @@ class App:
             self.auth.check(request, route.auth)
         except RouterError as exc:
             return from_exception(request, exc)
-        request.params = params
+        if params is not None:
+            request.params = params
         request.route = route
         return None
+
+    head_check = admit
 
     async def dispatch(self, request: Request) -> Response | WebSocketAccept | None:
         route = request.route
@@ -237,7 +250,7 @@ class App:
             return from_exception(request, exc)
 
 
-def _preflight(request: Request, allowed: set[str]) -> Response:
+def _preflight(request: Request, allowed: AbstractSet[str]) -> Response:
     """The CORS preflight answer for an admitted origin."""
     methods = sorted(allowed | {"OPTIONS"})
     asked = request.header(b"access-control-request-headers")
