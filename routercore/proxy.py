@@ -126,7 +126,11 @@ class Proxy:
         prefix: PromptPrefix | None = None,
     ) -> Response | None:
         """Forward `request` (body untouched) to a node serving `model` and relay the answer;
-        with a `prefix`, the node that holds the prompt's longest prefix is preferred."""
+        with a `prefix`, the node that holds the prompt's longest prefix is preferred.
+
+        One coroutine from the handler to the node attempts (`_try_node`): its accounting
+        (the `try` around everything), the provider route, and the failover loop. A level per
+        concern would cost its creation and a pass-through on every resume, per request."""
         started = time.perf_counter()
         att = Attempt(
             api, endpoint, model, streaming, started, scanner=TailScanner(api), prefix=prefix
@@ -134,8 +138,49 @@ class Proxy:
         ts = now_rfc3339()
         self.stats.in_flight += 1
         try:
-            await self._forward(request, att)
-            return None
+            self.check_loop(request)
+            if self.providers:
+                resolved = self.providers.resolve(model)
+                if resolved is not None and self.provider_route is not None:
+                    provider, upstream_model = resolved
+                    await self.provider_route(
+                        self, request, att, provider=provider, upstream_model=upstream_model
+                    )
+                    return None
+            if not self.balancer.serves(model):
+                raise self._not_servable(model)
+            deadline = started + self.cfg.request_timeout
+            registry, capacity = self.registry, self.capacity
+            while True:
+                exclude = tuple(att.tried) if att.tried else ()
+                picked = capacity.take(model, exclude, prefix)
+                if picked is None:
+                    picked = await capacity.acquire(model, exclude, deadline, prefix)
+                node_id, att.affinity = picked
+                att.node_id = node_id
+                ttfb: float | None = None
+                try:
+                    ttfb = await self._try_node(request, att, node_id, deadline)
+                    return None
+                except AttemptFailed as retry:
+                    att.tried.append(node_id)
+                    log.warning(
+                        "event=node_failed id=%s model=%s reason=%r", node_id, model, retry.reason
+                    )
+                    if retry.mark:
+                        registry.mark_unreachable(node_id, retry.reason)
+                    elif retry.http:
+                        registry.request_failed(node_id, retry.reason)
+                    if not self._may_retry(model, att.tried):
+                        failure = UpstreamTimeout if retry.timeout else UpstreamError
+                        raise failure(
+                            f"no node could serve model '{model}': {retry.reason}"
+                        ) from None
+                finally:
+                    self.balancer.request_finished(node_id, ttfb)
+                    if registry.breakers:
+                        registry.trial_abandoned(node_id)  # no-op unless a trial got no verdict
+                    capacity.drain()
         except _StreamFailed:
             return None
         except ConnectionError:
@@ -156,51 +201,6 @@ class Proxy:
         finally:
             self.stats.in_flight -= 1
             self.accounting.record(request, att, ts)
-
-    async def _forward(self, request: Request, att: Attempt) -> None:
-        self.check_loop(request)
-        model = att.model
-        if self.providers:
-            resolved = self.providers.resolve(model)
-            if resolved is not None and self.provider_route is not None:
-                provider, upstream_model = resolved
-                await self.provider_route(
-                    self, request, att, provider=provider, upstream_model=upstream_model
-                )
-                return
-        if not self.balancer.serves(model):
-            raise self._not_servable(model)
-        deadline = att.started + self.cfg.request_timeout
-        registry = self.registry
-        capacity = self.capacity
-        while True:
-            exclude = tuple(att.tried) if att.tried else ()
-            picked = capacity.take(model, exclude, att.prefix)
-            if picked is None:
-                picked = await capacity.acquire(model, exclude, deadline, att.prefix)
-            node_id, att.affinity = picked
-            att.node_id = node_id
-            ttfb: float | None = None
-            try:
-                ttfb = await self._try_node(request, att, node_id, deadline)
-                return
-            except AttemptFailed as retry:
-                att.tried.append(node_id)
-                log.warning(
-                    "event=node_failed id=%s model=%s reason=%r", node_id, model, retry.reason
-                )
-                if retry.mark:
-                    registry.mark_unreachable(node_id, retry.reason)
-                elif retry.http:
-                    registry.request_failed(node_id, retry.reason)
-                if not self._may_retry(model, att.tried):
-                    failure = UpstreamTimeout if retry.timeout else UpstreamError
-                    raise failure(f"no node could serve model '{model}': {retry.reason}") from None
-            finally:
-                self.balancer.request_finished(node_id, ttfb)
-                if registry.breakers:
-                    registry.trial_abandoned(node_id)  # no-op unless a trial got no verdict
-                capacity.drain()
 
     def _not_servable(self, model: str) -> RouterError:
         """404 only when no enabled node lists the model; else 503 with a Retry-After."""
