@@ -80,6 +80,24 @@ async def test_a_free_slot_is_taken_at_once() -> None:
     assert not queue.waiters and stats.queued == 0
 
 
+def test_take_gives_a_free_slot_or_none_and_never_queues() -> None:
+    """The proxy's fast path: no coroutine, no waiter; None sends it to `acquire`."""
+    queue, balancer, registry, stats = make_queue({"a": 1, "b": 1})
+    registry.half_open.add("b")
+    prefix = PromptPrefix(hashes=struct.pack("=2Q", 11, 22), anchor=11)
+    first = queue.take("m", (), None)
+    second = queue.take("m", (), prefix)
+    assert first is not None and second is not None
+    assert first[1] is None and second[1] is False  # affinity only with a prefix
+    assert {first[0], second[0]} == {"a", "b"}
+    assert balancer.in_flight("a") == balancer.in_flight("b") == 1
+    assert registry.trials == ["b"]  # a half-open node's pick is its trial, as in acquire
+    assert queue.take("m", (), None) is None
+    assert queue.take("m", (), prefix) is None
+    assert queue.take("other", (), None) is None  # not servable: acquire says why
+    assert not queue.waiters and stats.queued == 0
+
+
 async def test_waiters_get_freed_slots_in_arrival_order() -> None:
     queue, balancer, _, stats = make_queue({"a": 1})
     await queue.acquire("m", (), deadline(), None)
