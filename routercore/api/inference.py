@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -36,6 +36,18 @@ def forward_inference(
     model, stream = model_and_stream(data, stream_default=stream_default)
     prefix = prompt_prefix(endpoint, model, data) if host.config.prefix_affinity else None
     return host.proxy.forward(request, api, endpoint, model, stream, prefix)
+
+
+def inference_handler(
+    host: ForwardHost, api: str, endpoint: str, *, stream_default: bool
+) -> Callable[[Request], Awaitable[Response | None]]:
+    """The route handler of one inference endpoint of either API: `forward_inference` with
+    these values, its coroutine returned, not awaited."""
+
+    def handle(request: Request) -> Awaitable[Response | None]:
+        return forward_inference(host, request, api, endpoint, stream_default)
+
+    return handle
 
 
 def model_and_stream(data: dict[str, Any], *, stream_default: bool) -> tuple[str, bool]:

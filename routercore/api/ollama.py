@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from routercore import __version__
 from routercore.api.host import OllamaHost
-from routercore.api.inference import fan_out, forward_inference
+from routercore.api.inference import fan_out, inference_handler
 from routercore.http.messages import Request, Response
 
 if TYPE_CHECKING:
@@ -85,30 +84,19 @@ class OllamaAPI:
         self.ps_listing = NodeListing(svc, "/api/ps", all_listed=False)
 
     def install(self, app: App) -> None:
-        app.add("POST", "/api/chat", self.chat, auth="api")
-        app.add("POST", "/api/generate", self.generate, auth="api")
-        app.add("POST", "/api/embed", self.embed, auth="api")
-        app.add("POST", "/api/embeddings", self.embeddings, auth="api")
-        app.add("POST", "/api/show", self.show, auth="api")
+        svc = self.svc
+        for path, endpoint, stream_default in (
+            ("/api/chat", "api.chat", True),
+            ("/api/generate", "api.generate", True),
+            ("/api/embed", "api.embed", False),
+            ("/api/embeddings", "api.embeddings", False),
+            ("/api/show", "api.show", False),
+        ):
+            handler = inference_handler(svc, "ollama", endpoint, stream_default=stream_default)
+            app.add("POST", path, handler, auth="api")
         app.add("GET", "/api/tags", self.tags, auth="api")
         app.add("GET", "/api/ps", self.ps, auth="api")
         app.add("GET", "/api/version", self.version, auth="api")
-
-    # As OpenAIAPI's: the handlers return the proxy's coroutine instead of awaiting it.
-    def chat(self, request: Request) -> Awaitable[Response | None]:
-        return forward_inference(self.svc, request, "ollama", "api.chat", True)
-
-    def generate(self, request: Request) -> Awaitable[Response | None]:
-        return forward_inference(self.svc, request, "ollama", "api.generate", True)
-
-    def embed(self, request: Request) -> Awaitable[Response | None]:
-        return forward_inference(self.svc, request, "ollama", "api.embed", False)
-
-    def embeddings(self, request: Request) -> Awaitable[Response | None]:
-        return forward_inference(self.svc, request, "ollama", "api.embeddings", False)
-
-    def show(self, request: Request) -> Awaitable[Response | None]:
-        return forward_inference(self.svc, request, "ollama", "api.show", False)
 
     async def tags(self, request: Request) -> Response:
         self.svc.proxy.check_loop(request)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from routercore.api.host import OpenAIHost
-from routercore.api.inference import forward_inference
+from routercore.api.inference import inference_handler
 from routercore.errors import ModelNotFound
 from routercore.http.messages import Request, Response
 from routercore.timestamps import rfc3339_seconds
@@ -30,22 +29,16 @@ class OpenAIAPI:
         self.svc = svc
 
     def install(self, app: App) -> None:
-        app.add("POST", "/v1/chat/completions", self.chat, auth="api")
-        app.add("POST", "/v1/completions", self.completions, auth="api")
-        app.add("POST", "/v1/embeddings", self.embeddings, auth="api")
+        svc = self.svc
+        for path, endpoint in (
+            ("/v1/chat/completions", "chat.completions"),
+            ("/v1/completions", "completions"),
+            ("/v1/embeddings", "embeddings"),
+        ):
+            handler = inference_handler(svc, "openai", endpoint, stream_default=False)
+            app.add("POST", path, handler, auth="api")
         app.add("GET", "/v1/models", self.models, auth="api")
         app.add("GET", "/v1/models/{id}", self.model, auth="api")
-
-    # The handlers return the proxy's coroutine (forward_inference) instead of awaiting it:
-    # one coroutine level less per request on the router's hottest path.
-    def chat(self, request: Request) -> Awaitable[Response | None]:
-        return forward_inference(self.svc, request, "openai", "chat.completions", False)
-
-    def completions(self, request: Request) -> Awaitable[Response | None]:
-        return forward_inference(self.svc, request, "openai", "completions", False)
-
-    def embeddings(self, request: Request) -> Awaitable[Response | None]:
-        return forward_inference(self.svc, request, "openai", "embeddings", False)
 
     def _model_entries(self) -> dict[str, dict[str, Any]]:
         entries: dict[str, dict[str, Any]] = {}
