@@ -63,14 +63,11 @@ class SlotQueue:
         """A free slot at once, as `acquire` gives it, or None when every candidate is full.
 
         The common case of a request, kept out of the coroutine: the proxy calls this first
-        and awaits `acquire` only when it got None."""
+        and awaits `wait` only when it got None."""
         if prefix is None:
-            node_id = self.balancer.pick(model, exclude)
-            if node_id is None:
-                return None
-            self._picked(node_id)
-            return node_id, None
-        node_id, hit = self.balancer.pick_affine(model, prefix.hashes, prefix.anchor, exclude)
+            node_id, hit = self.balancer.pick(model, exclude), None
+        else:
+            node_id, hit = self.balancer.pick_affine(model, prefix.hashes, prefix.anchor, exclude)
         if node_id is None:
             return None
         self._picked(node_id)
@@ -88,6 +85,12 @@ class SlotQueue:
         picked = self.take(model, exclude, prefix)
         if picked is not None:
             return picked
+        return await self.wait(model, exclude, deadline, prefix)
+
+    async def wait(
+        self, model: str, exclude: tuple[str, ...], deadline: float, prefix: PromptPrefix | None
+    ) -> tuple[str, bool | None]:
+        """`acquire` after `take` found every candidate full: a place in the queue."""
         if not self.balancer.serves(model):
             raise self.not_servable(model)
         retry_after = max(1, int(self.cfg.queue_timeout / 4) or 1)

@@ -155,7 +155,7 @@ class Proxy:
                 exclude = tuple(att.tried) if att.tried else ()
                 picked = capacity.take(model, exclude, prefix)
                 if picked is None:
-                    picked = await capacity.acquire(model, exclude, deadline, prefix)
+                    picked = await capacity.wait(model, exclude, deadline, prefix)
                 node_id, att.affinity = picked
                 att.node_id = node_id
                 ttfb: float | None = None

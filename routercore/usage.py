@@ -13,17 +13,18 @@ from collections import deque
 _TAIL_PIECES = 4
 _TAIL_BYTES = 16 * 1024
 
-# Per API: (the prompt count's key, its pattern), then the same for the completion count. Each
-# pattern starts with its quoted key, so a match starts exactly where the key does.
+
+def _count(name: bytes) -> tuple[bytes, re.Pattern[bytes]]:
+    """A token count's quoted key and its pattern, which starts with the key: a match starts
+    exactly where the key does."""
+    key = b'"' + name + b'"'
+    return key, re.compile(re.escape(key) + rb"\s*:\s*(\d+)")
+
+
+# Per API: the prompt count, then the completion count.
 _PATTERNS = {
-    "openai": (
-        (b'"prompt_tokens"', re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')),
-        (b'"completion_tokens"', re.compile(rb'"completion_tokens"\s*:\s*(\d+)')),
-    ),
-    "ollama": (
-        (b'"prompt_eval_count"', re.compile(rb'"prompt_eval_count"\s*:\s*(\d+)')),
-        (b'"eval_count"', re.compile(rb'"eval_count"\s*:\s*(\d+)')),
-    ),
+    "openai": (_count(b"prompt_tokens"), _count(b"completion_tokens")),
+    "ollama": (_count(b"prompt_eval_count"), _count(b"eval_count")),
 }
 
 
